@@ -1,0 +1,363 @@
+"""Active-learning loop for one data budget: score the unlabelled pool with the current model,
+pick a stratified batch, label it (oracle: the pool's own answers), fine-tune, repeat.
+
+    python acquisition_AL.py --file_path data/dolly-1.5k.jsonl --init_checkpoint_path models/tiny-llama \
+        --al_data_fraction 200 --num_acquisition_samples 50 --stratification_strategy bucket \
+        --num_k 5 --pick_samples_from top --model_path runs/RUN_200 --seed 42
+
+Writes the run directory <model_path>/ (state.json, selected.json, rounds/<k>/...) after every
+round and the trained model to <model_path>_sharded. Chain budgets like the original README:
+    ... --al_data_fraction 400 --model_path runs/RUN_400 --resume --resume_checkpoint_path runs/RUN_200_sharded
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+
+import numpy as np
+import torch
+
+import fsdp_utils
+from al_utils import (
+    MODEL_FREE,
+    NEEDS_ANSWERS,
+    STRATEGIES,
+    InputError,
+    ScoreConfig,
+    atomic_write_json,
+    atomic_write_jsonl,
+    cluster_round_robin,
+    describe,
+    encode_records,
+    file_sha256,
+    k_for_round,
+    load_records,
+    pad_id_of,
+    read_jsonl,
+    round_rng,
+    run_cli,
+    score_candidates,
+    sequence_nll,
+    stratify,
+    truncate_pair,
+)
+from train_AL import add_train_args, train, train_config
+
+# flags that do not change what a run selects or trains: everything else must match on --resume
+NON_RUN_FLAGS = {"al_data_fraction", "model_path", "resume", "resume_checkpoint_path", "save_file_name",
+                 "plot_ppl_hist", "threads", "overwrite", "stop_after_round", "no_progress"}
+RNG_SHUFFLE, RNG_FRACTION, RNG_SELECT, RNG_SCORE = 0, 1, 2, 3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data and run")
+    g.add_argument("--file_path", default="data/dolly-1.5k.jsonl", help="pool (.json/.jsonl)")
+    g.add_argument("--init_checkpoint_path", required=True, help="base model (HF folder)")
+    g.add_argument("--model_config_path", default=None,
+                   help="HF folder with config + tokenizer (default: the init checkpoint's own)")
+    g.add_argument("--model_path", required=True,
+                   help="run directory; the trained model goes to <model_path>_sharded")
+    g.add_argument("--al_data_fraction", type=float, required=True,
+                   help="budget: > 1 is a number of examples, <= 1 a fraction of the pool")
+    g.add_argument("--heldout_size", type=int, default=0,
+                   help="examples drawn (seeded) before the seed set, never selected, for held-out loss")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--save_file_name", default=None, help="also write the selected set here (JSON array)")
+    g.add_argument("--resume", action="store_true", help="continue this run, or chain from --resume_checkpoint_path")
+    g.add_argument("--resume_checkpoint_path", default=None,
+                   help="previous budget's checkpoint X_sharded: its run X's labelled set and rounds carry over")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    g.add_argument("--stop_after_round", type=int, default=None, help="stop after this round (staged runs)")
+    g.add_argument("--plot_ppl_hist", action="store_true", help="save a histogram of each round's scores")
+    g.add_argument("--no_progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("acquisition")
+    g.add_argument("--sampling_strategy", default="forward_ppl", choices=STRATEGIES)
+    g.add_argument("--num_acquisition_samples", type=int, default=1000, help="examples labelled per round")
+    g.add_argument("--stratification_strategy", default="greedy", choices=("greedy", "bucket", "mixed"))
+    g.add_argument("--pick_samples_from", default="top", choices=("top", "bottom", "uniform"))
+    g.add_argument("--mixed_sampling_factor", type=float, default=0.7, help="mixed: share taken from the end")
+    g.add_argument("--num_k", type=int, default=5, help="bucket: number of buckets")
+    g.add_argument("--decay_k", action="store_true", help="one bucket fewer each round, never below 2")
+    g.add_argument("--cluster_data_fraction", type=float, default=1.0,
+                   help="share of the remaining pool scored each round (seeded random subset)")
+    g.add_argument("--random_pool_fraction", action="store_true",
+                   help="accepted for compatibility: candidates are always the remaining pool")
+    g.add_argument("--model_max_length", type=int, default=1024, help="scoring truncation (tokens)")
+    g.add_argument("--batch_size", type=int, default=4,
+                   help="rows per scoring batch when --score_token_budget is 0")
+    g.add_argument("--score_token_budget", type=int, default=2048,
+                   help="scoring batches hold this many tokens (length-sorted); 0 = fixed --batch_size rows")
+    g.add_argument("--gen_max_new_tokens", type=int, default=32, help="generation_ppl: tokens generated")
+    g.add_argument("--self_ask_positions", type=int, default=3, help="self_ask: generated positions read")
+    g.add_argument("--num_clusters", type=int, default=10, help="cluster: KMeans clusters")
+    g.add_argument("--cluster_embedding", default="tfidf", choices=("tfidf", "hidden"))
+    g.add_argument("--warm_start", action="store_true",
+                   help="train each round from the previous round's weights (default: from the base)")
+    add_train_args(p)
+    return p.parse_args(argv)
+
+
+def validate(args: argparse.Namespace) -> tuple[list[dict], int]:
+    """Every check that can fail on bad input, before any work. Returns (records, budget)."""
+    if args.num_acquisition_samples < 1:
+        raise InputError("--num_acquisition_samples: must be >= 1")
+    if args.num_k < 1:
+        raise InputError("--num_k: must be >= 1")
+    if not 0 < args.cluster_data_fraction <= 1:
+        raise InputError("--cluster_data_fraction: must be in (0, 1]")
+    if not 0 <= args.mixed_sampling_factor <= 1:
+        raise InputError("--mixed_sampling_factor: must be in [0, 1]")
+    if args.heldout_size < 0:
+        raise InputError("--heldout_size: must be >= 0")
+    if args.al_data_fraction <= 0:
+        raise InputError("--al_data_fraction: must be > 0")
+    train_config(args, args.seed)
+    if args.sampling_strategy in NEEDS_ANSWERS:
+        why = f"--sampling_strategy {args.sampling_strategy} scores answers, and oracle labelling needs them"
+    else:
+        why = "oracle labelling takes answers from the pool"
+    records = load_records(args.file_path, require_output=why)
+    n = len(records)
+    budget = int(args.al_data_fraction) if args.al_data_fraction > 1 else int(args.al_data_fraction * n)
+    if budget < 1:
+        raise InputError(f"--al_data_fraction: {args.al_data_fraction} of {n} records is less than one example")
+    if budget + args.heldout_size > n:
+        raise InputError(f"--al_data_fraction: budget {budget} + held-out {args.heldout_size} exceeds the pool "
+                         f"({n} records in {args.file_path})")
+    fsdp_utils.check_model_dir(args.init_checkpoint_path, "--init_checkpoint_path")
+    if args.model_config_path and not os.path.isfile(os.path.join(args.model_config_path, "config.json")):
+        raise InputError(f"--model_config_path: {args.model_config_path}: no config.json there")
+    if args.resume_checkpoint_path:
+        fsdp_utils.check_model_dir(args.resume_checkpoint_path, "--resume_checkpoint_path")
+        prev = args.resume_checkpoint_path.rstrip("/").removesuffix("_sharded")
+        if not os.path.isfile(os.path.join(prev, "state.json")):
+            raise InputError(f"--resume_checkpoint_path: {prev}/state.json: no run directory beside the checkpoint")
+    return records, budget
+
+
+def run_flags(args: argparse.Namespace, pool_hash: str) -> dict:
+    flags = {k: v for k, v in sorted(vars(args).items()) if k not in NON_RUN_FLAGS}
+    flags["file_path"] = pool_hash  # the pool's content matters, not where it lives
+    return flags
+
+
+def provenance() -> dict:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"command": sys.argv, "git_commit": commit,
+            "versions": {m: version(m) for m in ("torch", "transformers", "numpy", "scikit-learn")}}
+
+
+def prepare_run_dir(args: argparse.Namespace, run: str, flags: dict) -> dict | None:
+    """Check or set up the run directory; returns the state to continue from (None = fresh)."""
+    state_file = os.path.join(run, "state.json")
+    if os.path.isfile(state_file) and not args.resume:
+        if not args.overwrite:
+            raise InputError(f"--model_path: {run}: run exists; pass --resume to continue or --overwrite")
+        shutil.rmtree(run)
+        shutil.rmtree(run + "_sharded", ignore_errors=True)
+    if args.resume and not os.path.isfile(state_file) and args.resume_checkpoint_path:
+        prev = args.resume_checkpoint_path.rstrip("/").removesuffix("_sharded")
+        with open(os.path.join(prev, "state.json")) as f:
+            prev_state = json.load(f)
+        check_same(prev_state, flags, os.path.join(prev, "state.json"))
+        os.makedirs(run, exist_ok=True)
+        shutil.copytree(os.path.join(prev, "rounds"), os.path.join(run, "rounds"), dirs_exist_ok=True)
+        prev_state["chained_from"] = prev
+        prev_state["model_source"] = args.resume_checkpoint_path
+        atomic_write_json(state_file, prev_state)
+    if not os.path.isfile(state_file):
+        return None
+    with open(state_file) as f:
+        state = json.load(f)
+    check_same(state, flags, state_file)
+    return state
+
+
+def check_same(state: dict, flags: dict, where: str) -> None:
+    old = state["flags"]
+    diff = [f"{k}: {old.get(k)!r} -> {flags.get(k)!r}" for k in sorted(set(old) | set(flags))
+            if old.get(k) != flags.get(k)]
+    if diff:
+        raise InputError(f"--resume: {where}: flags or pool differ from the run being resumed: " + "; ".join(diff))
+
+
+def heldout_loss(model, enc: dict, ids: list, pad_id: int, max_len: int, cfg: ScoreConfig) -> float | None:
+    """Mean answer-token NLL over the held-out slice (token-weighted, as the training loss)."""
+    if not ids:
+        return None
+    pairs = [truncate_pair(enc[i].prompt, enc[i].answer, max_len) for i in ids]
+    s, c = sequence_nll(model, [p + a for p, a, _ in pairs], [len(p) for p, _, _ in pairs], pad_id,
+                        cfg.token_budget, cfg.max_rows, "held-out loss", cfg.progress)
+    return float(s.sum() / c.sum())
+
+
+def plot_hist(scores: list[float], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(scores, bins=50)
+    ax.set_title(title)
+    ax.set_xlabel("score")
+    ax.set_ylabel("examples")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    records, budget = validate(args)
+    run = args.model_path.rstrip("/")
+    ckpt = run + "_sharded"
+    pool_hash = file_sha256(args.file_path)
+    flags = run_flags(args, pool_hash)
+    os.makedirs(run, exist_ok=True)
+    lock = open(os.path.join(run, ".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InputError(f"--model_path: {run}: another run holds its lock") from None
+    state = prepare_run_dir(args, run, flags)
+    device = fsdp_utils.setup(args.threads)
+    fsdp_utils.recover_checkpoint(ckpt)
+    progress = not args.no_progress
+    log = print if fsdp_utils.is_main() else (lambda *a, **k: None)
+
+    # the seeded order: held-out slice first, then the seed set, then candidates in this order
+    by_id = {r["id"]: r for r in records}
+    perm = [records[i]["id"] for i in round_rng(args.seed, 0, RNG_SHUFFLE).permutation(len(records))]
+    heldout = perm[: args.heldout_size]
+    order = perm[args.heldout_size:]
+    tok = fsdp_utils.load_tokenizer(args.model_config_path or args.init_checkpoint_path)
+    pad_id = pad_id_of(tok)
+    enc = encode_records(tok, records)
+    scfg = ScoreConfig(token_budget=args.score_token_budget or 10**9,
+                       max_rows=256 if args.score_token_budget else args.batch_size,
+                       max_length=args.model_max_length, gen_max_new_tokens=args.gen_max_new_tokens,
+                       self_ask_positions=args.self_ask_positions, num_clusters=args.num_clusters,
+                       cluster_embedding=args.cluster_embedding, progress=progress)
+
+    done = state["rounds_done"] if state else -1
+    if state is None:
+        state = {"version": 1, "flags": flags, "pool_sha256": pool_hash, "heldout_ids": heldout,
+                 "rounds_done": -1, "rng": "numpy default_rng([seed, round, purpose]) per draw",
+                 "round_log": []}
+    state.update(budget=budget, **provenance())
+    # labelled set from the finished rounds, in selection order
+    labelled: list = []
+    for r in range(done + 1):
+        labelled += [row["id"] for row in read_jsonl(os.path.join(run, "rounds", str(r), "selected.jsonl"))]
+    model_source = state.get("model_source", ckpt)
+    model = None
+    if done >= 0:
+        meta = fsdp_utils.checkpoint_meta(model_source)
+        if meta.get("round") != done and not os.path.isdir(os.path.join(run, "rounds", str(done + 1))):
+            raise InputError(f"--resume: {model_source}: checkpoint is from round {meta.get('round')}, "
+                             f"state says round {done} is done")
+        log(f"resuming {run}: {done + 1} rounds done, {len(labelled)} labelled", file=sys.stderr)
+
+    rnd = done + 1
+    while len(labelled) < budget and (args.stop_after_round is None or rnd <= args.stop_after_round):
+        t0 = time.time()
+        rdir = os.path.join(run, "rounds", str(rnd))
+        sel_file = os.path.join(rdir, "selected.jsonl")
+        taken = set(labelled)
+        remaining = [i for i in order if i not in taken]
+        n = min(args.num_acquisition_samples, budget - len(labelled))
+        scores: list[dict] = []
+        if os.path.isfile(sel_file):  # selection finished before an interruption: reuse it
+            picked = read_jsonl(sel_file)
+        elif rnd == 0:
+            picked = [{"id": i, "bucket": None, "score": None} for i in remaining[:n]]
+        else:
+            if not remaining:
+                break
+            if model is None and args.sampling_strategy not in MODEL_FREE:
+                model = fsdp_utils.load_model(model_source, device)
+            cands = remaining
+            if args.cluster_data_fraction < 1:
+                m = max(1, math.ceil(args.cluster_data_fraction * len(remaining)))
+                keep = np.sort(round_rng(args.seed, rnd, RNG_FRACTION).choice(len(remaining), m, replace=False))
+                cands = [remaining[j] for j in keep]
+            scores = score_candidates(args.sampling_strategy, by_id, cands, enc, model, tok, scfg,
+                                      round_rng(args.seed, rnd, RNG_SCORE))
+            if len(cands) < n:
+                log(f"warning: round {rnd}: only {len(cands)} candidates for {n} slots", file=sys.stderr)
+            score_of = {r["id"]: r["score"] for r in scores}
+            if args.sampling_strategy == "cluster":
+                chosen = cluster_round_robin(scores, n)
+            else:
+                ranked = [r["id"] for r in sorted(scores, key=lambda r: -r["score"])]  # stable: ties keep order
+                k = k_for_round(args.num_k, args.decay_k, rnd)
+                chosen = stratify(ranked, n, args.stratification_strategy, args.pick_samples_from, k,
+                                  args.mixed_sampling_factor, round_rng(args.seed, rnd, RNG_SELECT))
+            picked = [{"id": i, "bucket": b, "score": score_of[i]} for i, b in chosen]
+            atomic_write_jsonl(os.path.join(rdir, "scores.jsonl"), scores)
+            if args.plot_ppl_hist:
+                plot_hist([r["score"] for r in scores], os.path.join(rdir, "scores.png"),
+                          f"{args.sampling_strategy} scores, round {rnd}")
+        atomic_write_jsonl(sel_file, picked)
+        labelled += [r["id"] for r in picked]
+        t_score = time.time() - t0
+
+        # train: from the base each round (as the original), or from the last round's weights
+        meta = fsdp_utils.checkpoint_meta(ckpt) if os.path.isdir(ckpt) else {}
+        if meta.get("round") == rnd:  # trained before an interruption
+            model = fsdp_utils.load_model(ckpt, device)
+            tstats = meta["train"]
+        else:
+            if not (args.warm_start and rnd > 0):
+                model = fsdp_utils.load_model(args.init_checkpoint_path, device)
+            elif model is None:  # warm start after a resume that skipped scoring
+                model = fsdp_utils.load_model(model_source, device)
+            torch.manual_seed(args.seed + rnd)
+            tcfg = train_config(args, args.seed + rnd, progress)
+            stats = train(model, [enc[i] for i in labelled], tcfg, pad_id)
+            tstats = {k: v for k, v in stats.items() if k not in ("losses", "lrs")}
+            fsdp_utils.save_checkpoint(model, tok, ckpt, {"round": rnd, "labelled": len(labelled), "train": tstats})
+        model_source = ckpt
+        state.pop("model_source", None)
+        t_train = time.time() - t0 - t_score
+        held = heldout_loss(model, enc, heldout, pad_id, args.train_max_length, scfg)
+        sc = np.array([r["score"] for r in scores])
+        metrics = {"round": rnd, "labelled": len(labelled), "selected": len(picked), "train": tstats,
+                   "heldout_loss": held, "heldout_examples": len(heldout), "candidates_scored": len(scores),
+                   "score_stats": describe(sc),
+                   "seconds": {"select": t_score, "train": t_train, "total": time.time() - t0}}
+        atomic_write_json(os.path.join(rdir, "metrics.json"), metrics)
+        selected = [by_id[i] for i in labelled]
+        atomic_write_json(os.path.join(run, "selected.json"), selected)
+        if args.save_file_name:
+            atomic_write_json(args.save_file_name, selected)
+        state["rounds_done"] = rnd
+        state["round_log"] = [x for x in state["round_log"] if x["round"] < rnd] + [
+            {"round": rnd, "labelled": len(labelled), "train_loss": tstats["train_loss"], "heldout_loss": held}]
+        atomic_write_json(os.path.join(run, "state.json"), state)
+        done = rnd
+        held_s = f"{held:.4f}" if held is not None else "n/a"
+        log(f"round {rnd} | labelled {len(labelled)}/{budget} | scores {describe(sc)} | "
+            f"train loss {tstats['train_loss']:.4f} | held-out {held_s} | {time.time() - t0:.1f}s", file=sys.stderr)
+        rnd += 1
+    log(f"run {run}: {len(labelled)} labelled in {done + 1} rounds; selected set {run}/selected.json, "
+        f"model {ckpt}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main)

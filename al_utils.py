@@ -1,0 +1,617 @@
+"""Shared helpers for the AL scripts: records and validation, the prompt template, tokenisation,
+per-example loss scoring, acquisition strategies and stratified selection.
+
+Conventions (see README): a score is a per-example mean NLL over the scored tokens only; higher
+means "more uncertain" and sorts first ("top"). Bad input raises InputError whose message reads
+`FILE:LINE: FIELD: message`; the scripts print it as `error: ...` and exit 2.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+# ----------------------------------------------------------------------------------------------
+# errors and atomic files
+
+
+class InputError(Exception):
+    """Bad input found before any work: printed as one `error: ...` line, exit code 2."""
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Run a script's main(); an InputError becomes one clear line on stderr and exit code 2."""
+    try:
+        main()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write via a temp file in the same directory + rename, so readers never see half a file."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_write_jsonl(path: str, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# records
+
+ALIASES = {
+    "instruction": ("instruction", "Instruction", "prompt"),
+    "input": ("input", "context"),
+    "output": ("output", "response"),
+}
+
+
+def _read_rows(path: str) -> list[tuple[int, Any]]:
+    """(1-based line or element number, parsed value) for every record of a .json/.jsonl file."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: file: no such file")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".jsonl"):
+        rows = []
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue  # a blank line holds no record
+            try:
+                rows.append((i, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{i}: (json): malformed JSON: {e.msg} at column {e.colno}") from None
+        return rows
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{e.lineno}: (json): malformed JSON: {e.msg}") from None
+        if not isinstance(data, list):
+            raise InputError(f"{path}:1: (json): expected a JSON array of records")
+        return list(enumerate(data, start=1))
+    raise InputError(f"{path}: file: expected a .json or .jsonl file")
+
+
+def load_records(path: str, require_output: str = "") -> list[dict]:
+    """Load a pool as records {id, instruction, input, output, ...extra columns}.
+
+    `id` is the row's own id if it has one, else its 0-based position in the file (records only,
+    so the first record of a .jsonl is 0 even after blank lines). Extra columns are carried through.
+    A non-empty `require_output` (the reason) makes a record without an answer an error.
+    """
+    records: list[dict] = []
+    first_line: dict[Any, int] = {}
+    for pos, (line, row) in enumerate(_read_rows(path)):
+        where = f"{path}:{line}"
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: (record): expected a JSON object, got {type(row).__name__}")
+        rec: dict[str, Any] = {}
+        used: set[str] = set()
+        for field, names in ALIASES.items():
+            name = next((n for n in names if n in row), None)
+            if name is None:
+                if field == "instruction":
+                    raise InputError(f"{where}: instruction: missing (columns found: {', '.join(row) or 'none'})")
+                rec[field] = ""
+                continue
+            used.add(name)
+            value = row[name]
+            if value is None and field != "instruction":
+                value = ""
+            if not isinstance(value, str):
+                raise InputError(f"{where}: {name}: expected a string, got {type(value).__name__}")
+            rec[field] = value
+        if not rec["instruction"].strip():
+            raise InputError(f"{where}: instruction: empty")
+        if require_output and not rec["output"].strip():
+            raise InputError(f"{where}: output: empty or missing ({require_output})")
+        rid = row.get("id", pos)
+        if not isinstance(rid, (int, str)) or isinstance(rid, bool):
+            raise InputError(f"{where}: id: expected a string or integer, got {type(rid).__name__}")
+        if rid in first_line:
+            raise InputError(f"{where}: id: duplicate id {rid!r} (first seen at line {first_line[rid]})")
+        first_line[rid] = line
+        extra = {k: v for k, v in row.items() if k not in used and k != "id"}
+        records.append({"id": rid, **rec, **extra})
+    if not records:
+        raise InputError(f"{path}: file: no records")
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# prompt template: one template for scoring, training and evaluation
+
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+)
+PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+    "{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ANSWER_SEP = " "  # the answer follows "### Response:" after a single space and ends with EOS
+
+
+def format_prompt(instruction: str, input: str = "") -> str:
+    if input.strip():
+        return PROMPT_INPUT.format(instruction=instruction, input=input)
+    return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenisation
+
+
+@dataclass
+class Encoded:
+    prompt: list[int]  # BOS + templated prompt
+    answer: list[int]  # answer tokens + EOS (empty when the record has no answer)
+    template: int = 0  # 1 when the prompt has the input block: rows of one template share a prefix
+
+
+def pad_id_of(tokenizer) -> int:
+    """pad, else unk, else eos: padding is always masked, so any real id works (no vocab resize)."""
+    for tid in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    raise InputError(f"{tokenizer.name_or_path}: tokenizer: has none of pad/unk/eos tokens")
+
+
+def encode_records(tokenizer, records: Sequence[dict]) -> dict[Any, Encoded]:
+    """Tokenise prompt and prompt+answer once. The answer's ids are the tail of the joint
+    tokenisation, so prompt + answer is exactly what the tokenizer makes of the whole text."""
+    prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
+    p_ids = tokenizer(prompts).input_ids
+    with_answer = [i for i, r in enumerate(records) if r["output"]]
+    fulls = tokenizer([prompts[i] + ANSWER_SEP + records[i]["output"] for i in with_answer]).input_ids
+    full_of = dict(zip(with_answer, fulls))
+    out = {}
+    for i, r in enumerate(records):
+        answer: list[int] = []
+        if i in full_of:
+            p, full = p_ids[i], full_of[i]
+            if full[: len(p)] == p:
+                answer = full[len(p):]
+            else:  # the boundary merged into one token: tokenise the answer on its own
+                answer = tokenizer(ANSWER_SEP + r["output"], add_special_tokens=False).input_ids
+            answer = answer + [tokenizer.eos_token_id]
+        out[r["id"]] = Encoded(p_ids[i], answer, int(bool(r["input"].strip())))
+    return out
+
+
+def truncate_pair(prompt: list[int], answer: list[int], max_len: int) -> tuple[list[int], list[int], bool]:
+    """Fit prompt + answer into max_len keeping answer tokens: the prompt keeps BOS and its last
+    tokens (so "### Response:" stays), down to half the context; the answer is cut at the end."""
+    if len(prompt) + len(answer) <= max_len:
+        return prompt, answer, False
+    keep_p = min(len(prompt), max(max_len - len(answer), max_len // 2))
+    prompt = prompt[:1] + prompt[len(prompt) - keep_p + 1:]
+    return prompt, answer[: max_len - keep_p], True
+
+
+# ----------------------------------------------------------------------------------------------
+# per-example loss scoring
+
+
+def make_batches(lengths: Sequence[int], token_budget: int, max_rows: int,
+                 groups: Sequence[int] | None = None) -> list[list[int]]:
+    """Group row indices sorted by (group, length) so each padded batch holds <= token_budget
+    tokens; rows of one group (one template variant) share their prefix."""
+    groups = groups if groups is not None else [0] * len(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: (groups[i], lengths[i], i))
+    batches, cur = [], []
+    for i in order:
+        if cur and ((len(cur) + 1) * lengths[i] > token_budget or len(cur) >= max_rows
+                    or groups[i] != groups[cur[-1]]):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for j in range(n):
+        if any(s[j] != first[j] for s in seqs):
+            return j
+    return n
+
+
+@torch.no_grad()
+def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int,
+              prefix_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count of NLL over targets seqs[b][starts[b]:] for one batch (starts >= 1).
+
+    The batch's shared token prefix (the alpaca template, after length sorting) is run once
+    and its KV cache reused by every row: same numbers, less compute. Rows are right-padded
+    and masked, so a row's score does not depend on its batch-mates.
+    """
+    dev = next(model.parameters()).device
+    B, lens = len(seqs), [len(s) for s in seqs]
+    P = min(_common_prefix(seqs), min(lens) - 1) if prefix_cache and B > 1 else 0
+    sums = torch.zeros(B, dtype=torch.float64)
+    counts = torch.tensor([max(0, n - s) for n, s in zip(lens, starts)], dtype=torch.float64)
+    cache = None
+    if P >= 2:
+        pre = torch.tensor([list(seqs[0][:P])], device=dev)
+        out = model(input_ids=pre, use_cache=True)
+        pre_logits = out.logits[0].float()  # [P, V]: position t-1 predicts token t
+        pre_nll = F.cross_entropy(pre_logits[:-1], pre[0, 1:], reduction="none").double().cpu()
+        csum = torch.cat([torch.zeros(1, dtype=torch.float64), pre_nll.cumsum(0)])  # csum[t] = sum over targets 1..t
+        for b, s in enumerate(starts):
+            if s < P:
+                sums[b] += csum[P - 1] - csum[max(s, 1) - 1]
+        # the first token after the prefix is predicted by the prefix's last position
+        nxt = torch.tensor([s[P] for s in seqs], device=dev)
+        first = F.cross_entropy(pre_logits[-1:].expand(B, -1), nxt, reduction="none").double().cpu()
+        sums += torch.where(torch.tensor(starts) <= P, first, torch.zeros_like(first))
+        cache = out.cache
+        cache.batch_repeat_interleave(B)
+    else:
+        P = 0
+    S = max(lens) - P
+    ids = torch.full((B, S), pad_id, dtype=torch.long)
+    tgt = torch.full((B, S), -100, dtype=torch.long)
+    mask = torch.zeros((B, P + S), dtype=torch.long)
+    mask[:, :P] = 1
+    for b, s in enumerate(seqs):
+        row = torch.tensor(s[P:], dtype=torch.long)
+        ids[b, : len(row)] = row
+        mask[b, P: P + len(row)] = 1
+        lo = max(starts[b], P + 1)  # first target predicted by the suffix logits
+        if lo < len(s):
+            tgt[b, lo - P - 1: len(s) - P - 1] = torch.tensor(s[lo:], dtype=torch.long)
+    pos = torch.arange(P, P + S).unsqueeze(0).expand(B, -1)
+    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                   cache=cache, use_cache=cache is not None).logits.float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.to(dev).reshape(-1),
+                          ignore_index=-100, reduction="none").view(B, S)
+    sums += nll.double().sum(1).cpu()
+    return sums, counts
+
+
+def sequence_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int,
+                 token_budget: int = 8192, max_rows: int = 64, desc: str = "scoring",
+                 progress: bool = True, prefix_cache: bool = True,
+                 groups: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (sum, count) of NLL over seqs[i][starts[i]:], batched by length and token budget."""
+    sums, counts = np.zeros(len(seqs)), np.zeros(len(seqs))
+    was_training = model.training
+    model.eval()
+    batches = make_batches([len(s) for s in seqs], token_budget, max_rows, groups)
+    with tqdm(total=len(seqs), desc=desc, disable=not progress, file=sys.stderr, leave=False) as bar:
+        for idx in batches:
+            s, c = batch_nll(model, [seqs[i] for i in idx], [starts[i] for i in idx], pad_id, prefix_cache)
+            sums[idx], counts[idx] = s.numpy(), c.numpy()
+            bar.update(len(idx))
+    model.train(was_training)
+    return sums, counts
+
+
+def mean_nll(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+
+
+@torch.no_grad()
+def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int,
+                    eos_id: int, batch_size: int = 16, progress: bool = True,
+                    desc: str = "generating") -> list[tuple[list[int], torch.Tensor]]:
+    """Greedy continuation of each prompt, left-padded and batched by length: for each prompt,
+    (generated ids up to and including EOS, raw logits [n_generated, V] that produced them)."""
+    dev = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    results: list = [None] * len(prompts)
+    model.eval()
+    for k in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, file=sys.stderr, leave=False):
+        idx = order[k: k + batch_size]
+        L = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), L), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), L), dtype=torch.long)
+        for b, i in enumerate(idx):
+            ids[b, L - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[b, L - len(prompts[i]):] = 1
+        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
+                             output_logits=True, return_dict_in_generate=True)
+        gen = out.sequences[:, L:].cpu()
+        logits = torch.stack(out.logits, 1).float().cpu()  # [B, T, V]
+        for b, i in enumerate(idx):
+            row = gen[b].tolist()
+            n = row.index(eos_id) + 1 if eos_id in row else len(row)
+            results[i] = (row[:n], logits[b, :n])
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# strategies: each returns one row {id, score, ...components} per candidate, in candidate order
+
+MODEL_FREE = ("random", "instruction_length")
+NEEDS_ANSWERS = ("data_pruning_w_answers", "ifd")
+STRATEGIES = ("forward_ppl", "data_pruning_w_answers", "ifd", "generation_ppl", "self_ask",
+              "length_and_ppl", "instruction_length", "random", "cluster")
+SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
+                     "Request: {instruction}")
+
+
+@dataclass
+class ScoreConfig:
+    token_budget: int = 8192  # tokens per scoring batch (rows x padded length)
+    max_rows: int = 64  # rows per scoring batch
+    max_length: int = 1024  # scoring truncation (--model_max_length)
+    gen_max_new_tokens: int = 32  # generation_ppl
+    self_ask_positions: int = 3  # self_ask: first generated positions inspected
+    num_clusters: int = 10  # cluster
+    cluster_embedding: str = "tfidf"  # cluster: tfidf | hidden
+    progress: bool = True
+
+
+def _clip(ids: Sequence[int], n: int) -> list[int]:
+    return list(ids[:n])
+
+
+def forward_ppl(model, enc: dict, ids: Sequence, pad_id: int, cfg: ScoreConfig) -> np.ndarray:
+    """Mean NLL of every prompt token after BOS (template included), truncated at max_length."""
+    seqs = [_clip(enc[i].prompt, cfg.max_length) for i in ids]
+    s, c = sequence_nll(model, seqs, [1] * len(seqs), pad_id, cfg.token_budget, cfg.max_rows,
+                        "scoring forward_ppl", cfg.progress, groups=[enc[i].template for i in ids])
+    return mean_nll(s, c)
+
+
+def answer_losses(model, enc: dict, ids: Sequence, pad_id: int, bos_id: int | None,
+                  cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(L(answer | prompt), L(answer)): mean NLL of answer tokens with and without the prompt."""
+    cond, cond_starts, unc = [], [], []
+    for i in ids:
+        e = enc[i]
+        p, a, _ = truncate_pair(e.prompt, e.answer, cfg.max_length)
+        cond.append(p + a)
+        cond_starts.append(len(p))
+        unc.append(([bos_id] if bos_id is not None else [pad_id]) + e.answer[: cfg.max_length - 1])
+    s, c = sequence_nll(model, cond, cond_starts, pad_id, cfg.token_budget, cfg.max_rows,
+                        "scoring answer|prompt", cfg.progress, groups=[enc[i].template for i in ids])
+    s2, c2 = sequence_nll(model, unc, [1] * len(unc), pad_id, cfg.token_budget, cfg.max_rows,
+                          "scoring answer", cfg.progress)
+    return mean_nll(s, c), mean_nll(s2, c2)
+
+
+def _first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    ids = set()
+    for w in words:
+        for text in (w, " " + w):
+            toks = tokenizer(text, add_special_tokens=False).input_ids
+            if toks:
+                ids.add(toks[0])
+    return sorted(ids)
+
+
+def score_candidates(strategy: str, records: dict, cand_ids: Sequence, enc: dict, model, tokenizer,
+                     cfg: ScoreConfig, rng: np.random.Generator) -> list[dict]:
+    """Score the candidates; rows come back in candidate order. `score` is the sort key: higher
+    sorts first ("top"); compound strategies also store their components."""
+    pad_id = pad_id_of(tokenizer)
+    ids = list(cand_ids)
+    if strategy == "random":
+        return [{"id": i, "score": float(v)} for i, v in zip(ids, rng.random(len(ids)))]
+    if strategy == "instruction_length":
+        return [{"id": i, "score": -float(len(enc[i].prompt))} for i in ids]
+    if strategy in ("forward_ppl", "length_and_ppl", "cluster"):
+        ppl = forward_ppl(model, enc, ids, pad_id, cfg)
+        if strategy == "forward_ppl":
+            return [{"id": i, "score": float(v)} for i, v in zip(ids, ppl)]
+        if strategy == "length_and_ppl":
+            # lexicographic (length asc, ppl asc) as one number: ppl/(1+ppl) lies in [0, 1)
+            return [{"id": i, "score": -(len(enc[i].prompt) + float(v) / (1 + float(v))),
+                     "length": len(enc[i].prompt), "forward_ppl": float(v)} for i, v in zip(ids, ppl)]
+        clusters = cluster_labels(records, ids, enc, model, pad_id, cfg, rng)
+        return [{"id": i, "score": float(v), "cluster": int(c)} for i, v, c in zip(ids, ppl, clusters)]
+    if strategy in NEEDS_ANSWERS:
+        cond, unc = answer_losses(model, enc, ids, pad_id, tokenizer.bos_token_id, cfg)
+        if strategy == "ifd":
+            score = cond / np.maximum(unc, 1e-12)
+        else:
+            score = np.abs(unc - cond)
+        return [{"id": i, "score": float(s), "loss_cond": float(c), "loss_uncond": float(u)}
+                for i, s, c, u in zip(ids, score, cond, unc)]
+    eos = tokenizer.eos_token_id
+    if strategy == "generation_ppl":
+        prompts = [_clip(enc[i].prompt, cfg.max_length) for i in ids]
+        gens = greedy_generate(model, prompts, cfg.gen_max_new_tokens, pad_id, eos, cfg.max_rows, cfg.progress)
+        rows = []
+        for i, (toks, logits) in zip(ids, gens):
+            nll = F.cross_entropy(logits, torch.tensor(toks), reduction="none") if toks else torch.zeros(1)
+            rows.append({"id": i, "score": float(nll.mean()), "generated_tokens": len(toks)})
+        return rows
+    if strategy == "self_ask":
+        no_ids = _first_token_ids(tokenizer, ["no", "No", "NO"])
+        prompts = []
+        for i in ids:
+            r = records[i]
+            q = r["instruction"] + ("\n" + r["input"] if r["input"].strip() else "")
+            prompts.append(_clip(tokenizer(format_prompt(SELF_ASK_TEMPLATE.format(instruction=q))).input_ids,
+                                 cfg.max_length))
+        gens = greedy_generate(model, prompts, cfg.self_ask_positions, pad_id, eos, cfg.max_rows, cfg.progress)
+        rows = []
+        for i, (_, logits) in zip(ids, gens):
+            p_no = logits.softmax(-1)[:, no_ids].sum(-1)
+            rows.append({"id": i, "score": float(p_no.mean())})
+        return rows
+    raise InputError(f"--sampling_strategy: unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+
+
+@torch.no_grad()
+def mean_hidden(model, enc: dict, ids: Sequence, pad_id: int, cfg: ScoreConfig) -> np.ndarray:
+    """Mean-pooled last hidden state of each prompt (padding excluded)."""
+    seqs = [_clip(enc[i].prompt, cfg.max_length) for i in ids]
+    out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
+    dev = next(model.parameters()).device
+    for idx in make_batches([len(s) for s in seqs], cfg.token_budget, cfg.max_rows):
+        L = max(len(seqs[i]) for i in idx)
+        x = torch.full((len(idx), L), pad_id, dtype=torch.long)
+        m = torch.zeros((len(idx), L), dtype=torch.long)
+        for b, i in enumerate(idx):
+            x[b, : len(seqs[i])], m[b, : len(seqs[i])] = torch.tensor(seqs[i]), 1
+        h = model.model(input_ids=x.to(dev), attention_mask=m.to(dev)).last_hidden_state.float().cpu()
+        out[idx] = ((h * m[..., None]).sum(1) / m.sum(1, keepdim=True)).numpy()
+    return out
+
+
+def cluster_labels(records: dict, ids: Sequence, enc: dict, model, pad_id: int, cfg: ScoreConfig,
+                   rng: np.random.Generator) -> np.ndarray:
+    """KMeans cluster of each candidate over TF-IDF of its prompt text, or the model's hidden states."""
+    from sklearn.cluster import KMeans
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    if cfg.cluster_embedding == "hidden":
+        X = mean_hidden(model, enc, ids, pad_id, cfg)
+    else:
+        texts = [records[i]["instruction"] + "\n" + records[i]["input"] for i in ids]
+        X = TfidfVectorizer(max_features=20000, sublinear_tf=True).fit_transform(texts)
+    k = max(1, min(cfg.num_clusters, len(ids)))
+    seed = int(rng.integers(2**31 - 1))
+    return KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(X)
+
+
+# ----------------------------------------------------------------------------------------------
+# stratified selection over a list sorted by score, best ("top") first
+
+
+def bucket_sizes(M: int, k: int) -> list[int]:
+    """k contiguous buckets over M items; the first M mod k get one extra item."""
+    return [M // k + (1 if b < M % k else 0) for b in range(k)]
+
+
+def bucket_quota(sizes: Sequence[int], n: int) -> list[int]:
+    """n // k from each bucket and n mod k more from the last; a bucket short of its share gives
+    what it has and the shortfall is taken from bucket i+1, then i-1, i+2, i-2, ... ."""
+    k = len(sizes)
+    want = [n // k] * k
+    want[-1] += n % k
+    take = [min(w, s) for w, s in zip(want, sizes)]
+    spare = [s - t for s, t in zip(sizes, take)]
+    for i in range(k):
+        short = want[i] - take[i]
+        for d in range(1, k):
+            for j in (i + d, i - d):
+                if short and 0 <= j < k and spare[j]:
+                    g = min(short, spare[j])
+                    take[j] += g
+                    spare[j] -= g
+                    short -= g
+    return take
+
+
+def stratify(sorted_ids: Sequence, n: int, strategy: str, pick: str, k: int, factor: float,
+             rng: np.random.Generator) -> list[tuple[Any, int | None]]:
+    """Choose n of sorted_ids (best first). Returns (id, bucket) pairs in selection order;
+    bucket is None outside `bucket` stratification."""
+    D, M = list(sorted_ids), len(sorted_ids)
+    n = min(n, M)
+
+    def draw(items: list, m: int) -> list:
+        return [items[j] for j in sorted(rng.choice(len(items), size=m, replace=False))]
+
+    def choose(items: list, m: int) -> list:
+        if pick == "top":
+            return items[:m]
+        if pick == "bottom":
+            return items[len(items) - m:]
+        return draw(items, m)
+
+    if strategy == "greedy":
+        return [(i, None) for i in choose(D, n)]
+    if strategy == "mixed":
+        if pick == "uniform":
+            return [(i, None) for i in draw(D, n)]
+        t = int(factor * n)
+        if pick == "top":
+            return [(i, None) for i in D[:t] + draw(D[t:], n - t)]
+        return [(i, None) for i in D[M - t:] + draw(D[: M - t], n - t)]
+    if strategy == "bucket":
+        sizes = bucket_sizes(M, k)
+        quota = bucket_quota(sizes, n)
+        out, lo = [], 0
+        for b, (size, q) in enumerate(zip(sizes, quota)):
+            out += [(i, b) for i in choose(D[lo: lo + size], q)]
+            lo += size
+        return out
+    raise InputError(f"--stratification_strategy: unknown {strategy!r} (greedy, bucket, mixed)")
+
+
+def cluster_round_robin(rows: Sequence[dict], n: int) -> list[tuple[Any, int | None]]:
+    """Pick n across clusters in turn (clusters in order of their best score), highest score first
+    within each cluster. Rows must carry `cluster`; ties keep candidate order."""
+    by: dict[int, list] = {}
+    for r in sorted(rows, key=lambda r: -r["score"]):
+        by.setdefault(r["cluster"], []).append(r["id"])
+    queues = list(by.values())  # dict order = order of each cluster's best row
+    out: list = []
+    depth = 0
+    while len(out) < min(n, len(rows)):
+        out += [q[depth] for q in queues if depth < len(q)][: n - len(out)]
+        depth += 1
+    return [(i, None) for i in out]
+
+
+def k_for_round(num_k: int, decay: bool, rnd: int) -> int:
+    """Buckets used in round rnd >= 1: k_1 = num_k, k_{r+1} = max(2, k_r - 1); num_k = 1 stays 1."""
+    if not decay or num_k == 1:
+        return num_k
+    return max(2, num_k - (rnd - 1))
+
+
+def round_rng(seed: int, rnd: int, purpose: int) -> np.random.Generator:
+    """Independent, reproducible random streams per (seed, round, purpose): a resumed run draws
+    exactly what the uninterrupted run drew, with no RNG state to carry."""
+    return np.random.default_rng([seed, rnd, purpose])
+
+
+def describe(x: np.ndarray) -> str:
+    if len(x) == 0:
+        return "n/a"
+    return f"mean {np.mean(x):.3f} min {np.min(x):.3f} max {np.max(x):.3f}"
+

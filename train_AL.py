@@ -1,0 +1,176 @@
+"""Fine-tune a causal LM on a labelled instruction set (alpaca template, loss on answer tokens only).
+
+    python train_AL.py --init_checkpoint_path models/tiny-llama --data_path labelled.jsonl \
+        --save_path runs/sft_sharded --epochs 3
+
+Also called in-process by acquisition_AL.py through `train()`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import fsdp_utils
+from al_utils import Encoded, InputError, encode_records, load_records, pad_id_of, run_cli, truncate_pair
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-5
+    epochs: int = 3
+    train_batch_size: int = 1  # rows per micro-batch
+    grad_accum: int = 16  # micro-batches per optimizer step
+    max_length: int = 2048  # training context; longer examples are truncated keeping answer tokens
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    progress: bool = True
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """Training flags shared by train_AL.py and acquisition_AL.py (defaults: the original's)."""
+    d = TrainConfig()
+    g = p.add_argument_group("training")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the labelled set")
+    g.add_argument("--train_batch_size", type=int, default=d.train_batch_size, help="rows per micro-batch")
+    g.add_argument("--grad_accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
+    g.add_argument("--train_max_length", type=int, default=d.max_length,
+                   help="training context length; longer examples keep their answer tokens")
+    g.add_argument("--weight_decay", type=float, default=d.weight_decay)
+    g.add_argument("--warmup_ratio", type=float, default=d.warmup_ratio, help="share of steps in linear warmup")
+    g.add_argument("--max_grad_norm", type=float, default=d.max_grad_norm, help="gradient clipping")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+
+
+def train_config(args: argparse.Namespace, seed: int, progress: bool = True) -> TrainConfig:
+    for flag in ("epochs", "train_batch_size", "grad_accum", "train_max_length"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag}: must be >= 1")
+    if args.lr <= 0:
+        raise InputError("--lr: must be > 0")
+    return TrainConfig(lr=args.lr, epochs=args.epochs, train_batch_size=args.train_batch_size,
+                       grad_accum=args.grad_accum, max_length=args.train_max_length,
+                       weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+                       max_grad_norm=args.max_grad_norm, seed=seed, progress=progress)
+
+
+def lr_at(step: int, total: int, warmup: int) -> float:
+    """Multiplier for optimizer step `step` (0-based): linear warmup, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded input ids, attention mask and labels (-100 on prompt and padding)."""
+    L = max(len(p) + len(a) for p, a in examples)
+    ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), L), dtype=torch.long)
+    labels = torch.full((len(examples), L), -100, dtype=torch.long)
+    for b, (p, a) in enumerate(examples):
+        n = len(p) + len(a)
+        ids[b, :n] = torch.tensor(p + a)
+        mask[b, :n] = 1
+        labels[b, len(p):n] = torch.tensor(a)
+    return ids, mask, labels
+
+
+def token_nll_sum(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token NLL over labelled positions (the answer tokens)."""
+    dev = next(model.parameters()).device
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                           labels[:, 1:].to(dev).reshape(-1), ignore_index=-100, reduction="sum")
+
+
+def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int) -> dict:
+    """Train `model` in place. Loss per optimizer step = summed answer-token NLL / answer tokens
+    in the whole step (all micro-batches), so the step's loss does not depend on how it is split.
+    Returns stats: steps, per-step losses and learning rates, truncations, token counts."""
+    t0 = time.time()
+    pairs, truncated = [], 0
+    for e in examples:
+        if not e.answer:
+            raise InputError("training: an example has no answer tokens")
+        p, a, cut = truncate_pair(e.prompt, e.answer, cfg.max_length)
+        pairs.append((p, a))
+        truncated += cut
+    per_step = cfg.train_batch_size * cfg.grad_accum
+    steps_per_epoch = math.ceil(len(pairs) / per_step)
+    total = steps_per_epoch * cfg.epochs
+    warmup = math.ceil(cfg.warmup_ratio * total)
+    model = fsdp_utils.wrap_model(model)
+    model.train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses, lrs, tokens = [], [], 0
+    bar = tqdm(total=total, desc="training", disable=not cfg.progress, file=sys.stderr, leave=False)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(pairs), generator=gen).tolist()
+        for s in range(steps_per_epoch):
+            rows = [pairs[i] for i in order[s * per_step: (s + 1) * per_step]]
+            micro = [rows[j: j + cfg.train_batch_size] for j in range(0, len(rows), cfg.train_batch_size)]
+            n_tok = sum(len(a) for _, a in rows)
+            step_loss = 0.0
+            for mb in micro:
+                loss = token_nll_sum(model, *collate(mb, pad_id)) / n_tok
+                loss.backward()
+                step_loss += loss.item()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            lr = cfg.lr * lr_at(len(lrs), total, warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            lrs.append(lr)
+            tokens += n_tok
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+    bar.close()
+    model.eval()
+    last = losses[-steps_per_epoch:]
+    return {"steps": total, "warmup_steps": warmup, "losses": losses, "lrs": lrs,
+            "train_loss": sum(last) / len(last), "examples": len(pairs), "answer_tokens": tokens,
+            "truncated": truncated, "seconds": time.time() - t0}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init_checkpoint_path", required=True, help="model to start from (HF folder)")
+    p.add_argument("--data_path", required=True, help="labelled set (.json/.jsonl with instruction/input/output)")
+    p.add_argument("--save_path", required=True, help="where the trained checkpoint goes (HF folder)")
+    p.add_argument("--seed", type=int, default=42)
+    add_train_args(p)
+    args = p.parse_args()
+    cfg = train_config(args, args.seed)
+    fsdp_utils.check_model_dir(args.init_checkpoint_path, "--init_checkpoint_path")
+    records = load_records(args.data_path, require_output="training needs every answer")
+    device = fsdp_utils.setup(args.threads)
+    torch.manual_seed(args.seed)
+    tok = fsdp_utils.load_tokenizer(args.init_checkpoint_path)
+    model = fsdp_utils.load_model(args.init_checkpoint_path, device)
+    enc = encode_records(tok, records)
+    stats = train(model, [enc[r["id"]] for r in records], cfg, pad_id_of(tok))
+    fsdp_utils.save_checkpoint(model, tok, args.save_path, {"trained_on": args.data_path})
+    print(f"trained {stats['examples']} examples, {stats['steps']} steps, final-epoch loss "
+          f"{stats['train_loss']:.4f}, {stats['truncated']} truncated, {stats['seconds']:.1f}s -> {args.save_path}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main)
