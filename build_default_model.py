@@ -33,7 +33,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: str):
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, character_coverage=1.0,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, character_coverage=0.9995,
         normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
         max_sentence_length=1 << 16, num_threads=2, minloglevel=2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +70,7 @@ def warm_up(model, tok, texts: list[str], steps: int, seq_len: int, batch: int, 
     return loss.item()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--file_path", default="data/dolly-1.5k.jsonl", help="pool whose text trains the tokenizer")
     p.add_argument("--save_path", default="models/tiny-llama", help="output HF folder")
@@ -88,7 +88,7 @@ def main() -> None:
     p.add_argument("--warmup_lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if os.path.exists(os.path.join(args.save_path, "config.json")):
         raise InputError(f"--save_path: {args.save_path}: already holds a model; remove it to rebuild")
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -149,14 +149,14 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int) -> 
             "truncated": truncated, "seconds": time.time() - t0}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init_checkpoint_path", required=True, help="model to start from (HF folder)")
     p.add_argument("--data_path", required=True, help="labelled set (.json/.jsonl with instruction/input/output)")
     p.add_argument("--save_path", required=True, help="where the trained checkpoint goes (HF folder)")
     p.add_argument("--seed", type=int, default=42)
     add_train_args(p)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cfg = train_config(args, args.seed)
     fsdp_utils.check_model_dir(args.init_checkpoint_path, "--init_checkpoint_path")
     records = load_records(args.data_path, require_output="training needs every answer")

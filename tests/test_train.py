@@ -1,0 +1,81 @@
+"""Training: loss = answer-token NLL only, schedule sized from the real step count, learning happens."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import al_utils as U
+from train_AL import TrainConfig, collate, lr_at, token_nll_sum, train
+
+
+@pytest.fixture(scope="module")
+def data(loaded, pool):
+    model, tok = loaded
+    records = U.load_records(pool)
+    enc = U.encode_records(tok, records)
+    short = [enc[r["id"]] for r in records if len(enc[r["id"]].prompt) + len(enc[r["id"]].answer) < 200]
+    return model, tok, short
+
+
+def test_loss_is_answer_nll_by_hand(data):
+    model, tok, ex = data
+    pad = U.pad_id_of(tok)
+    batch = [(e.prompt, e.answer) for e in ex[:3]]
+    ids, mask, labels = collate(batch, pad)
+    with torch.no_grad():
+        got = token_nll_sum(model, ids, mask, labels).item()
+    want = 0.0
+    for p, a in batch:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + a])).logits[0]
+        want += F.cross_entropy(logits[len(p) - 1:-1], torch.tensor(a), reduction="sum").item()
+    assert abs(got - want) < 1e-3 * len(batch)
+    # padding and prompt labels are masked: changing the pad id or the labels there changes nothing
+    ids2, mask2, labels2 = collate(batch, pad_id=7)
+    assert (labels2 == labels).all()
+    with torch.no_grad():
+        assert abs(token_nll_sum(model, ids2, mask2, labels2).item() - got) < 1e-3
+    assert (labels[0, : len(batch[0][0])] == -100).all()
+    assert labels[0, len(batch[0][0]):].tolist()[: len(batch[0][1])] == batch[0][1]
+
+
+def test_step_loss_independent_of_micro_batching(data):
+    model, tok, ex = data
+    pad = U.pad_id_of(tok)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    sa = train(a, ex[:8], TrainConfig(lr=1e-3, epochs=1, train_batch_size=1, grad_accum=8, progress=False), pad)
+    sb = train(b, ex[:8], TrainConfig(lr=1e-3, epochs=1, train_batch_size=4, grad_accum=2, progress=False), pad)
+    assert sa["steps"] == sb["steps"] == 1
+    assert abs(sa["losses"][0] - sb["losses"][0]) < 1e-5
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-5)
+
+
+def test_schedule_length_is_real_step_count(data):
+    model, tok, ex = data
+    cfg = TrainConfig(lr=1e-3, epochs=2, train_batch_size=2, grad_accum=3, progress=False)
+    stats = train(copy.deepcopy(model), ex[:20], cfg, U.pad_id_of(tok))
+    steps = math.ceil(20 / 6) * 2  # 4 steps per epoch, the last one short
+    assert stats["steps"] == len(stats["lrs"]) == len(stats["losses"]) == steps
+    assert stats["warmup_steps"] == math.ceil(0.03 * steps)
+    assert stats["lrs"] == [1e-3 * lr_at(s, steps, stats["warmup_steps"]) for s in range(steps)]
+    assert stats["lrs"][-1] < stats["lrs"][1]
+    assert stats["examples"] == 20
+
+
+def test_loss_decreases(data):
+    model, tok, ex = data
+    cfg = TrainConfig(lr=1e-2, epochs=8, train_batch_size=4, grad_accum=1, progress=False)
+    stats = train(copy.deepcopy(model), ex[:8], cfg, U.pad_id_of(tok))
+    assert stats["train_loss"] < stats["losses"][0] - 1.0
+
+
+def test_truncation_keeps_answer_tokens():
+    prompt, answer = [1] + list(range(100, 140)), list(range(200, 230))
+    p, a, cut = U.truncate_pair(prompt, answer, 50)
+    assert cut and len(p) + len(a) == 50 and p[0] == 1 and p[-1] == 139 and a == answer[:25]
+    p, a, cut = U.truncate_pair(prompt, answer[:5], 40)  # short answer: the prompt gives way
+    assert cut and a == answer[:5] and len(p) == 35 and p[-1] == 139
+    assert U.truncate_pair(prompt, answer, 100) == (prompt, answer, False)
