@@ -237,20 +237,26 @@ def truncate_pair(prompt: list[int], answer: list[int], max_len: int) -> tuple[l
 
 def make_batches(lengths: Sequence[int], token_budget: int, max_rows: int,
                  groups: Sequence[int] | None = None) -> list[list[int]]:
-    """Group row indices sorted by (group, length) so each padded batch holds <= token_budget
-    tokens; rows of one group (one template variant) share their prefix."""
+    """Batches of row indices in which every row has the same (group, length), up to
+    token_budget tokens and max_rows rows. Equal lengths need no padding and no attention mask;
+    on CPU that beats padding near-equal lengths together (measured: 23.5 s vs 25-29 s for the
+    embedded pool with 5-30 % padding allowed), although it makes more, smaller batches.
+    A group is a template variant, so the rows of a batch share the template prefix."""
     groups = groups if groups is not None else [0] * len(lengths)
     order = sorted(range(len(lengths)), key=lambda i: (groups[i], lengths[i], i))
     batches, cur = [], []
     for i in order:
         if cur and ((len(cur) + 1) * lengths[i] > token_budget or len(cur) >= max_rows
-                    or groups[i] != groups[cur[-1]]):
+                    or (groups[i], lengths[i]) != (groups[cur[-1]], lengths[cur[-1]])):
             batches.append(cur)
             cur = []
         cur.append(i)
     if cur:
         batches.append(cur)
     return batches
+
+
+PREFIX_MIN_SAVED_TOKENS = 128
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -262,22 +268,26 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int,
               prefix_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum and count of NLL over targets seqs[b][starts[b]:] for one batch (starts >= 1).
 
-    The batch's shared token prefix (the alpaca template, after length sorting) is run once
-    and its KV cache reused by every row: same numbers, less compute. Rows are right-padded
-    and masked, so a row's score does not depend on its batch-mates.
+    The batch's shared token prefix (the alpaca template) is run once and its KV cache reused
+    by every row: same numbers, less compute. Rows are right-padded and masked, so a row's
+    score does not depend on its batch-mates.
     """
     dev = next(model.parameters()).device
     B, lens = len(seqs), [len(s) for s in seqs]
-    P = min(_common_prefix(seqs), min(lens) - 1) if prefix_cache and B > 1 else 0
+    P = min(_common_prefix(seqs), min(lens) - 1) if prefix_cache else 0
+    # the prefix's own forward call costs about what ~128 tokens of compute do (tiny model, CPU):
+    # take the cache only when it saves more than that
+    if P < 2 or (B - 1) * P < PREFIX_MIN_SAVED_TOKENS:
+        P = 0
     sums = torch.zeros(B, dtype=torch.float64)
     counts = torch.tensor([max(0, n - s) for n, s in zip(lens, starts)], dtype=torch.float64)
     cache = None
-    if P >= 2:
+    if P:
         pre = torch.tensor([list(seqs[0][:P])], device=dev)
         out = model(input_ids=pre, use_cache=True)
         pre_logits = out.logits[0].float()  # [P, V]: position t-1 predicts token t
@@ -292,8 +302,6 @@ def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_i
         sums += torch.where(torch.tensor(starts) <= P, first, torch.zeros_like(first))
         cache = out.cache
         cache.batch_repeat_interleave(B)
-    else:
-        P = 0
     S = max(lens) - P
     ids = torch.full((B, S), pad_id, dtype=torch.long)
     tgt = torch.full((B, S), -100, dtype=torch.long)
@@ -307,7 +315,9 @@ def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_i
         if lo < len(s):
             tgt[b, lo - P - 1: len(s) - P - 1] = torch.tensor(s[lo:], dtype=torch.long)
     pos = torch.arange(P, P + S).unsqueeze(0).expand(B, -1)
-    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+    # no padding: let attention take its causal fast path instead of an explicit mask
+    attn = None if bool(mask.all()) else mask.to(dev)
+    logits = model(input_ids=ids.to(dev), attention_mask=attn, position_ids=pos.to(dev),
                    cache=cache, use_cache=cache is not None).logits.float()
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.to(dev).reshape(-1),
                           ignore_index=-100, reduction="none").view(B, S)

@@ -14,6 +14,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -100,23 +101,28 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
     # the tokenizer sees answers too (it is a vocabulary, not a model); the warm-up does not
     tok_texts = [p + ANSWER_SEP + r["output"] for p, r in zip(prompts, records)]
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(args.save_path)) or ".", prefix=".build-")
-    tok = train_tokenizer(tok_texts, args.vocab_size, tmp)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
-        num_key_value_heads=args.num_key_value_heads, max_position_embeddings=args.max_position_embeddings,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    torch.manual_seed(args.seed)
-    model = LlamaForCausalLM(config)
-    n_params = sum(p.numel() for p in model.parameters())
-    loss = warm_up(model, tok, prompts, args.warmup_steps, args.warmup_seq_len, args.warmup_batch,
-                   args.warmup_lr, args.seed) if args.warmup_steps else float("nan")
-    model.save_pretrained(tmp, safe_serialization=True)
-    atomic_write_json(os.path.join(tmp, "build_info.json"), {**vars(args), "parameters": n_params,
-                                                              "warmup_final_loss": loss})
-    os.makedirs(os.path.dirname(os.path.abspath(args.save_path)), exist_ok=True)
-    os.replace(tmp, args.save_path)
+    parent = os.path.dirname(os.path.abspath(args.save_path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".build-")  # renamed into place when complete
+    try:
+        tok = train_tokenizer(tok_texts, args.vocab_size, tmp)
+        config = LlamaConfig(
+            vocab_size=len(tok), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+            num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
+            num_key_value_heads=args.num_key_value_heads, max_position_embeddings=args.max_position_embeddings,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+        torch.manual_seed(args.seed)
+        model = LlamaForCausalLM(config)
+        n_params = sum(p.numel() for p in model.parameters())
+        loss = warm_up(model, tok, prompts, args.warmup_steps, args.warmup_seq_len, args.warmup_batch,
+                       args.warmup_lr, args.seed) if args.warmup_steps else float("nan")
+        model.save_pretrained(tmp, safe_serialization=True)
+        atomic_write_json(os.path.join(tmp, "build_info.json"),
+                          {**vars(args), "parameters": n_params, "warmup_final_loss": loss})
+        os.replace(tmp, args.save_path)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
     print(f"built {n_params / 1e6:.2f}M-parameter Llama (vocab {len(tok)}, warm-up loss {loss:.3f}) "
           f"in {time.time() - t0:.1f}s -> {args.save_path}", file=sys.stderr)
 

@@ -61,6 +61,21 @@ def test_row_alone_equals_row_in_padded_batch(setup):
         assert abs(alone_s[0] / alone_c[0] - batch_s[b] / batch_c[b]) < 1e-5
 
 
+@pytest.mark.parametrize("start", [1, 30])
+def test_prefix_cache_path(setup, monkeypatch, start):
+    """Force the shared-prefix KV cache on rows of different lengths (padding + cache), with
+    targets starting before and after the prefix ends."""
+    model, tok, records, enc = setup
+    monkeypatch.setattr(U, "PREFIX_MIN_SAVED_TOKENS", 0)
+    rows = [enc[i].prompt + enc[i].answer for i in list(records)[:40] if not records[i]["input"]][:6]
+    rows = [r[:200] for r in rows]
+    assert len({len(r) for r in rows}) > 1 and U._common_prefix(rows) >= 20
+    s, c = U.batch_nll(model, rows, [start] * len(rows), U.pad_id_of(tok))
+    want = [hand_nll(model, r, start) for r in rows]
+    np.testing.assert_allclose((s / c).numpy(), want, atol=1e-5)
+    assert c.tolist() == [len(r) - start for r in rows]
+
+
 def test_answer_strategies(setup):
     model, tok, records, enc = setup
     ids = [i for i in list(records)[:14] if len(enc[i].prompt) + len(enc[i].answer) <= CFG.max_length]
