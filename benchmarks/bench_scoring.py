@@ -4,7 +4,7 @@
 
 original: batch 4 in file order, each batch padded to its longest row (scores computed correctly,
           per row over its own tokens, so both sides must give the same numbers)
-sorted:   ours without the shared-prefix cache (length-sorted, token-budget batches)
+sorted:   ours without the shared-prefix cache (length-sorted token-budget batches, right-padded, no mask)
 ours:     length-sorted token-budget batches + the template prefix's KV cache computed once per batch
 Runs are interleaved (original, sorted, ours, original, ...) so machine noise hits all alike.
 Writes benchmarks/results/scoring.md, which the README quotes.
@@ -35,7 +35,7 @@ def main():
     p.add_argument("--model", default="models/tiny-llama")
     p.add_argument("--file_path", default="data/dolly-1.5k.jsonl")
     p.add_argument("--max_length", type=int, default=1024)
-    p.add_argument("--token_budget", type=int, default=4096)
+    p.add_argument("--token_budget", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/scoring.md")
