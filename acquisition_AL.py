@@ -12,6 +12,7 @@ round and the trained model to <model_path>_sharded. Chain budgets like the orig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import math
@@ -53,7 +54,8 @@ from train_AL import add_train_args, train, train_config
 
 # flags that do not change what a run selects or trains: everything else must match on --resume
 NON_RUN_FLAGS = {"al_data_fraction", "model_path", "resume", "resume_checkpoint_path", "save_file_name",
-                 "plot_ppl_hist", "threads", "overwrite", "stop_after_round", "no_progress"}
+                 "plot_ppl_hist", "threads", "overwrite", "stop_after_round", "no_progress", "save_opt",
+                 "activation_checkpointing"}
 RNG_SHUFFLE, RNG_FRACTION, RNG_SELECT, RNG_SCORE = 0, 1, 2, 3
 
 
@@ -100,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--self_ask_positions", type=int, default=3, help="self_ask: generated positions read")
     g.add_argument("--num_clusters", type=int, default=10, help="cluster: KMeans clusters")
     g.add_argument("--cluster_embedding", default="tfidf", choices=("tfidf", "hidden"))
+    g.add_argument("--save_opt", action="store_true", help="also save the optimizer state in the checkpoint")
     g.add_argument("--warm_start", action="store_true",
                    help="train each round from the previous round's weights (default: from the base)")
     add_train_args(p)
@@ -161,30 +164,38 @@ def provenance() -> dict:
             "versions": {m: version(m) for m in ("torch", "transformers", "numpy", "scikit-learn")}}
 
 
-def prepare_run_dir(args: argparse.Namespace, run: str, flags: dict) -> dict | None:
-    """Check or set up the run directory; returns the state to continue from (None = fresh)."""
+def check_run_dir(args: argparse.Namespace, run: str, flags: dict) -> None:
+    """Read-only checks of the run directory (every rank, before any work)."""
     state_file = os.path.join(run, "state.json")
-    if os.path.isfile(state_file) and not args.resume:
-        if not args.overwrite:
+    if os.path.isfile(state_file):
+        if not args.resume and not args.overwrite:
             raise InputError(f"--model_path: {run}: run exists; pass --resume to continue or --overwrite")
-        shutil.rmtree(run)
-        shutil.rmtree(run + "_sharded", ignore_errors=True)
+        if args.resume:
+            with open(state_file) as f:
+                check_same(json.load(f), flags, state_file)
+    elif args.resume and args.resume_checkpoint_path:
+        prev = os.path.join(args.resume_checkpoint_path.rstrip("/").removesuffix("_sharded"), "state.json")
+        with open(prev) as f:
+            check_same(json.load(f), flags, prev)
+
+
+def prepare_run_dir(args: argparse.Namespace, run: str) -> None:
+    """Rank 0: clear an overwritten run, or seed a chained run with the previous run's rounds."""
+    state_file = os.path.join(run, "state.json")
+    if os.path.isfile(state_file) and args.overwrite and not args.resume:
+        for p in (os.path.join(run, "rounds"), state_file, os.path.join(run, "selected.json"), run + "_sharded"):
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            elif os.path.exists(p):
+                os.remove(p)
     if args.resume and not os.path.isfile(state_file) and args.resume_checkpoint_path:
         prev = args.resume_checkpoint_path.rstrip("/").removesuffix("_sharded")
         with open(os.path.join(prev, "state.json")) as f:
             prev_state = json.load(f)
-        check_same(prev_state, flags, os.path.join(prev, "state.json"))
-        os.makedirs(run, exist_ok=True)
         shutil.copytree(os.path.join(prev, "rounds"), os.path.join(run, "rounds"), dirs_exist_ok=True)
         prev_state["chained_from"] = prev
         prev_state["model_source"] = args.resume_checkpoint_path
         atomic_write_json(state_file, prev_state)
-    if not os.path.isfile(state_file):
-        return None
-    with open(state_file) as f:
-        state = json.load(f)
-    check_same(state, flags, state_file)
-    return state
 
 
 def check_same(state: dict, flags: dict, where: str) -> None:
@@ -196,13 +207,14 @@ def check_same(state: dict, flags: dict, where: str) -> None:
 
 
 def heldout_loss(model, enc: dict, ids: list, pad_id: int, max_len: int, cfg: ScoreConfig) -> float | None:
-    """Mean answer-token NLL over the held-out slice (token-weighted, as the training loss)."""
+    """Mean answer-token NLL over the held-out slice (token-weighted, as the training loss);
+    each rank scores a contiguous share."""
     if not ids:
         return None
-    pairs = [truncate_pair(enc[i].prompt, enc[i].answer, max_len) for i in ids]
+    pairs = [truncate_pair(enc[i].prompt, enc[i].answer, max_len) for i in ids[fsdp_utils.my_slice(len(ids))]]
     s, c = sequence_nll(model, [p + a for p, a, _ in pairs], [len(p) for p, _, _ in pairs], pad_id,
                         cfg.token_budget, cfg.max_rows, "held-out loss", cfg.progress)
-    return float(s.sum() / c.sum())
+    return fsdp_utils.all_reduce_sum(float(s.sum())) / fsdp_utils.all_reduce_sum(float(c.sum()))
 
 
 def plot_hist(scores: list[float], path: str, title: str) -> None:
@@ -228,17 +240,29 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = run + "_sharded"
     pool_hash = file_sha256(args.file_path)
     flags = run_flags(args, pool_hash)
-    os.makedirs(run, exist_ok=True)
-    lock = open(os.path.join(run, ".lock"), "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise InputError(f"--model_path: {run}: another run holds its lock") from None
-    state = prepare_run_dir(args, run, flags)
+    check_run_dir(args, run, flags)
     device = fsdp_utils.setup(args.threads)
-    fsdp_utils.recover_checkpoint(ckpt)
-    progress = not args.no_progress
-    log = print if fsdp_utils.is_main() else (lambda *a, **k: None)
+    main_rank = fsdp_utils.is_main()
+    lock = None
+    if main_rank:  # one lock per run, held by rank 0 for the whole run
+        os.makedirs(run, exist_ok=True)
+        lock = open(os.path.join(run, ".lock"), "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock = None
+    if not fsdp_utils.broadcast(lock is not None if main_rank else None):
+        raise InputError(f"--model_path: {run}: another run holds its lock ({run}/.lock)")
+    if main_rank:
+        prepare_run_dir(args, run)
+        fsdp_utils.recover_checkpoint(ckpt)
+    fsdp_utils.barrier()
+    state = None
+    if os.path.isfile(os.path.join(run, "state.json")):
+        with open(os.path.join(run, "state.json")) as f:
+            state = json.load(f)
+    progress = not args.no_progress and main_rank
+    log = print if main_rank else (lambda *a, **k: None)
 
     # the seeded order: held-out slice first, then the seed set, then candidates in this order
     by_id = {r["id"]: r for r in records}
@@ -273,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
                              f"state says round {done} is done")
         log(f"resuming {run}: {done + 1} rounds done, {len(labelled)} labelled", file=sys.stderr)
 
+    def load(path: str):
+        return fsdp_utils.load_model(path, device, args.model_config_path, args.activation_checkpointing)
+
     rnd = done + 1
     while len(labelled) < budget and (args.stop_after_round is None or rnd <= args.stop_after_round):
         t0 = time.time()
@@ -282,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         remaining = [i for i in order if i not in taken]
         n = min(args.num_acquisition_samples, budget - len(labelled))
         scores: list[dict] = []
-        if os.path.isfile(sel_file):  # selection finished before an interruption: reuse it
+        # rank 0 decides what is on disk, so every rank takes the same branch (same collectives)
+        if fsdp_utils.broadcast(os.path.isfile(sel_file)):  # selected before an interruption: reuse
             picked = read_jsonl(sel_file)
         elif rnd == 0:
             picked = [{"id": i, "bucket": None, "score": None} for i in remaining[:n]]
@@ -290,14 +318,16 @@ def main(argv: list[str] | None = None) -> None:
             if not remaining:
                 break
             if model is None and args.sampling_strategy not in MODEL_FREE:
-                model = fsdp_utils.load_model(model_source, device)
+                model = load(model_source)
             cands = remaining
             if args.cluster_data_fraction < 1:
                 m = max(1, math.ceil(args.cluster_data_fraction * len(remaining)))
                 keep = np.sort(round_rng(args.seed, rnd, RNG_FRACTION).choice(len(remaining), m, replace=False))
                 cands = [remaining[j] for j in keep]
-            scores = score_candidates(args.sampling_strategy, by_id, cands, enc, model, tok, scfg,
-                                      round_rng(args.seed, rnd, RNG_SCORE))
+            with fsdp_utils.full_params(model) if model is not None else contextlib.nullcontext():
+                scores = score_candidates(args.sampling_strategy, by_id, cands, enc, model, tok, scfg,
+                                          round_rng(args.seed, rnd, RNG_SCORE), fsdp_utils.my_slice(len(cands)),
+                                          fsdp_utils.gather_lists)
             if len(cands) < n:
                 log(f"warning: round {rnd}: only {len(cands)} candidates for {n} slots", file=sys.stderr)
             score_of = {r["id"]: r["score"] for r in scores}
@@ -308,48 +338,54 @@ def main(argv: list[str] | None = None) -> None:
                 k = k_for_round(args.num_k, args.decay_k, rnd)
                 chosen = stratify(ranked, n, args.stratification_strategy, args.pick_samples_from, k,
                                   args.mixed_sampling_factor, round_rng(args.seed, rnd, RNG_SELECT))
-            picked = [{"id": i, "bucket": b, "score": score_of[i]} for i, b in chosen]
-            atomic_write_jsonl(os.path.join(rdir, "scores.jsonl"), scores)
-            if args.plot_ppl_hist:
-                plot_hist([r["score"] for r in scores], os.path.join(rdir, "scores.png"),
-                          f"{args.sampling_strategy} scores, round {rnd}")
-        atomic_write_jsonl(sel_file, picked)
+            picked = fsdp_utils.broadcast([{"id": i, "bucket": b, "score": score_of[i]} for i, b in chosen])
+            if main_rank:
+                atomic_write_jsonl(os.path.join(rdir, "scores.jsonl"), scores)
+                if args.plot_ppl_hist:
+                    plot_hist([r["score"] for r in scores], os.path.join(rdir, "scores.png"),
+                              f"{args.sampling_strategy} scores, round {rnd}")
+        if main_rank:
+            atomic_write_jsonl(sel_file, picked)
         labelled += [r["id"] for r in picked]
         t_score = time.time() - t0
 
         # train: from the base each round (as the original), or from the last round's weights
-        meta = fsdp_utils.checkpoint_meta(ckpt) if os.path.isdir(ckpt) else {}
+        meta = fsdp_utils.broadcast(fsdp_utils.checkpoint_meta(ckpt) if os.path.isdir(ckpt) else {})
         if meta.get("round") == rnd:  # trained before an interruption
-            model = fsdp_utils.load_model(ckpt, device)
+            model = load(ckpt)
             tstats = meta["train"]
         else:
             if not (args.warm_start and rnd > 0):
-                model = fsdp_utils.load_model(args.init_checkpoint_path, device)
+                model = load(args.init_checkpoint_path)
             elif model is None:  # warm start after a resume that skipped scoring
-                model = fsdp_utils.load_model(model_source, device)
+                model = load(model_source)
             torch.manual_seed(args.seed + rnd)
             tcfg = train_config(args, args.seed + rnd, progress)
-            stats = train(model, [enc[i] for i in labelled], tcfg, pad_id)
+            stats, opt = train(model, [enc[i] for i in labelled], tcfg, pad_id)
             tstats = {k: v for k, v in stats.items() if k not in ("losses", "lrs")}
-            fsdp_utils.save_checkpoint(model, tok, ckpt, {"round": rnd, "labelled": len(labelled), "train": tstats})
+            fsdp_utils.save_checkpoint(model, tok, ckpt, {"round": rnd, "labelled": len(labelled), "train": tstats},
+                                       opt if args.save_opt else None)
+            del opt
         model_source = ckpt
         state.pop("model_source", None)
         t_train = time.time() - t0 - t_score
-        held = heldout_loss(model, enc, heldout, pad_id, args.train_max_length, scfg)
+        with fsdp_utils.full_params(model):
+            held = heldout_loss(model, enc, heldout, pad_id, args.train_max_length, scfg)
         sc = np.array([r["score"] for r in scores])
         metrics = {"round": rnd, "labelled": len(labelled), "selected": len(picked), "train": tstats,
                    "heldout_loss": held, "heldout_examples": len(heldout), "candidates_scored": len(scores),
                    "score_stats": describe(sc),
                    "seconds": {"select": t_score, "train": t_train, "total": time.time() - t0}}
-        atomic_write_json(os.path.join(rdir, "metrics.json"), metrics)
-        selected = [by_id[i] for i in labelled]
-        atomic_write_json(os.path.join(run, "selected.json"), selected)
-        if args.save_file_name:
-            atomic_write_json(args.save_file_name, selected)
         state["rounds_done"] = rnd
         state["round_log"] = [x for x in state["round_log"] if x["round"] < rnd] + [
             {"round": rnd, "labelled": len(labelled), "train_loss": tstats["train_loss"], "heldout_loss": held}]
-        atomic_write_json(os.path.join(run, "state.json"), state)
+        if main_rank:
+            atomic_write_json(os.path.join(rdir, "metrics.json"), metrics)
+            selected = [by_id[i] for i in labelled]
+            atomic_write_json(os.path.join(run, "selected.json"), selected)
+            if args.save_file_name:
+                atomic_write_json(args.save_file_name, selected)
+            atomic_write_json(os.path.join(run, "state.json"), state)  # last: marks the round done
         done = rnd
         held_s = f"{held:.4f}" if held is not None else "n/a"
         log(f"round {rnd} | labelled {len(labelled)}/{budget} | scores {describe(sc)} | "
@@ -357,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
         rnd += 1
     log(f"run {run}: {len(labelled)} labelled in {done + 1} rounds; selected set {run}/selected.json, "
         f"model {ckpt}", file=sys.stderr)
+    fsdp_utils.barrier()
+    fsdp_utils.teardown()
 
 
 if __name__ == "__main__":

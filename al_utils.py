@@ -34,7 +34,9 @@ def run_cli(main: Callable[[], Any]) -> None:
     try:
         main()
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # under torchrun every rank validates the same way; rank 0 speaks, every rank exits 2
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -435,15 +437,38 @@ def _first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
 
 
 def score_candidates(strategy: str, records: dict, cand_ids: Sequence, enc: dict, model, tokenizer,
-                     cfg: ScoreConfig, rng: np.random.Generator) -> list[dict]:
+                     cfg: ScoreConfig, rng: np.random.Generator, part: slice = slice(None),
+                     gather: Callable[[list], list] = lambda rows: rows) -> list[dict]:
     """Score the candidates; rows come back in candidate order. `score` is the sort key: higher
-    sorts first ("top"); compound strategies also store their components."""
-    pad_id = pad_id_of(tokenizer)
+    sorts first ("top"); compound strategies also store their components.
+
+    Data-parallel: this process scores only cand_ids[part] (a contiguous slice) and `gather`
+    concatenates every rank's rows in rank order. Model-free strategies score everything."""
     ids = list(cand_ids)
     if strategy == "random":
         return [{"id": i, "score": float(v)} for i, v in zip(ids, rng.random(len(ids)))]
     if strategy == "instruction_length":
         return [{"id": i, "score": -float(len(enc[i].prompt))} for i in ids]
+    if strategy not in STRATEGIES:
+        raise InputError(f"--sampling_strategy: unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    rows = gather(_model_scores(strategy, records, ids[part], enc, model, tokenizer, cfg))
+    if strategy == "cluster":
+        if cfg.cluster_embedding == "hidden":
+            X = np.array([r.pop("embedding") for r in rows], dtype=np.float32)
+        else:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            texts = [records[i]["instruction"] + "\n" + records[i]["input"] for i in ids]
+            X = TfidfVectorizer(max_features=20000, sublinear_tf=True).fit_transform(texts)
+        for r, c in zip(rows, cluster_labels(X, cfg.num_clusters, rng)):
+            r["cluster"] = int(c)
+    return rows
+
+
+def _model_scores(strategy: str, records: dict, ids: list, enc: dict, model, tokenizer,
+                  cfg: ScoreConfig) -> list[dict]:
+    """Per-row scores of the model-based strategies for `ids` (one rank's slice)."""
+    pad_id = pad_id_of(tokenizer)
     if strategy in ("forward_ppl", "length_and_ppl", "cluster"):
         ppl = forward_ppl(model, enc, ids, pad_id, cfg)
         if strategy == "forward_ppl":
@@ -452,8 +477,11 @@ def score_candidates(strategy: str, records: dict, cand_ids: Sequence, enc: dict
             # lexicographic (length asc, ppl asc) as one number: ppl/(1+ppl) lies in [0, 1)
             return [{"id": i, "score": -(len(enc[i].prompt) + float(v) / (1 + float(v))),
                      "length": len(enc[i].prompt), "forward_ppl": float(v)} for i, v in zip(ids, ppl)]
-        clusters = cluster_labels(records, ids, enc, model, pad_id, cfg, rng)
-        return [{"id": i, "score": float(v), "cluster": int(c)} for i, v, c in zip(ids, ppl, clusters)]
+        rows = [{"id": i, "score": float(v)} for i, v in zip(ids, ppl)]
+        if cfg.cluster_embedding == "hidden":
+            for r, e in zip(rows, mean_hidden(model, enc, ids, pad_id, cfg)):
+                r["embedding"] = e.tolist()
+        return rows
     if strategy in NEEDS_ANSWERS:
         cond, unc = answer_losses(model, enc, ids, pad_id, tokenizer.bos_token_id, cfg)
         if strategy == "ifd":
@@ -471,21 +499,17 @@ def score_candidates(strategy: str, records: dict, cand_ids: Sequence, enc: dict
             nll = F.cross_entropy(logits, torch.tensor(toks), reduction="none") if toks else torch.zeros(1)
             rows.append({"id": i, "score": float(nll.mean()), "generated_tokens": len(toks)})
         return rows
-    if strategy == "self_ask":
-        no_ids = _first_token_ids(tokenizer, ["no", "No", "NO"])
-        prompts = []
-        for i in ids:
-            r = records[i]
-            q = r["instruction"] + ("\n" + r["input"] if r["input"].strip() else "")
-            prompts.append(_clip(tokenizer(format_prompt(SELF_ASK_TEMPLATE.format(instruction=q))).input_ids,
-                                 cfg.max_length))
-        gens = greedy_generate(model, prompts, cfg.self_ask_positions, pad_id, eos, cfg.max_rows, cfg.progress)
-        rows = []
-        for i, (_, logits) in zip(ids, gens):
-            p_no = logits.softmax(-1)[:, no_ids].sum(-1)
-            rows.append({"id": i, "score": float(p_no.mean())})
-        return rows
-    raise InputError(f"--sampling_strategy: unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    # self_ask
+    no_ids = _first_token_ids(tokenizer, ["no", "No", "NO"])
+    prompts = []
+    for i in ids:
+        r = records[i]
+        q = r["instruction"] + ("\n" + r["input"] if r["input"].strip() else "")
+        prompts.append(_clip(tokenizer(format_prompt(SELF_ASK_TEMPLATE.format(instruction=q))).input_ids,
+                             cfg.max_length))
+    gens = greedy_generate(model, prompts, cfg.self_ask_positions, pad_id, eos, cfg.max_rows, cfg.progress)
+    return [{"id": i, "score": float(logits.softmax(-1)[:, no_ids].sum(-1).mean())}
+            for i, (_, logits) in zip(ids, gens)]
 
 
 @torch.no_grad()
@@ -500,25 +524,17 @@ def mean_hidden(model, enc: dict, ids: Sequence, pad_id: int, cfg: ScoreConfig) 
         m = torch.zeros((len(idx), L), dtype=torch.long)
         for b, i in enumerate(idx):
             x[b, : len(seqs[i])], m[b, : len(seqs[i])] = torch.tensor(seqs[i]), 1
-        h = model.model(input_ids=x.to(dev), attention_mask=m.to(dev)).last_hidden_state.float().cpu()
+        h = model.model(input_ids=x.to(dev)).last_hidden_state.float().cpu()  # right padding: no mask needed
         out[idx] = ((h * m[..., None]).sum(1) / m.sum(1, keepdim=True)).numpy()
     return out
 
 
-def cluster_labels(records: dict, ids: Sequence, enc: dict, model, pad_id: int, cfg: ScoreConfig,
-                   rng: np.random.Generator) -> np.ndarray:
-    """KMeans cluster of each candidate over TF-IDF of its prompt text, or the model's hidden states."""
+def cluster_labels(X, num_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Seeded KMeans cluster of each row of X (TF-IDF or embeddings)."""
     from sklearn.cluster import KMeans
-    from sklearn.feature_extraction.text import TfidfVectorizer
 
-    if cfg.cluster_embedding == "hidden":
-        X = mean_hidden(model, enc, ids, pad_id, cfg)
-    else:
-        texts = [records[i]["instruction"] + "\n" + records[i]["input"] for i in ids]
-        X = TfidfVectorizer(max_features=20000, sublinear_tf=True).fit_transform(texts)
-    k = max(1, min(cfg.num_clusters, len(ids)))
-    seed = int(rng.integers(2**31 - 1))
-    return KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(X)
+    k = max(1, min(num_clusters, X.shape[0]))
+    return KMeans(n_clusters=k, n_init=3, random_state=int(rng.integers(2**31 - 1))).fit_predict(X)
 
 
 # ----------------------------------------------------------------------------------------------

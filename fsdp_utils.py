@@ -1,51 +1,122 @@
-"""Process setup, model loading/wrapping and checkpoint save/load.
+"""Process group, rank helpers, model build/shard/load and checkpoint save/load.
 
-Every script goes through these few functions, so sharding (FSDP2 `fully_shard` + DCP) plugs in
-here without touching training or the AL loop. Checkpoint folders are HF folders
-(config.json + *.safetensors + tokenizer); saves are atomic at the directory level.
+One process per rank, launched by torchrun (or plain python = one rank, no process group).
+Under torchrun the model is built on the meta device, each decoder layer and then the root are
+sharded with FSDP2 `fully_shard`, and weights are loaded straight into the shards. Checkpoints
+the suite writes are torch.distributed.checkpoint (DCP) folders with config.json and the
+tokenizer beside `.metadata`; a HF folder (config.json + *.safetensors) is accepted wherever a
+checkpoint is read. Saves are atomic at the directory level.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import shutil
-import tempfile
+import sys
+import warnings
+from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 
 from al_utils import InputError
 
+# DCP warns on every single-process save/load; single process is a supported mode here
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
-def setup(threads: int) -> torch.device:
-    """Fix the thread count (results are bitwise reproducible for a given count) and pick the device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError("WORLD_SIZE: multi-process runs (torchrun) are not supported yet; run with plain python")
-    if threads > 0:
-        torch.set_num_threads(threads)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# ----------------------------------------------------------------------------------------------
+# process group and ranks
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def setup(threads: int) -> torch.device:
+    """Fix the thread count (results are bitwise reproducible for a given count and world size),
+    start the process group under torchrun (nccl on CUDA, gloo on CPU) and pick the device."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return device
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast(obj):
+    """Rank 0's `obj` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_lists(items: list) -> list:
+    """Concatenate every rank's list in rank order (slices are contiguous, so order is kept)."""
+    if not dist.is_initialized():
+        return items
+    out: list = [None] * world()
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
+
+
+def my_slice(n: int) -> slice:
+    """This rank's contiguous share of n items (the first n mod world ranks take one more)."""
+    w, r = world(), rank()
+    lo = r * (n // w) + min(r, n % w)
+    return slice(lo, lo + n // w + (1 if r < n % w else 0))
+
+
+def all_reduce_sum(x: float) -> float:
+    if not dist.is_initialized():
+        return x
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints on disk
 
 
 def checkpoint_kind(path: str) -> str | None:
-    """'hf' for a HF model folder, 'dcp' for a torch.distributed.checkpoint folder, else None."""
-    if os.path.isfile(os.path.join(path, "config.json")) and glob.glob(os.path.join(path, "*.safetensors")):
-        return "hf"
+    """'dcp' for a torch.distributed.checkpoint folder, 'hf' for a HF model folder, else None."""
     if os.path.isfile(os.path.join(path, ".metadata")):
         return "dcp"
+    if os.path.isfile(os.path.join(path, "config.json")) and glob.glob(os.path.join(path, "*.safetensors")):
+        return "hf"
     return None
 
 
 def check_model_dir(path: str, flag: str) -> None:
     """Fail early, naming the flag, when `path` is not a model folder."""
-    kind = checkpoint_kind(path) if os.path.isdir(path) else None
-    if kind is None:
-        raise InputError(f"{flag}: {path}: not a model folder (expected config.json + *.safetensors)")
-    if kind == "dcp":
-        raise InputError(f"{flag}: {path}: sharded (DCP) checkpoints are not supported yet; pass a HF folder")
+    if not os.path.isdir(path) or checkpoint_kind(path) is None:
+        raise InputError(f"{flag}: {path}: not a model folder (expected config.json + *.safetensors, "
+                         "or a sharded checkpoint with .metadata)")
 
 
 def _quiet_transformers() -> None:
@@ -59,56 +130,179 @@ def _quiet_transformers() -> None:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
+    _quiet_transformers()
     return AutoTokenizer.from_pretrained(path)
 
 
-def load_model(path: str, device: torch.device) -> torch.nn.Module:
-    """Load a HF causal LM folder in fp32 (fp32 master weights; bf16 compute comes from autocast)."""
-    from transformers import AutoModelForCausalLM
+def read_safetensors(path: str, progress: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a HF folder's *.safetensors files, dtype as stored, read one by one."""
+    from safetensors import safe_open
+    from tqdm import tqdm
+
+    sd = {}
+    for f in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+        with safe_open(f, framework="pt") as fh:
+            for k in tqdm(list(fh.keys()), desc=os.path.basename(f), disable=not progress, file=sys.stderr):
+                sd[k] = fh.get_tensor(k)
+    return sd
+
+
+# ----------------------------------------------------------------------------------------------
+# models
+
+
+def _reset_rotary(model: torch.nn.Module, device: torch.device) -> None:
+    """to_empty() leaves non-persistent buffers (rotary inv_freq) as garbage: recompute them."""
+    for name, mod in model.named_modules():
+        if name.endswith("rotary_emb"):
+            fresh = type(mod)(config=model.config)  # built on the CPU: real values
+            for bname, buf in fresh.named_buffers():
+                getattr(mod, bname).copy_(buf.to(device))
+
+
+def shard(model: torch.nn.Module, device: torch.device) -> None:
+    """FSDP2: fully_shard each decoder layer, then the root. On CUDA bf16 compute with fp32
+    master weights and fp32 gradient reduction; on CPU everything stays fp32."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world(),))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" \
+        else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+
+
+def load_model(path: str, device: torch.device, config_path: str | None = None,
+               activation_checkpointing: bool = False) -> torch.nn.Module:
+    """Load a HF folder or DCP checkpoint as an fp32 model, sharded across ranks under torchrun.
+
+    The model is built on the meta device and materialised only as this rank's shards. From a
+    DCP folder each rank reads only its shards; from a HF folder rank 0 reads the file and
+    broadcasts into the shards (no full copy per rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     _quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return model.to(device)
-
-
-def wrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The one place a model is prepared for training (sharding goes here). Single process: as is."""
+    kind = checkpoint_kind(path)
+    if kind is None:
+        raise InputError(f"{path}: not a model folder")
+    config = AutoConfig.from_pretrained(config_path or path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if activation_checkpointing:  # recompute each layer's activations in backward (HF's own hook)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if world() > 1:
+        shard(model, device)
+    model.to_empty(device=device)
+    _reset_rotary(model, device)
+    if kind == "dcp":
+        load_dcp(model, path)
+    elif world() > 1:
+        sd = read_safetensors(path) if is_main() else {}
+        sd = _with_tied(model, {k: v.float() for k, v in sd.items()})
+        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    else:
+        sd = _with_tied(model, read_safetensors(path))
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise InputError(f"{path}: weights do not match config.json (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    model.eval()
     return model
 
 
-def save_checkpoint(model: torch.nn.Module, tokenizer, path: str, meta: dict) -> None:
-    """Save a HF folder atomically: write a temp sibling, then swap it in. A crash at any point
-    leaves either the old or the new checkpoint, never a half-written one. `meta` goes to
-    al_checkpoint.json (the AL loop records which round produced the weights)."""
+def _with_tied(model: torch.nn.Module, sd: dict) -> dict:
+    """HF files omit lm_head.weight when it is tied to the embeddings: fill it in."""
+    if sd and getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in sd:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    return sd
+
+
+def load_dcp(model: torch.nn.Module, path: str, optimizer: torch.optim.Optimizer | None = None) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(model, optimizer or [])
+    state = {"model": msd, **({"optim": osd} if optimizer is not None else {})}
+    dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer or [], model_state_dict=state["model"],
+                   optim_state_dict=state.get("optim", {}))
+
+
+@contextlib.contextmanager
+def full_params(model: torch.nn.Module) -> Iterator[None]:
+    """Hold every rank's full parameters for a stretch of local inference (scoring, generation):
+    each rank then runs forward calls on its own slice of the data with no collectives, so ranks
+    may make different numbers of calls. One all-gather per module on entry, freed on exit."""
+    from torch.distributed.fsdp import FSDPModule
+
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in mods:
+        m.unshard()
+        m.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.set_reshard_after_forward(True)
+            m.reshard()
+
+
+def set_grad_sync(model: torch.nn.Module, sync: bool) -> None:
+    """Skip the gradient reduce-scatter on non-final micro-steps of an accumulated step."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(sync)
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer, path: str, meta: dict,
+                    optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Save a DCP checkpoint (+ config, tokenizer, al_checkpoint.json) atomically: every rank
+    writes its shards into a temp sibling, then rank 0 swaps it in. A crash at any point leaves
+    either the old or the new checkpoint, never a half-written one that looks valid."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     path = path.rstrip("/")
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    with open(os.path.join(tmp, "al_checkpoint.json"), "w") as f:
-        json.dump(meta, f, indent=2)
-    old = None
-    if os.path.exists(path):
+    parent, base = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    tmp = os.path.join(parent, f".{base}.tmp")
+    if is_main():
+        os.makedirs(parent, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+    msd, osd = get_state_dict(model, optimizer or [])
+    dcp.save({"model": msd, **({"optim": osd} if optimizer is not None else {})}, checkpoint_id=tmp,
+             no_dist=not dist.is_initialized())
+    if is_main():
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "al_checkpoint.json"), "w") as f:
+            json.dump(meta, f, indent=2)
         old = tmp + ".old"
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old:
-        shutil.rmtree(old)
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier()
 
 
 def recover_checkpoint(path: str) -> None:
     """Undo a swap cut short by a crash: if the checkpoint is missing but its previous version
-    was parked as *.old, put it back; drop leftover temp folders."""
+    was parked as .old, put it back; drop a half-written temp folder. Rank 0 only."""
+    if not is_main():
+        return
     path = path.rstrip("/")
     parent, base = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
-    leftovers = sorted(glob.glob(os.path.join(parent, f".{base}.tmp-*")))
-    olds = [p for p in leftovers if p.endswith(".old")]
-    if not os.path.exists(path) and olds:
-        os.replace(olds[-1], path)
-    for p in leftovers:
-        if os.path.exists(p):
-            shutil.rmtree(p)
+    tmp = os.path.join(parent, f".{base}.tmp")
+    if not os.path.exists(path) and os.path.exists(tmp + ".old"):
+        os.replace(tmp + ".old", path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp + ".old", ignore_errors=True)
 
 
 def checkpoint_meta(path: str) -> dict:

@@ -49,6 +49,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight_decay", type=float, default=d.weight_decay)
     g.add_argument("--warmup_ratio", type=float, default=d.warmup_ratio, help="share of steps in linear warmup")
     g.add_argument("--max_grad_norm", type=float, default=d.max_grad_norm, help="gradient clipping")
+    g.add_argument("--activation_checkpointing", action="store_true",
+                   help="recompute layer activations in backward: less memory, ~30%% more compute")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
 
 
@@ -94,10 +96,14 @@ def token_nll_sum(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
                            labels[:, 1:].to(dev).reshape(-1), ignore_index=-100, reduction="sum")
 
 
-def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int) -> dict:
-    """Train `model` in place. Loss per optimizer step = summed answer-token NLL / answer tokens
-    in the whole step (all micro-batches), so the step's loss does not depend on how it is split.
-    Returns stats: steps, per-step losses and learning rates, truncations, token counts."""
+def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int) -> tuple[dict, torch.optim.Optimizer]:
+    """Train `model` (already sharded under torchrun) in place.
+
+    An optimizer step covers train_batch_size x grad_accum x world examples of a seeded epoch
+    order; each rank takes a contiguous share, so every example is used exactly once per epoch.
+    Loss per step = summed answer-token NLL / answer tokens over the whole global step, so it
+    does not depend on how the step is split over micro-batches or ranks. Returns stats: steps,
+    per-step losses and learning rates, truncations, token counts; and the optimizer."""
     t0 = time.time()
     pairs, truncated = [], 0
     for e in examples:
@@ -106,11 +112,12 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int) -> 
         p, a, cut = truncate_pair(e.prompt, e.answer, cfg.max_length)
         pairs.append((p, a))
         truncated += cut
-    per_step = cfg.train_batch_size * cfg.grad_accum
+    W, R = fsdp_utils.world(), fsdp_utils.rank()
+    per_rank = cfg.train_batch_size * cfg.grad_accum
+    per_step = per_rank * W
     steps_per_epoch = math.ceil(len(pairs) / per_step)
     total = steps_per_epoch * cfg.epochs
     warmup = math.ceil(cfg.warmup_ratio * total)
-    model = fsdp_utils.wrap_model(model)
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -118,18 +125,27 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int) -> 
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
     losses, lrs, tokens = [], [], 0
-    bar = tqdm(total=total, desc="training", disable=not cfg.progress, file=sys.stderr, leave=False)
+    bar = tqdm(total=total, desc="training", disable=not (cfg.progress and fsdp_utils.is_main()),
+               file=sys.stderr, leave=False)
     for _ in range(cfg.epochs):
         order = torch.randperm(len(pairs), generator=gen).tolist()
         for s in range(steps_per_epoch):
             rows = [pairs[i] for i in order[s * per_step: (s + 1) * per_step]]
-            micro = [rows[j: j + cfg.train_batch_size] for j in range(0, len(rows), cfg.train_batch_size)]
             n_tok = sum(len(a) for _, a in rows)
+            # every rank runs the same number of micro-batches (FSDP's collectives need it): a
+            # rank whose share of a short last step runs out repeats a row with weight 0
+            shares = [rows[r * per_rank: (r + 1) * per_rank] for r in range(W)]
+            n_micro = max(math.ceil(len(sh) / cfg.train_batch_size) for sh in shares)
+            mine = shares[R]
             step_loss = 0.0
-            for mb in micro:
-                loss = token_nll_sum(model, *collate(mb, pad_id)) / n_tok
+            for j in range(n_micro):
+                mb = mine[j * cfg.train_batch_size: (j + 1) * cfg.train_batch_size]
+                weight = W / n_tok if mb else 0.0  # FSDP averages gradients over ranks: undo with W
+                fsdp_utils.set_grad_sync(model, j == n_micro - 1)
+                loss = token_nll_sum(model, *collate(mb or rows[:1], pad_id)) * weight
                 loss.backward()
-                step_loss += loss.item()
+                step_loss += loss.item() / W
+            step_loss = fsdp_utils.all_reduce_sum(step_loss)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             lr = cfg.lr * lr_at(len(lrs), total, warmup)
             for g in opt.param_groups:
@@ -146,14 +162,16 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int) -> 
     last = losses[-steps_per_epoch:]
     return {"steps": total, "warmup_steps": warmup, "losses": losses, "lrs": lrs,
             "train_loss": sum(last) / len(last), "examples": len(pairs), "answer_tokens": tokens,
-            "truncated": truncated, "seconds": time.time() - t0}
+            "truncated": truncated, "seconds": time.time() - t0}, opt
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init_checkpoint_path", required=True, help="model to start from (HF folder)")
+    p.add_argument("--init_checkpoint_path", required=True, help="model to start from (HF folder or sharded)")
+    p.add_argument("--model_config_path", default=None, help="config + tokenizer folder (default: the checkpoint's)")
     p.add_argument("--data_path", required=True, help="labelled set (.json/.jsonl with instruction/input/output)")
-    p.add_argument("--save_path", required=True, help="where the trained checkpoint goes (HF folder)")
+    p.add_argument("--save_path", required=True, help="where the trained sharded checkpoint goes")
+    p.add_argument("--dont_save_opt", action="store_true", help="save the model without optimizer state")
     p.add_argument("--seed", type=int, default=42)
     add_train_args(p)
     args = p.parse_args(argv)
@@ -162,14 +180,18 @@ def main(argv: list[str] | None = None) -> None:
     records = load_records(args.data_path, require_output="training needs every answer")
     device = fsdp_utils.setup(args.threads)
     torch.manual_seed(args.seed)
-    tok = fsdp_utils.load_tokenizer(args.init_checkpoint_path)
-    model = fsdp_utils.load_model(args.init_checkpoint_path, device)
+    tok = fsdp_utils.load_tokenizer(args.model_config_path or args.init_checkpoint_path)
+    model = fsdp_utils.load_model(args.init_checkpoint_path, device, args.model_config_path,
+                                  args.activation_checkpointing)
     enc = encode_records(tok, records)
-    stats = train(model, [enc[r["id"]] for r in records], cfg, pad_id_of(tok))
-    fsdp_utils.save_checkpoint(model, tok, args.save_path, {"trained_on": args.data_path})
-    print(f"trained {stats['examples']} examples, {stats['steps']} steps, final-epoch loss "
-          f"{stats['train_loss']:.4f}, {stats['truncated']} truncated, {stats['seconds']:.1f}s -> {args.save_path}",
-          file=sys.stderr)
+    stats, opt = train(model, [enc[r["id"]] for r in records], cfg, pad_id_of(tok))
+    meta = {"trained_on": args.data_path, "train": {k: v for k, v in stats.items() if k not in ("losses", "lrs")}}
+    fsdp_utils.save_checkpoint(model, tok, args.save_path, meta, None if args.dont_save_opt else opt)
+    if fsdp_utils.is_main():
+        print(f"trained {stats['examples']} examples, {stats['steps']} steps, final-epoch loss "
+              f"{stats['train_loss']:.4f}, {stats['truncated']} truncated, {stats['seconds']:.1f}s -> {args.save_path}",
+              file=sys.stderr)
+    fsdp_utils.teardown()
 
 
 if __name__ == "__main__":

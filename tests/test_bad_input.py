@@ -80,7 +80,7 @@ def test_model_path_not_a_model(tmp_path, capsys):
     (tmp_path / "notmodel").mkdir()
     err = fail(capsys, tmp_path, p, tmp_path / "notmodel")
     assert err == f"error: --init_checkpoint_path: {tmp_path / 'notmodel'}: not a model folder " \
-                  "(expected config.json + *.safetensors)"
+                  "(expected config.json + *.safetensors, or a sharded checkpoint with .metadata)"
 
 
 def test_cli_exit_code(tmp_path):

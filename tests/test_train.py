@@ -45,8 +45,8 @@ def test_step_loss_independent_of_micro_batching(data):
     model, tok, ex = data
     pad = U.pad_id_of(tok)
     a, b = copy.deepcopy(model), copy.deepcopy(model)
-    sa = train(a, ex[:8], TrainConfig(lr=1e-3, epochs=1, train_batch_size=1, grad_accum=8, progress=False), pad)
-    sb = train(b, ex[:8], TrainConfig(lr=1e-3, epochs=1, train_batch_size=4, grad_accum=2, progress=False), pad)
+    sa, _ = train(a, ex[:8], TrainConfig(lr=1e-3, epochs=1, train_batch_size=1, grad_accum=8, progress=False), pad)
+    sb, _ = train(b, ex[:8], TrainConfig(lr=1e-3, epochs=1, train_batch_size=4, grad_accum=2, progress=False), pad)
     assert sa["steps"] == sb["steps"] == 1
     assert abs(sa["losses"][0] - sb["losses"][0]) < 1e-5
     for pa, pb in zip(a.parameters(), b.parameters()):
@@ -56,7 +56,7 @@ def test_step_loss_independent_of_micro_batching(data):
 def test_schedule_length_is_real_step_count(data):
     model, tok, ex = data
     cfg = TrainConfig(lr=1e-3, epochs=2, train_batch_size=2, grad_accum=3, progress=False)
-    stats = train(copy.deepcopy(model), ex[:20], cfg, U.pad_id_of(tok))
+    stats, _ = train(copy.deepcopy(model), ex[:20], cfg, U.pad_id_of(tok))
     steps = math.ceil(20 / 6) * 2  # 4 steps per epoch, the last one short
     assert stats["steps"] == len(stats["lrs"]) == len(stats["losses"]) == steps
     assert stats["warmup_steps"] == math.ceil(0.03 * steps)
@@ -68,7 +68,7 @@ def test_schedule_length_is_real_step_count(data):
 def test_loss_decreases(data):
     model, tok, ex = data
     cfg = TrainConfig(lr=1e-2, epochs=8, train_batch_size=4, grad_accum=1, progress=False)
-    stats = train(copy.deepcopy(model), ex[:8], cfg, U.pad_id_of(tok))
+    stats, _ = train(copy.deepcopy(model), ex[:8], cfg, U.pad_id_of(tok))
     assert stats["train_loss"] < stats["losses"][0] - 1.0
 
 

@@ -1,0 +1,86 @@
+"""Convert a sharded (torch.distributed.checkpoint) checkpoint back into a HF model folder.
+
+    python convert_fsdp_to_hf.py --load_path runs/RUN_400_sharded --save_path out/RUN_400_hf \
+        [--config_path models/tiny-llama]
+
+Single process, no process group. Tensors are read a group at a time (up to --shard_size bytes)
+and written to safetensors files of that size, so memory stays near one output shard; dtypes are
+kept. Config, generation config and tokenizer come from --config_path (default: the checkpoint's
+own copies). Tied embeddings are written once, as HF expects. The result loads with
+`from_pretrained` and gives the same logits.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from tqdm import tqdm
+
+from al_utils import InputError, run_cli
+from convert_hf_to_fsdp import copy_meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load_path", required=True, help="sharded checkpoint folder (with .metadata)")
+    p.add_argument("--save_path", required=True, help="output HF folder")
+    p.add_argument("--config_path", default=None, help="HF folder with config + tokenizer (default: load_path)")
+    p.add_argument("--shard_size", type=float, default=5.0, help="GB per safetensors file")
+    args = p.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.load_path, ".metadata")):
+        raise InputError(f"--load_path: {args.load_path}: not a sharded checkpoint (no .metadata)")
+    cfg_dir = args.config_path or args.load_path
+    if not os.path.isfile(os.path.join(cfg_dir, "config.json")):
+        raise InputError(f"--config_path: {cfg_dir}: no config.json (pass --config_path)")
+    if os.path.exists(args.save_path):
+        raise InputError(f"--save_path: {args.save_path}: exists; remove it first")
+    with open(os.path.join(cfg_dir, "config.json")) as f:
+        tied = json.load(f).get("tie_word_embeddings", False)
+    meta = FileSystemReader(args.load_path).read_metadata()
+    keys = [k for k, m in meta.state_dict_metadata.items()
+            if k.startswith("model.") and isinstance(m, TensorStorageMetadata)]
+    if tied:  # HF keeps one copy of a tied embedding
+        keys = [k for k in keys if k != "model.lm_head.weight"]
+    groups, cur, size = [], [], 0
+    limit = args.shard_size * 1e9
+    for k in keys:
+        m = meta.state_dict_metadata[k]
+        nbytes = torch.Size(m.size).numel() * m.properties.dtype.itemsize
+        if cur and size + nbytes > limit:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(k)
+        size += nbytes
+    groups.append(cur)
+    tmp = args.save_path.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    index, bar = {}, tqdm(total=len(keys), desc="tensors", file=sys.stderr)
+    for g, group in enumerate(groups):
+        m = meta.state_dict_metadata
+        sd = {k: torch.empty(m[k].size, dtype=m[k].properties.dtype) for k in group}
+        dcp.load(sd, checkpoint_id=args.load_path, planner=DefaultLoadPlanner(allow_partial_load=True), no_dist=True)
+        name = "model.safetensors" if len(groups) == 1 else f"model-{g + 1:05d}-of-{len(groups):05d}.safetensors"
+        out = {k.removeprefix("model."): t for k, t in sd.items()}
+        save_file(out, os.path.join(tmp, name), metadata={"format": "pt"})
+        index.update({k: name for k in out})
+        bar.update(len(group))
+        del sd, out
+    bar.close()
+    if len(groups) > 1:
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {}, "weight_map": index}, f, indent=2)
+    copy_meta(cfg_dir, tmp)
+    os.replace(tmp, args.save_path)
+    print(f"{len(keys)} tensors in {len(groups)} file(s) -> {args.save_path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,46 @@
+"""Run by tests under `torchrun --nproc_per_node=2` (and in-process for the 1-rank side).
+
+    torchrun --nproc_per_node=2 tests/dist_worker.py MODE MODEL POOL OUT
+MODE train: one optimizer step on a fixed global batch of 8 (grad_accum x ranks = 4 micro-batches
+of 2), then save a sharded checkpoint to OUT/ckpt and the step loss to OUT/train.json.
+MODE score: forward_ppl of the first 60 pool records, sliced over ranks and gathered, to OUT/score.json.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import al_utils as U  # noqa: E402
+import fsdp_utils  # noqa: E402
+from train_AL import TrainConfig, train  # noqa: E402
+
+
+def run(mode: str, model_path: str, pool: str, out: str) -> None:
+    device = fsdp_utils.setup(2 if fsdp_utils.world() == 1 else 1)
+    os.makedirs(out, exist_ok=True)
+    tok = fsdp_utils.load_tokenizer(model_path)
+    model = fsdp_utils.load_model(model_path, device)
+    records = U.load_records(pool)
+    enc = U.encode_records(tok, records)
+    ids = [r["id"] for r in records]
+    if mode == "train":
+        ex = [enc[i] for i in ids if len(enc[i].prompt) + len(enc[i].answer) < 300][:8]
+        accum = 4 // fsdp_utils.world()
+        cfg = TrainConfig(lr=1e-3, epochs=1, train_batch_size=2, grad_accum=accum, progress=False)
+        stats, opt = train(model, ex, cfg, U.pad_id_of(tok))
+        fsdp_utils.save_checkpoint(model, tok, os.path.join(out, "ckpt"), {"round": 0}, opt)
+        if fsdp_utils.is_main():
+            json.dump({"losses": stats["losses"], "steps": stats["steps"]}, open(os.path.join(out, "train.json"), "w"))
+    else:
+        cfg = U.ScoreConfig(token_budget=1024, max_rows=16, max_length=256, progress=False)
+        with fsdp_utils.full_params(model):
+            rows = U.score_candidates("forward_ppl", {r["id"]: r for r in records}, ids[:60], enc, model, tok, cfg,
+                                      None, fsdp_utils.my_slice(60), fsdp_utils.gather_lists)
+        if fsdp_utils.is_main():
+            json.dump(rows, open(os.path.join(out, "score.json"), "w"))
+    fsdp_utils.barrier()
+
+
+if __name__ == "__main__":
+    run(*sys.argv[1:5])
+    fsdp_utils.teardown()

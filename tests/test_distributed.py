@@ -1,0 +1,138 @@
+"""Ranks: 2-process torchrun (gloo, CPU) against 1 process; sharded checkpoints and conversion."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import acquisition_AL
+import al_utils as U
+import convert_fsdp_to_hf
+import convert_hf_to_fsdp
+import fsdp_utils
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import dist_worker  # noqa: E402
+
+
+def torchrun(*args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *args],
+                   check=True, env=env, cwd=ROOT, timeout=300)
+
+
+def params(path: str) -> dict:
+    model = fsdp_utils.load_model(path, torch.device("cpu"))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, pool, tmp_path_factory):
+    """The same global batch trained by 1 process and by 2 ranks."""
+    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+    dist_worker.run("train", tiny_model, pool, str(one))
+    torchrun("tests/dist_worker.py", "train", tiny_model, pool, str(two))
+    return one, two
+
+
+def test_two_rank_step_equals_one_rank(trained):
+    one, two = trained
+    l1, l2 = json.load(open(one / "train.json")), json.load(open(two / "train.json"))
+    assert l1["steps"] == l2["steps"] == 1
+    assert abs(l1["losses"][0] - l2["losses"][0]) < 1e-5
+    # the 2-rank sharded checkpoint loads in one process and holds the same updated weights
+    p1, p2 = params(str(one / "ckpt")), params(str(two / "ckpt"))
+    assert p1.keys() == p2.keys()
+    for k in p1:
+        assert torch.allclose(p1[k], p2[k], atol=1e-5), k
+
+
+def test_two_rank_scoring_of_one_rank_checkpoint(trained, pool, tmp_path):
+    one, _ = trained
+    ckpt = str(one / "ckpt")  # saved by a single process, read by 2 ranks (each its shards)
+    torchrun("tests/dist_worker.py", "score", ckpt, pool, str(tmp_path))
+    dist_worker.run("score", ckpt, pool, str(tmp_path / "one"))
+    two_rows = json.load(open(tmp_path / "score.json"))
+    one_rows = json.load(open(tmp_path / "one" / "score.json"))
+    assert [r["id"] for r in two_rows] == [r["id"] for r in one_rows] == list(range(60))
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(one_rows, two_rows)) < 1e-5
+
+
+def _tied_bf16_model(tiny_model, tmp_path) -> str:
+    """A copy of the tiny model with tied embeddings, stored in bf16."""
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(tiny_model, tie_word_embeddings=True, dtype=torch.bfloat16)
+    m.tie_weights()
+    out = str(tmp_path / "tied")
+    m.save_pretrained(out)
+    fsdp_utils.load_tokenizer(tiny_model).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["fp32", "tied-bf16"])
+def test_hf_sharded_hf_round_trip(tiny_model, tmp_path, variant):
+    src = tiny_model if variant == "fp32" else _tied_bf16_model(tiny_model, tmp_path)
+    convert_hf_to_fsdp.main(["--load_path", src, "--save_path", str(tmp_path / "sh")])
+    convert_fsdp_to_hf.main(["--load_path", str(tmp_path / "sh"), "--save_path", str(tmp_path / "hf")])
+    a, b = load_file(os.path.join(src, "model.safetensors")), load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    from transformers import AutoModelForCausalLM
+
+    x = torch.tensor([[1, 5, 9, 42, 7]])
+    m1 = AutoModelForCausalLM.from_pretrained(src)
+    m2 = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+    assert torch.equal(m1(input_ids=x).logits, m2(input_ids=x).logits)
+    # the sharded copy loads for training (fp32 master weights) with the same values
+    m3 = fsdp_utils.load_model(str(tmp_path / "sh"), torch.device("cpu"))
+    assert torch.equal(m3.lm_head.weight, m1.lm_head.weight.float())
+
+
+def test_acquisition_two_ranks_equals_one_process(tiny_model, pool, tmp_path):
+    common = ["--file_path", pool, "--init_checkpoint_path", tiny_model, "--al_data_fraction", "100",
+              "--num_acquisition_samples", "50", "--stratification_strategy", "bucket", "--num_k", "3",
+              "--epochs", "1", "--train_batch_size", "2", "--train_max_length", "256", "--model_max_length", "256",
+              "--lr", "1e-3", "--heldout_size", "20", "--no_progress"]
+    torchrun("acquisition_AL.py", *common, "--grad_accum", "2", "--model_path", str(tmp_path / "two"))
+    acquisition_AL.main([*common, "--grad_accum", "4", "--threads", "2", "--model_path", str(tmp_path / "one")])
+    for r in ("0", "1"):
+        ids = [[json.loads(line)["id"] for line in open(tmp_path / run / "rounds" / r / "selected.jsonl")]
+               for run in ("one", "two")]
+        assert ids[0] == ids[1] and len(ids[0]) == 50
+    s1 = U.read_jsonl(str(tmp_path / "one" / "rounds" / "1" / "scores.jsonl"))
+    s2 = U.read_jsonl(str(tmp_path / "two" / "rounds" / "1" / "scores.jsonl"))
+    assert [r["id"] for r in s1] == [r["id"] for r in s2]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(s1, s2)) < 1e-4
+    assert fsdp_utils.checkpoint_kind(str(tmp_path / "two_sharded")) == "dcp"
+
+
+def test_crash_during_checkpoint_save(tiny_model, pool, tmp_path):
+    """A kill mid-save leaves a temp folder (half-written) or a parked previous checkpoint;
+    the previous checkpoint stays loadable and --resume finishes like an uninterrupted run."""
+    argv = ["--file_path", pool, "--init_checkpoint_path", tiny_model, "--al_data_fraction", "100",
+            "--num_acquisition_samples", "50", "--epochs", "1", "--grad_accum", "4", "--train_max_length", "256",
+            "--model_max_length", "256", "--lr", "1e-3", "--threads", "2", "--no_progress"]
+    acquisition_AL.main([*argv, "--model_path", str(tmp_path / "ref")])
+    run = tmp_path / "run"
+    acquisition_AL.main([*argv, "--model_path", str(run), "--stop_after_round", "0"])
+    ckpt = str(run) + "_sharded"
+    # killed while writing shards: a truncated temp checkpoint beside the good one
+    tmp = tmp_path / ".run_sharded.tmp"
+    shutil.copytree(ckpt, tmp)
+    shard = next(p for p in tmp.iterdir() if p.suffix == ".distcp")
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert fsdp_utils.checkpoint_meta(ckpt)["round"] == 0
+    fsdp_utils.load_model(ckpt, torch.device("cpu"))  # still loadable
+    # killed between parking the old checkpoint and renaming the new one in
+    os.replace(ckpt, str(tmp) + ".old")
+    acquisition_AL.main([*argv, "--model_path", str(run), "--resume"])
+    assert not tmp.exists() and not os.path.exists(str(tmp) + ".old")
+    for f in ("selected.json", "rounds/1/scores.jsonl", "rounds/1/selected.jsonl"):
+        assert open(run / f).read() == open(tmp_path / "ref" / f).read(), f
