@@ -223,14 +223,17 @@ def _with_tied(model: torch.nn.Module, sd: dict) -> dict:
 
 
 def load_dcp(model: torch.nn.Module, path: str, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Read a DCP checkpoint into the (sharded) model in place: each rank reads only its shards,
+    straight into its parameters' storage (model.state_dict() shares it), with no extra copy."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    msd, osd = get_state_dict(model, optimizer or [])
-    state = {"model": msd, **({"optim": osd} if optimizer is not None else {})}
+    state = {"model": model.state_dict()}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
     dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
-    set_state_dict(model, optimizer or [], model_state_dict=state["model"],
-                   optim_state_dict=state.get("optim", {}))
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optim"])
 
 
 @contextlib.contextmanager
@@ -280,7 +283,8 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, path: str, meta: dict,
              no_dist=not dist.is_initialized())
     if is_main():
         model.config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "al_checkpoint.json"), "w") as f:
             json.dump(meta, f, indent=2)
         old = tmp + ".old"
