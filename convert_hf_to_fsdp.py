@@ -2,22 +2,30 @@
 
     python convert_hf_to_fsdp.py --load_path models/tiny-llama --save_path models/tiny-llama_sharded
 
-Single process, no process group. Tensors keep their dtype; config, generation config and
+Single process, no process group. Each safetensors file is read and written as its own part, so
+peak memory stays near the largest input file, and one .metadata indexes all parts. Tensors keep
+their dtype; config, generation config and
 tokenizer files are copied beside the shards, so the output is a complete checkpoint that every
 script accepts (--init_checkpoint_path, --resume_checkpoint_path, eval's --sharded_model) and that
 N ranks load each reading only their own shards. No vocabulary resize: padding uses the
 tokenizer's pad, unk or eos token.
 """
 import argparse
+import dataclasses
+import glob
 import json
 import os
+import pickle
 import shutil
 import sys
 
 import torch.distributed.checkpoint as dcp
+from safetensors import safe_open
+from torch.distributed.checkpoint import FileSystemReader
+from tqdm import tqdm
 
 from al_utils import InputError, run_cli
-from fsdp_utils import check_model_dir, read_safetensors
+from fsdp_utils import check_model_dir
 
 META_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "tokenizer.model", "special_tokens_map.json", "chat_template.jinja")
@@ -29,6 +37,25 @@ def copy_meta(src: str, dst: str) -> None:
             shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
 
 
+def merge_parts(root: str, parts: list[str]) -> None:
+    """Write one .metadata for the part checkpoints under root, pointing into their files."""
+    merged = None
+    for part in parts:
+        md = FileSystemReader(os.path.join(root, part)).read_metadata()
+        storage = {i: dataclasses.replace(s, relative_path=f"{part}/{s.relative_path}")
+                   for i, s in md.storage_data.items()}
+        if merged is None:
+            merged, merged.storage_data = md, storage
+            merged.planner_data = dict(md.planner_data or {})
+        else:
+            merged.state_dict_metadata.update(md.state_dict_metadata)
+            merged.storage_data.update(storage)
+            merged.planner_data.update(md.planner_data or {})
+        os.remove(os.path.join(root, part, ".metadata"))  # a part alone is not a checkpoint
+    with open(os.path.join(root, ".metadata"), "wb") as f:
+        pickle.dump(merged, f)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load_path", required=True, help="HF folder (config.json + *.safetensors)")
@@ -37,18 +64,27 @@ def main(argv: list[str] | None = None) -> None:
     check_model_dir(args.load_path, "--load_path")
     if os.path.exists(args.save_path):
         raise InputError(f"--save_path: {args.save_path}: exists; remove it first")
-    sd = read_safetensors(args.load_path, progress=True)
     with open(os.path.join(args.load_path, "config.json")) as f:
         tied = json.load(f).get("tie_word_embeddings", False)
-    if tied and "lm_head.weight" not in sd:  # HF stores a tied head once; the model's state dict has both
-        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     tmp = args.save_path.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    dcp.save({"model": sd}, checkpoint_id=tmp, no_dist=True)
+    files = sorted(glob.glob(os.path.join(args.load_path, "*.safetensors")))
+    parts, n_tensors, n_params = [], 0, 0
+    # one safetensors file at a time: peak memory stays near the largest input file
+    for g, path in enumerate(files):
+        with safe_open(path, framework="pt") as fh:
+            sd = {k: fh.get_tensor(k) for k in tqdm(list(fh.keys()), desc=os.path.basename(path), file=sys.stderr)}
+        if tied and "model.embed_tokens.weight" in sd:  # HF stores a tied head once; the model has both keys
+            sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
+        parts.append(f"part{g:05d}")
+        dcp.save({"model": sd}, checkpoint_id=os.path.join(tmp, parts[-1]), no_dist=True)
+        n_tensors += len(sd)
+        n_params += sum(t.numel() for k, t in sd.items() if not (tied and k == "lm_head.weight"))
+        del sd
+    merge_parts(tmp, parts)
     copy_meta(args.load_path, tmp)
     os.replace(tmp, args.save_path)
-    n = sum(t.numel() for t in sd.values())
-    print(f"{len(sd)} tensors, {n / 1e6:.2f}M parameters -> {args.save_path}", file=sys.stderr)
+    print(f"{n_tensors} tensors, {n_params / 1e6:.2f}M parameters -> {args.save_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

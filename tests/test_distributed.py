@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import acquisition_AL
 import al_utils as U
@@ -75,12 +74,25 @@ def _tied_bf16_model(tiny_model, tmp_path) -> str:
     return out
 
 
-@pytest.mark.parametrize("variant", ["fp32", "tied-bf16"])
+def _multi_file_model(tiny_model, tmp_path) -> str:
+    """The tiny model saved as several safetensors files (converted one file at a time)."""
+    from transformers import AutoModelForCausalLM
+
+    out = str(tmp_path / "multi")
+    AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(out, max_shard_size="40KB")
+    fsdp_utils.load_tokenizer(tiny_model).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["fp32", "tied-bf16", "multi-file"])
 def test_hf_sharded_hf_round_trip(tiny_model, tmp_path, variant):
-    src = tiny_model if variant == "fp32" else _tied_bf16_model(tiny_model, tmp_path)
+    src = {"fp32": lambda: tiny_model, "tied-bf16": lambda: _tied_bf16_model(tiny_model, tmp_path),
+           "multi-file": lambda: _multi_file_model(tiny_model, tmp_path)}[variant]()
     convert_hf_to_fsdp.main(["--load_path", src, "--save_path", str(tmp_path / "sh")])
     convert_fsdp_to_hf.main(["--load_path", str(tmp_path / "sh"), "--save_path", str(tmp_path / "hf")])
-    a, b = load_file(os.path.join(src, "model.safetensors")), load_file(str(tmp_path / "hf" / "model.safetensors"))
+    a, b = fsdp_utils.read_safetensors(src), fsdp_utils.read_safetensors(str(tmp_path / "hf"))
+    if variant == "multi-file":
+        assert len(os.listdir(tmp_path / "sh")) > 5  # several parts under one .metadata
     assert a.keys() == b.keys()
     for k in a:
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
