@@ -100,3 +100,10 @@ def test_model_free_strategy_grows_labelled_set(pool, tiny_model, tmp_path):
     run(pool, tiny_model, tmp_path / "rand", 120, "--sampling_strategy", "random")
     ids = [r["id"] for r in json.load(open(tmp_path / "rand" / "selected.json"))]
     assert len(ids) == len(set(ids)) == 120
+
+
+def test_warm_start_resumed_equals_uninterrupted(pool, tiny_model, tmp_path):
+    run(pool, tiny_model, tmp_path / "ws", 150, "--warm_start")
+    run(pool, tiny_model, tmp_path / "ws2", 150, "--warm_start", "--stop_after_round", "1")
+    run(pool, tiny_model, tmp_path / "ws2", 150, "--warm_start", "--resume")
+    assert outputs(tmp_path / "ws2") == outputs(tmp_path / "ws")

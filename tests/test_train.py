@@ -79,3 +79,24 @@ def test_truncation_keeps_answer_tokens():
     p, a, cut = U.truncate_pair(prompt, answer[:5], 40)  # short answer: the prompt gives way
     assert cut and a == answer[:5] and len(p) == 35 and p[-1] == 139
     assert U.truncate_pair(prompt, answer, 100) == (prompt, answer, False)
+
+
+def test_train_script_saves_sharded_checkpoint(tiny_model, pool, tmp_path):
+    import json
+
+    import fsdp_utils
+    import train_AL
+
+    rows = [json.loads(line) for line in open(pool)][:12]
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = str(tmp_path / "sft_sharded")
+    train_AL.main(["--init_checkpoint_path", tiny_model, "--data_path", str(data), "--save_path", out,
+                   "--epochs", "1", "--grad_accum", "4", "--train_max_length", "256", "--lr", "1e-3"])
+    assert fsdp_utils.checkpoint_kind(out) == "dcp"
+    meta = fsdp_utils.checkpoint_meta(out)
+    assert meta["train"]["examples"] == 12 and meta["train"]["steps"] == 3
+    model = fsdp_utils.load_model(out, torch.device("cpu"))
+    opt = torch.optim.AdamW(model.parameters())
+    fsdp_utils.load_dcp(model, out, opt)  # optimizer state was saved (no --dont_save_opt)
+    assert all(len(s) for s in opt.state.values()) and len(opt.state) == len(list(model.parameters()))
