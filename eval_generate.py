@@ -1,0 +1,160 @@
+"""Generate answers for an instruction set (AlpacaEval by default) in alpaca_eval's format, plus
+offline metrics that need no API judge.
+
+    python eval_generate.py --sharded_model runs/RUN_400_sharded --file_path alpaca_eval \
+        --save_file_name out/RUN_400.json [--metrics] [--greedy] [--debug]
+    torchrun --nproc_per_node=N eval_generate.py ...   # data-parallel, output still in input order
+
+Output: a JSON array of {instruction, output, generator, dataset}, one row per instruction in input
+order (what `alpaca_eval --model_outputs` reads). With --metrics, <save_file_name stem>.metrics.json
+holds the mean NLL the model assigns to the reference answers, ROUGE-L against them (rouge-score
+package) and output length statistics.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import fsdp_utils
+from al_utils import (
+    InputError,
+    atomic_write_json,
+    encode_records,
+    format_prompt,
+    load_records,
+    pad_id_of,
+    run_cli,
+    sequence_nll,
+    truncate_pair,
+)
+
+ALPACA_EVAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "alpaca_eval_text_davinci_003.json")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sharded_model", default=None, help="checkpoint to evaluate (sharded or HF folder)")
+    p.add_argument("--model_path", default=None, help="the same, for a HF folder (either flag works)")
+    p.add_argument("--model_config_path", default=None, help="config + tokenizer folder (default: the model's)")
+    p.add_argument("--file_path", default="alpaca_eval",
+                   help="'alpaca_eval' = the embedded 805 AlpacaEval instructions, or a .json/.jsonl pool")
+    p.add_argument("--save_file_name", required=True, help="output JSON (parent folders are created)")
+    p.add_argument("--generator", default=None, help="name in the output's generator field (default: model dir)")
+    p.add_argument("--batch_size", type=int, default=4, help="prompts per generation batch (per rank)")
+    p.add_argument("--model_context_length", type=int, default=2048, help="prompt + answer tokens at most")
+    p.add_argument("--max_new_tokens", type=int, default=None,
+                   help="cap on generated tokens (default and ceiling: context length minus prompt length)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--seed", type=int, default=42, help="sampling seed (each batch seeded from it)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N instructions")
+    p.add_argument("--debug", action="store_true", help="only the first 4 instructions")
+    p.add_argument("--metrics", action="store_true", help="also write offline metrics")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--no_progress", action="store_true")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[list[int]], args: argparse.Namespace, progress: bool) -> list[list[int]]:
+    """Batched KV-cache decoding with left padding; each row stops at EOS. Rows are batched in
+    length order (less padding) and returned in input order."""
+    dev = next(model.parameters()).device
+    pad = pad_id_of(tok)
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    out: list = [None] * len(prompts)
+    for k in tqdm(range(0, len(order), args.batch_size), desc="generating", disable=not progress, file=sys.stderr):
+        idx = order[k: k + args.batch_size]
+        L = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), L), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), L), dtype=torch.long)
+        for b, i in enumerate(idx):
+            ids[b, L - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[b, L - len(prompts[i]):] = 1
+        room = args.model_context_length - L
+        new = room if args.max_new_tokens is None else min(room, args.max_new_tokens)
+        torch.manual_seed(args.seed + k)
+        kw = {"do_sample": False} if args.greedy else {"do_sample": True, "temperature": args.temperature,
+                                                        "top_p": args.top_p}
+        seqs = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max(new, 1),
+                              pad_token_id=pad, eos_token_id=tok.eos_token_id, **kw).cpu()
+        for b, i in enumerate(idx):
+            row = seqs[b, L:].tolist()
+            out[i] = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
+    return out
+
+
+def metrics(model, tok, records: list[dict], outputs: list[str], gen_ids: list[list[int]],
+            context: int, progress: bool) -> dict:
+    """Reference NLL (token-weighted and per-example mean), ROUGE-L F1 vs the references, lengths."""
+    from rouge_score import rouge_scorer
+
+    res: dict = {"examples": len(records)}
+    lens = np.array([len(g) for g in gen_ids])
+    res["output_tokens"] = {"mean": float(lens.mean()), "median": float(np.median(lens)), "max": int(lens.max())}
+    res["output_words"] = float(np.mean([len(o.split()) for o in outputs]))
+    with_ref = [i for i, r in enumerate(records) if r["output"].strip()]
+    if not with_ref:
+        return res
+    enc = encode_records(tok, [records[i] for i in with_ref])
+    pairs = [truncate_pair(enc[records[i]["id"]].prompt, enc[records[i]["id"]].answer, context) for i in with_ref]
+    sl = fsdp_utils.my_slice(len(pairs))
+    s, c = sequence_nll(model, [p + a for p, a, _ in pairs[sl]], [len(p) for p, _, _ in pairs[sl]], pad_id_of(tok),
+                        desc="reference NLL", progress=progress)
+    s, c = np.array(fsdp_utils.gather_lists(s.tolist())), np.array(fsdp_utils.gather_lists(c.tolist()))
+    res["reference_nll"] = float(s.sum() / c.sum())
+    res["reference_nll_per_example"] = float(np.mean(s / c))
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    res["rougeL_f1"] = float(np.mean([scorer.score(records[i]["output"], outputs[i])["rougeL"].fmeasure
+                                      for i in with_ref]))
+    res["reference_examples"] = len(with_ref)
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    model_dir = args.sharded_model or args.model_path
+    if not model_dir:
+        raise InputError("--sharded_model: give the checkpoint to evaluate (or --model_path)")
+    fsdp_utils.check_model_dir(model_dir, "--sharded_model" if args.sharded_model else "--model_path")
+    path = ALPACA_EVAL if args.file_path == "alpaca_eval" else args.file_path
+    records = load_records(path)
+    n = 4 if args.debug else args.limit
+    records = records[:n] if n else records
+    if args.batch_size < 1:
+        raise InputError("--batch_size: must be >= 1")
+    device = fsdp_utils.setup(args.threads)
+    progress = not args.no_progress and fsdp_utils.is_main()
+    t0 = time.time()
+    tok = fsdp_utils.load_tokenizer(args.model_config_path or model_dir)
+    model = fsdp_utils.load_model(model_dir, device, args.model_config_path)
+    # prompts keep room for at least one new token
+    prompts = [tok(format_prompt(r["instruction"], r["input"])).input_ids for r in records]
+    prompts = [p if len(p) < args.model_context_length else p[:1] + p[len(p) - args.model_context_length + 2:]
+               for p in prompts]
+    sl = fsdp_utils.my_slice(len(prompts))
+    with fsdp_utils.full_params(model):
+        gen = fsdp_utils.gather_lists(generate(model, tok, prompts[sl], args, progress))
+        texts = [tok.decode(g, skip_special_tokens=True).strip() for g in gen]
+        generator = args.generator or os.path.basename(model_dir.rstrip("/"))
+        rows = [{"instruction": r["instruction"], "output": t, "generator": generator,
+                 "dataset": r.get("dataset", os.path.basename(path))} for r, t in zip(records, texts)]
+        m = metrics(model, tok, records, texts, gen, args.model_context_length, progress) if args.metrics else None
+    if fsdp_utils.is_main():
+        atomic_write_json(args.save_file_name, rows)
+        if m is not None:
+            m["seconds"] = time.time() - t0
+            atomic_write_json(os.path.splitext(args.save_file_name)[0] + ".metrics.json", m)
+        print(f"{len(rows)} outputs -> {args.save_file_name} ({time.time() - t0:.1f}s)", file=sys.stderr)
+    fsdp_utils.teardown()
+
+
+if __name__ == "__main__":
+    run_cli(main)
