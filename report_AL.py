@@ -1,0 +1,144 @@
+"""Learning curves of AL runs: held-out loss against labelled budget, one line per strategy with a
+band over seeds, a markdown table, and how much budget random selection needs to match each strategy.
+
+    python report_AL.py runs/compare/*/ --out reports/compare
+
+Each argument is a run directory (the largest budget of a chain: its state.json holds every round).
+Writes <out>.png (curves), <out>.md (table) and, with --hist, <out>_hist_<run>.png (score histograms
+per round with the bucket edges marked, like the original's --plot_ppl_hist).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+from al_utils import InputError, atomic_write_text, bucket_sizes, k_for_round, read_jsonl, run_cli
+
+
+def label(flags: dict) -> str:
+    s = flags["sampling_strategy"]
+    if s in ("random", "cluster"):
+        return s
+    return f"{s} {flags['stratification_strategy']}/{flags['pick_samples_from']}"
+
+
+def load_curves(runs: list[str]) -> dict[str, dict[int, list[float]]]:
+    """strategy label -> labelled count -> held-out losses (one per seed)."""
+    curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        f = os.path.join(run, "state.json")
+        if not os.path.isfile(f):
+            raise InputError(f"{f}: file: no run state here")
+        with open(f) as fh:
+            state = json.load(fh)
+        for r in state["round_log"]:
+            if r["heldout_loss"] is None:
+                raise InputError(f"{f}: heldout_loss: run has no held-out slice (use --heldout_size)")
+            curves[label(state["flags"])][r["labelled"]].append(r["heldout_loss"])
+    return curves
+
+
+def random_match(curves: dict, strategy: str) -> str:
+    """Smallest budget at which random's mean loss reaches the strategy's at its smallest budget."""
+    if "random" not in curves:
+        return "n/a (no random runs)"
+    b0 = min(curves[strategy])
+    target = float(np.mean(curves[strategy][b0]))
+    for b in sorted(curves["random"]):
+        if np.mean(curves["random"][b]) <= target:
+            return str(b)
+    return f"> {max(curves['random'])}"
+
+
+def table(curves: dict) -> str:
+    budgets = sorted({b for c in curves.values() for b in c})
+    names = sorted(curves, key=lambda s: (s != "random", s))
+    lines = ["| strategy | " + " | ".join(str(b) for b in budgets) + " | random needs |",
+             "|---|" + "---:|" * (len(budgets) + 1)]
+    for s in names:
+        cells = []
+        for b in budgets:
+            v = curves[s].get(b)
+            cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f}" if v else "")
+        match = "" if s == "random" else random_match(curves, s)
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {match} |")
+    return "\n".join(lines)
+
+
+def plot(curves: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in sorted(curves, key=lambda s: (s != "random", s)):
+        b = sorted(curves[s])
+        m = np.array([np.mean(curves[s][x]) for x in b])
+        sd = np.array([np.std(curves[s][x]) for x in b])
+        ax.plot(b, m, marker="o", label=s, linestyle="--" if s == "random" else "-")
+        ax.fill_between(b, m - sd, m + sd, alpha=0.2)
+    ax.set_xlabel("labelled examples")
+    ax.set_ylabel("held-out answer NLL (lower is better)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_hist(run: str, path: str) -> None:
+    """Score histogram of every scored round, bucket edges marked where bucket stratification ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(os.path.join(run, "state.json")) as f:
+        flags = json.load(f)["flags"]
+    rounds = sorted(int(d) for d in os.listdir(os.path.join(run, "rounds"))
+                    if os.path.isfile(os.path.join(run, "rounds", d, "scores.jsonl")))
+    if not rounds:
+        return
+    fig, axes = plt.subplots(len(rounds), 1, figsize=(6, 2.2 * len(rounds)), squeeze=False)
+    for ax, r in zip(axes[:, 0], rounds):
+        scores = sorted((row["score"] for row in read_jsonl(os.path.join(run, "rounds", str(r), "scores.jsonl"))),
+                        reverse=True)
+        ax.hist(scores, bins=50)
+        if flags["stratification_strategy"] == "bucket":
+            edges = np.cumsum(bucket_sizes(len(scores), k_for_round(flags["num_k"], flags["decay_k"], r)))[:-1]
+            for e in edges:
+                ax.axvline(scores[e], color="red", linewidth=0.8)
+        ax.set_title(f"round {r}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run directories (largest budget of each chain)")
+    p.add_argument("--out", default="reports/al", help="output path stem (.png, .md)")
+    p.add_argument("--hist", action="store_true", help="also plot per-round score histograms of each run")
+    args = p.parse_args(argv)
+    curves = load_curves([r.rstrip("/") for r in args.runs])
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    plot(curves, args.out + ".png")
+    text = ("# Held-out answer NLL by labelled budget (mean ± std over seeds)\n\n" + table(curves) +
+            "\n\n'random needs': the smallest budget at which random selection's mean reaches the strategy's "
+            "loss at its smallest budget.\n")
+    atomic_write_text(args.out + ".md", text)
+    if args.hist:
+        for run in args.runs:
+            plot_hist(run.rstrip("/"), f"{args.out}_hist_{os.path.basename(run.rstrip('/'))}.png")
+    print(text)
+    print(f"wrote {args.out}.png and {args.out}.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main)
