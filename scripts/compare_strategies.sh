@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Several strategies x several seeds on the same pool and base model, each run straight to the
+# largest budget (its rounds are the learning curve: 50, 100, ... labelled), then report_AL.py.
+# About 35-45 minutes on 2 cores with the defaults; edit the variables for other settings.
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+POOL="${POOL:-data/dolly-1.5k.jsonl}"
+MODEL="${MODEL:-models/tiny-llama}"
+OUT="${OUT:-runs/compare}"
+MAX_BUDGET="${MAX_BUDGET:-300}"
+PER_ROUND="${PER_ROUND:-50}"
+SEEDS="${SEEDS:-42 43 44}"
+# name:strategy:stratification:pick
+CONFIGS="${CONFIGS:-random:random:greedy:top ppl_top:forward_ppl:bucket:top ppl_bottom:forward_ppl:bucket:bottom ifd:ifd:bucket:top cluster:cluster:greedy:top}"
+TRAIN_FLAGS="${TRAIN_FLAGS:---lr 1e-3 --epochs 1 --train_batch_size 4 --grad_accum 2 --train_max_length 384 --model_max_length 384}"
+THREADS="${THREADS:-2}"
+start=$(date +%s)
+if [ ! -f "$MODEL/config.json" ] && [ "$MODEL" = models/tiny-llama ]; then
+  "$PY" build_default_model.py --file_path "$POOL" --save_path "$MODEL" --threads "$THREADS"
+fi
+runs=()
+for seed in $SEEDS; do
+  for cfg in $CONFIGS; do
+    IFS=: read -r name strategy strat pick <<< "$cfg"
+    run="$OUT/${name}_s$seed"
+    resume=()
+    if [ -f "$run/state.json" ]; then resume=(--resume); fi
+    # shellcheck disable=SC2086
+    "$PY" acquisition_AL.py --file_path "$POOL" --init_checkpoint_path "$MODEL" --al_data_fraction "$MAX_BUDGET" \
+      --num_acquisition_samples "$PER_ROUND" --heldout_size 100 --sampling_strategy "$strategy" \
+      --stratification_strategy "$strat" --num_k 5 --pick_samples_from "$pick" --seed "$seed" \
+      --threads "$THREADS" --no_progress $TRAIN_FLAGS --model_path "$run" "${resume[@]}"
+    runs+=("$run")
+  done
+done
+"$PY" report_AL.py "${runs[@]}" --out "$OUT/report"
+echo "elapsed: $(( $(date +%s) - start ))s; report: $OUT/report.md, $OUT/report.png"
