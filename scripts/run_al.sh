@@ -12,6 +12,7 @@ STRATEGY="${STRATEGY:-forward_ppl}"
 STRAT="${STRAT:-bucket}"                            # greedy | bucket | mixed
 PICK="${PICK:-top}"                                 # top | bottom | uniform
 SEED="${SEED:-42}"
+HELDOUT="${HELDOUT:-100}"                          # held-out slice for the loss curve
 EVAL_ITEMS="${EVAL_ITEMS:-100}"                     # AlpacaEval instructions generated per budget
 TRAIN_FLAGS="${TRAIN_FLAGS:---lr 1e-3 --epochs 1 --train_batch_size 4 --grad_accum 2 --train_max_length 384 --model_max_length 384}"
 EVAL_FLAGS="${EVAL_FLAGS:---max_new_tokens 128 --batch_size 16}"
@@ -29,7 +30,7 @@ for budget in $BUDGETS; do
   if [ -f "$run/state.json" ]; then resume=(--resume); fi
   # shellcheck disable=SC2086
   $LAUNCH acquisition_AL.py --file_path "$POOL" --init_checkpoint_path "$MODEL" --al_data_fraction "$budget" \
-    --num_acquisition_samples "$PER_ROUND" --heldout_size 100 --sampling_strategy "$STRATEGY" \
+    --num_acquisition_samples "$PER_ROUND" --heldout_size "$HELDOUT" --sampling_strategy "$STRATEGY" \
     --stratification_strategy "$STRAT" --num_k 5 --pick_samples_from "$PICK" --seed "$SEED" \
     --threads "$THREADS" $TRAIN_FLAGS --model_path "$run" "${resume[@]}"
   # shellcheck disable=SC2086
