@@ -1,5 +1,6 @@
 """Generate answers for an instruction set (AlpacaEval by default) in alpaca_eval's format, plus
-offline metrics that need no API judge.
+offline metrics that need no API judge (reference-answer NLL, ROUGE-L, lengths, and with
+--heldout_run the answer loss on an AL run's held-out pool slice).
 
     python eval_generate.py --sharded_model runs/RUN_400_sharded --file_path alpaca_eval \
         --save_file_name out/RUN_400.json [--metrics] [--greedy] [--debug]
@@ -13,6 +14,7 @@ package) and output length statistics.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -26,6 +28,7 @@ from al_utils import (
     InputError,
     atomic_write_json,
     encode_records,
+    file_sha256,
     format_prompt,
     load_records,
     pad_id_of,
@@ -57,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="only the first N instructions")
     p.add_argument("--debug", action="store_true", help="only the first 4 instructions")
     p.add_argument("--metrics", action="store_true", help="also write offline metrics")
+    p.add_argument("--heldout_run", default=None,
+                   help="with --metrics: an AL run directory whose held-out slice (state.json) to score")
+    p.add_argument("--heldout_pool", default="data/dolly-1.5k.jsonl", help="the pool that run drew it from")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--no_progress", action="store_true")
     return p.parse_args(argv)
@@ -91,6 +97,30 @@ def generate(model, tok, prompts: list[list[int]], args: argparse.Namespace, pro
     return out
 
 
+def answer_nll(model, tok, records: list[dict], context: int, progress: bool) -> tuple[float, float]:
+    """Mean NLL of the records' answers given their prompts: token-weighted, and per example."""
+    enc = encode_records(tok, records)
+    pairs = [truncate_pair(enc[r["id"]].prompt, enc[r["id"]].answer, context) for r in records]
+    sl = fsdp_utils.my_slice(len(pairs))
+    s, c = sequence_nll(model, [p + a for p, a, _ in pairs[sl]], [len(p) for p, _, _ in pairs[sl]], pad_id_of(tok),
+                        desc="answer NLL", progress=progress)
+    s, c = np.array(fsdp_utils.gather_lists(s.tolist())), np.array(fsdp_utils.gather_lists(c.tolist()))
+    return float(s.sum() / c.sum()), float(np.mean(s / c))
+
+
+def heldout_records(run: str, pool: str) -> list[dict]:
+    """The held-out slice an AL run drew (ids in its state.json), from the pool it drew them from."""
+    f = os.path.join(run, "state.json")
+    if not os.path.isfile(f):
+        raise InputError(f"--heldout_run: {f}: no run state here")
+    with open(f) as fh:
+        state = json.load(fh)
+    if file_sha256(pool) != state["pool_sha256"]:
+        raise InputError(f"--heldout_pool: {pool}: not the pool run {run} used (hash differs)")
+    by_id = {r["id"]: r for r in load_records(pool)}
+    return [by_id[i] for i in state["heldout_ids"]]
+
+
 def metrics(model, tok, records: list[dict], outputs: list[str], gen_ids: list[list[int]],
             context: int, progress: bool) -> dict:
     """Reference NLL (token-weighted and per-example mean), ROUGE-L F1 vs the references, lengths."""
@@ -103,14 +133,8 @@ def metrics(model, tok, records: list[dict], outputs: list[str], gen_ids: list[l
     with_ref = [i for i, r in enumerate(records) if r["output"].strip()]
     if not with_ref:
         return res
-    enc = encode_records(tok, [records[i] for i in with_ref])
-    pairs = [truncate_pair(enc[records[i]["id"]].prompt, enc[records[i]["id"]].answer, context) for i in with_ref]
-    sl = fsdp_utils.my_slice(len(pairs))
-    s, c = sequence_nll(model, [p + a for p, a, _ in pairs[sl]], [len(p) for p, _, _ in pairs[sl]], pad_id_of(tok),
-                        desc="reference NLL", progress=progress)
-    s, c = np.array(fsdp_utils.gather_lists(s.tolist())), np.array(fsdp_utils.gather_lists(c.tolist()))
-    res["reference_nll"] = float(s.sum() / c.sum())
-    res["reference_nll_per_example"] = float(np.mean(s / c))
+    res["reference_nll"], res["reference_nll_per_example"] = answer_nll(model, tok, [records[i] for i in with_ref],
+                                                                          context, progress)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     res["rougeL_f1"] = float(np.mean([scorer.score(records[i]["output"], outputs[i])["rougeL"].fmeasure
                                       for i in with_ref]))
@@ -130,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     records = records[:n] if n else records
     if args.batch_size < 1:
         raise InputError("--batch_size: must be >= 1")
+    heldout = heldout_records(args.heldout_run, args.heldout_pool) if args.heldout_run else None
     device = fsdp_utils.setup(args.threads)
     progress = not args.no_progress and fsdp_utils.is_main()
     t0 = time.time()
@@ -147,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = [{"instruction": r["instruction"], "output": t, "generator": generator,
                  "dataset": r.get("dataset", os.path.basename(path))} for r, t in zip(records, texts)]
         m = metrics(model, tok, records, texts, gen, args.model_context_length, progress) if args.metrics else None
+        if m is not None and heldout is not None:
+            m["heldout_loss"] = answer_nll(model, tok, heldout, args.model_context_length, progress)[0]
+            m["heldout_examples"] = len(heldout)
     if fsdp_utils.is_main():
         atomic_write_json(args.save_file_name, rows)
         if m is not None:

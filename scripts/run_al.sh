@@ -35,7 +35,8 @@ for budget in $BUDGETS; do
     --threads "$THREADS" $TRAIN_FLAGS --model_path "$run" "${resume[@]}"
   # shellcheck disable=SC2086
   $LAUNCH eval_generate.py --sharded_model "${run}_sharded" --file_path alpaca_eval --limit "$EVAL_ITEMS" \
-    --save_file_name "$OUT/eval/RUN_$budget.json" --metrics --seed "$SEED" --threads "$THREADS" $EVAL_FLAGS
+    --save_file_name "$OUT/eval/RUN_$budget.json" --metrics --heldout_run "$run" --heldout_pool "$POOL" \
+    --seed "$SEED" --threads "$THREADS" $EVAL_FLAGS
   prev="$run"
 done
 echo "elapsed: $(( $(date +%s) - start ))s; runs in $OUT/RUN_<budget>, AlpacaEval outputs + metrics in $OUT/eval/"
