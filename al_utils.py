@@ -344,6 +344,18 @@ def mean_nll(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
 
 
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask: generation appends on the right, so every row's last
+    real token must sit in the last column."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, L - len(s):] = torch.tensor(list(s))
+        mask[b, L - len(s):] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int,
                     eos_id: int, batch_size: int = 16, progress: bool = True,
@@ -356,12 +368,8 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     model.eval()
     for k in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, file=sys.stderr, leave=False):
         idx = order[k: k + batch_size]
-        L = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), L), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), L), dtype=torch.long)
-        for b, i in enumerate(idx):
-            ids[b, L - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[b, L - len(prompts[i]):] = 1
+        ids, mask = left_pad([prompts[i] for i in idx], pad_id)
+        L = ids.size(1)
         out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
                              output_logits=True, return_dict_in_generate=True)

@@ -30,6 +30,7 @@ from al_utils import (
     encode_records,
     file_sha256,
     format_prompt,
+    left_pad,
     load_records,
     pad_id_of,
     run_cli,
@@ -78,12 +79,8 @@ def generate(model, tok, prompts: list[list[int]], args: argparse.Namespace, pro
     out: list = [None] * len(prompts)
     for k in tqdm(range(0, len(order), args.batch_size), desc="generating", disable=not progress, file=sys.stderr):
         idx = order[k: k + args.batch_size]
-        L = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), L), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), L), dtype=torch.long)
-        for b, i in enumerate(idx):
-            ids[b, L - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[b, L - len(prompts[i]):] = 1
+        ids, mask = left_pad([prompts[i] for i in idx], pad)
+        L = ids.size(1)
         room = args.model_context_length - L
         new = room if args.max_new_tokens is None else min(room, args.max_new_tokens)
         torch.manual_seed(args.seed + k)
