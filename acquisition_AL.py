@@ -33,6 +33,7 @@ from al_utils import (
     STRATEGIES,
     InputError,
     ScoreConfig,
+    answer_nll,
     atomic_write_json,
     atomic_write_jsonl,
     cluster_round_robin,
@@ -46,9 +47,7 @@ from al_utils import (
     round_rng,
     run_cli,
     score_candidates,
-    sequence_nll,
     stratify,
-    truncate_pair,
 )
 from train_AL import add_train_args, train, train_config
 
@@ -206,17 +205,6 @@ def check_same(state: dict, flags: dict, where: str) -> None:
         raise InputError(f"--resume: {where}: flags or pool differ from the run being resumed: " + "; ".join(diff))
 
 
-def heldout_loss(model, enc: dict, ids: list, pad_id: int, max_len: int, cfg: ScoreConfig) -> float | None:
-    """Mean answer-token NLL over the held-out slice (token-weighted, as the training loss);
-    each rank scores a contiguous share."""
-    if not ids:
-        return None
-    pairs = [truncate_pair(enc[i].prompt, enc[i].answer, max_len) for i in ids[fsdp_utils.my_slice(len(ids))]]
-    s, c = sequence_nll(model, [p + a for p, a, _ in pairs], [len(p) for p, _, _ in pairs], pad_id,
-                        cfg.token_budget, cfg.max_rows, "held-out loss", cfg.progress)
-    return fsdp_utils.all_reduce_sum(float(s.sum())) / fsdp_utils.all_reduce_sum(float(c.sum()))
-
-
 def plot_hist(scores: list[float], path: str, title: str) -> None:
     import matplotlib
 
@@ -370,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
         state.pop("model_source", None)
         t_train = time.time() - t0 - t_score
         with fsdp_utils.full_params(model):
-            held = heldout_loss(model, enc, heldout, pad_id, args.train_max_length, scfg)
+            held = answer_nll(model, [enc[i] for i in heldout], pad_id, args.train_max_length, progress,
+                              fsdp_utils.my_slice(len(heldout)), fsdp_utils.gather_lists)[0] if heldout else None
         sc = np.array([r["score"] for r in scores])
         metrics = {"round": rnd, "labelled": len(labelled), "selected": len(picked), "train": tstats,
                    "heldout_loss": held, "heldout_examples": len(heldout), "candidates_scored": len(scores),

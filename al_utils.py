@@ -434,6 +434,18 @@ def answer_losses(model, enc: dict, ids: Sequence, pad_id: int, bos_id: int | No
     return mean_nll(s, c), mean_nll(s2, c2)
 
 
+def answer_nll(model, encoded: Sequence[Encoded], pad_id: int, max_len: int, progress: bool = True,
+               part: slice = slice(None), gather: Callable[[list], list] = lambda x: x) -> tuple[float, float]:
+    """Mean NLL of the answers given their prompts (truncated as in training): token-weighted,
+    and the mean of per-example means. Data-parallel like score_candidates: this process scores
+    encoded[part] and `gather` concatenates every rank's share."""
+    pairs = [truncate_pair(e.prompt, e.answer, max_len) for e in encoded[part]]
+    s, c = sequence_nll(model, [p + a for p, a, _ in pairs], [len(p) for p, _, _ in pairs], pad_id,
+                        desc="answer NLL", progress=progress)
+    s, c = np.array(gather(s.tolist())), np.array(gather(c.tolist()))
+    return float(s.sum() / c.sum()), float(np.mean(s / c))
+
+
 def _first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
     ids = set()
     for w in words:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 import fsdp_utils
 from al_utils import (
     InputError,
+    answer_nll,
     atomic_write_json,
     encode_records,
     file_sha256,
@@ -34,8 +35,6 @@ from al_utils import (
     load_records,
     pad_id_of,
     run_cli,
-    sequence_nll,
-    truncate_pair,
 )
 
 ALPACA_EVAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "alpaca_eval_text_davinci_003.json")
@@ -94,15 +93,10 @@ def generate(model, tok, prompts: list[list[int]], args: argparse.Namespace, pro
     return out
 
 
-def answer_nll(model, tok, records: list[dict], context: int, progress: bool) -> tuple[float, float]:
-    """Mean NLL of the records' answers given their prompts: token-weighted, and per example."""
+def answer_nll_of(model, tok, records: list[dict], context: int, progress: bool) -> tuple[float, float]:
     enc = encode_records(tok, records)
-    pairs = [truncate_pair(enc[r["id"]].prompt, enc[r["id"]].answer, context) for r in records]
-    sl = fsdp_utils.my_slice(len(pairs))
-    s, c = sequence_nll(model, [p + a for p, a, _ in pairs[sl]], [len(p) for p, _, _ in pairs[sl]], pad_id_of(tok),
-                        desc="answer NLL", progress=progress)
-    s, c = np.array(fsdp_utils.gather_lists(s.tolist())), np.array(fsdp_utils.gather_lists(c.tolist()))
-    return float(s.sum() / c.sum()), float(np.mean(s / c))
+    return answer_nll(model, [enc[r["id"]] for r in records], pad_id_of(tok), context, progress,
+                      fsdp_utils.my_slice(len(records)), fsdp_utils.gather_lists)
 
 
 def heldout_records(run: str, pool: str) -> list[dict]:
@@ -130,8 +124,8 @@ def metrics(model, tok, records: list[dict], outputs: list[str], gen_ids: list[l
     with_ref = [i for i, r in enumerate(records) if r["output"].strip()]
     if not with_ref:
         return res
-    res["reference_nll"], res["reference_nll_per_example"] = answer_nll(model, tok, [records[i] for i in with_ref],
-                                                                          context, progress)
+    res["reference_nll"], res["reference_nll_per_example"] = answer_nll_of(model, tok, [records[i] for i in with_ref],
+                                                                             context, progress)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     res["rougeL_f1"] = float(np.mean([scorer.score(records[i]["output"], outputs[i])["rougeL"].fmeasure
                                       for i in with_ref]))
@@ -170,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
                  "dataset": r.get("dataset", os.path.basename(path))} for r, t in zip(records, texts)]
         m = metrics(model, tok, records, texts, gen, args.model_context_length, progress) if args.metrics else None
         if m is not None and heldout is not None:
-            m["heldout_loss"] = answer_nll(model, tok, heldout, args.model_context_length, progress)[0]
+            m["heldout_loss"] = answer_nll_of(model, tok, heldout, args.model_context_length, progress)[0]
             m["heldout_examples"] = len(heldout)
     if fsdp_utils.is_main():
         atomic_write_json(args.save_file_name, rows)
