@@ -1,9 +1,15 @@
 """Active-learning loop for one data budget: score the unlabelled pool with the current model,
-pick a stratified batch, label it (oracle: the pool's own answers), fine-tune, repeat.
+pick a stratified batch, label it (oracle: the pool's own answers; or real annotators with
+--annotate_out/--labels), fine-tune, repeat.
 
     python acquisition_AL.py --file_path data/dolly-1.5k.jsonl --init_checkpoint_path models/tiny-llama \
         --al_data_fraction 200 --num_acquisition_samples 50 --stratification_strategy bucket \
         --num_k 5 --pick_samples_from top --model_path runs/RUN_200 --seed 42
+
+With annotators (the pool needs no answers): each call exports the batch that needs labels and
+stops ("waiting for labels", exit 0); the next call imports the filled file and goes on:
+    ... --model_path runs/ann --annotate_out batch.csv            # exports the seed set
+    ... --model_path runs/ann --annotate_out batch.csv --labels batch_filled.csv   # train, export next
 
 Writes the run directory <model_path>/ (state.json, selected.json, rounds/<k>/...) after every
 round and the trained model to <model_path>_sharded. Chain budgets like the original README:
@@ -27,6 +33,7 @@ import numpy as np
 import torch
 
 import fsdp_utils
+from al_annotation import LABELS_FILE, batch_rows, export_batch, import_labels, load_labels, save_labels
 from al_utils import (
     MODEL_FREE,
     NEEDS_ANSWERS,
@@ -41,6 +48,7 @@ from al_utils import (
     encode_records,
     file_sha256,
     k_for_round,
+    kill_point,
     load_records,
     pad_id_of,
     read_jsonl,
@@ -54,7 +62,7 @@ from train_AL import add_train_args, train, train_config
 # flags that do not change what a run selects or trains: everything else must match on --resume
 NON_RUN_FLAGS = {"al_data_fraction", "model_path", "resume", "resume_checkpoint_path", "save_file_name",
                  "plot_ppl_hist", "threads", "overwrite", "stop_after_round", "no_progress", "save_opt",
-                 "activation_checkpointing"}
+                 "activation_checkpointing", "annotate_out", "labels"}
 RNG_SHUFFLE, RNG_FRACTION, RNG_SELECT, RNG_SCORE = 0, 1, 2, 3
 
 
@@ -80,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--stop_after_round", type=int, default=None, help="stop after this round (staged runs)")
     g.add_argument("--plot_ppl_hist", action="store_true", help="save a histogram of each round's scores")
     g.add_argument("--no_progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("annotation (real annotators instead of the pool's answers)")
+    g.add_argument("--annotate_out", default=None,
+                   help="write each batch that needs answers here (.jsonl, or .csv) and stop, exit 0; answers "
+                        "then come only from annotators (--labels), so the pool needs no answer column")
+    g.add_argument("--labels", default=None,
+                   help="the annotators' filled batch (.jsonl/.json/.csv: id + output): checked, imported, then "
+                        "the run goes on (implies --resume); blank answers stay pending")
     g = p.add_argument_group("acquisition")
     g.add_argument("--sampling_strategy", default="forward_ppl", choices=STRATEGIES)
     g.add_argument("--num_acquisition_samples", type=int, default=1000, help="examples labelled per round")
@@ -108,8 +123,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def validate(args: argparse.Namespace) -> tuple[list[dict], int]:
-    """Every check that can fail on bad input, before any work. Returns (records, budget)."""
+def read_state(run: str) -> dict | None:
+    f = os.path.join(run, "state.json")
+    if not os.path.isfile(f):
+        return None
+    with open(f) as fh:
+        return json.load(fh)
+
+
+def annotation_mode(args: argparse.Namespace, prior: dict | None) -> bool:
+    """Answers from annotators: asked for now, or the run being resumed was started that way."""
+    return bool(args.annotate_out or args.labels) or bool(
+        prior and args.resume and prior["flags"].get("labels_from") == "annotators")
+
+
+def validate(args: argparse.Namespace, annotate: bool, prior: dict | None):
+    """Every check that can fail on bad input, before any work. Returns (records, budget, tokenizer)."""
     if args.num_acquisition_samples < 1:
         raise InputError("--num_acquisition_samples: must be >= 1")
     if args.num_k < 1:
@@ -123,10 +152,19 @@ def validate(args: argparse.Namespace) -> tuple[list[dict], int]:
     if args.al_data_fraction <= 0:
         raise InputError("--al_data_fraction: must be > 0")
     train_config(args, args.seed)
-    if args.sampling_strategy in NEEDS_ANSWERS:
+    if args.labels and prior is None:
+        raise InputError(f"--labels: {args.model_path}: no run there waiting for labels "
+                         "(start one with --annotate_out)")
+    if annotate and args.sampling_strategy in NEEDS_ANSWERS:
+        why = f"--sampling_strategy {args.sampling_strategy} scores answers; pick a prompt-only strategy"
+    elif annotate and args.heldout_size:
+        why = "--heldout_size measures answer loss on the pool's own answers"
+    elif annotate:
+        why = ""
+    elif args.sampling_strategy in NEEDS_ANSWERS:
         why = f"--sampling_strategy {args.sampling_strategy} scores answers, and oracle labelling needs them"
     else:
-        why = "oracle labelling takes answers from the pool"
+        why = "oracle labelling takes answers from the pool; use --annotate_out for an unlabelled pool"
     records = load_records(args.file_path, require_output=why)
     n = len(records)
     budget = int(args.al_data_fraction) if args.al_data_fraction > 1 else int(args.al_data_fraction * n)
@@ -135,20 +173,34 @@ def validate(args: argparse.Namespace) -> tuple[list[dict], int]:
     if budget + args.heldout_size > n:
         raise InputError(f"--al_data_fraction: budget {budget} + held-out {args.heldout_size} exceeds the pool "
                          f"({n} records in {args.file_path})")
+    if budget < args.num_acquisition_samples:
+        raise InputError(f"--al_data_fraction: budget {budget} is below the seed set "
+                         f"(--num_acquisition_samples {args.num_acquisition_samples})")
+    if args.resume and prior and prior["round_log"] and budget < prior["round_log"][-1]["labelled"]:
+        raise InputError(f"--al_data_fraction: budget {budget} is below the {prior['round_log'][-1]['labelled']} "
+                         f"examples {args.model_path} has already labelled")
     fsdp_utils.check_model_dir(args.init_checkpoint_path, "--init_checkpoint_path")
     if args.model_config_path and not os.path.isfile(os.path.join(args.model_config_path, "config.json")):
         raise InputError(f"--model_config_path: {args.model_config_path}: no config.json there")
+    fsdp_utils.check_weights(args.init_checkpoint_path, "--init_checkpoint_path", args.model_config_path)
+    run_cfg = args.model_config_path or args.init_checkpoint_path  # every checkpoint must fit this config
     if args.resume_checkpoint_path:
         fsdp_utils.check_model_dir(args.resume_checkpoint_path, "--resume_checkpoint_path")
         prev = args.resume_checkpoint_path.rstrip("/").removesuffix("_sharded")
         if not os.path.isfile(os.path.join(prev, "state.json")):
             raise InputError(f"--resume_checkpoint_path: {prev}/state.json: no run directory beside the checkpoint")
-    return records, budget
+        fsdp_utils.check_weights(args.resume_checkpoint_path, "--resume_checkpoint_path", run_cfg)
+    tok = fsdp_utils.load_tokenizer(run_cfg)
+    pad_id_of(tok)
+    if tok.eos_token_id is None:
+        raise InputError(f"{run_cfg}: tokenizer: has no eos token (answers must end with one)")
+    return records, budget, tok
 
 
-def run_flags(args: argparse.Namespace, pool_hash: str) -> dict:
+def run_flags(args: argparse.Namespace, pool_hash: str, annotate: bool) -> dict:
     flags = {k: v for k, v in sorted(vars(args).items()) if k not in NON_RUN_FLAGS}
     flags["file_path"] = pool_hash  # the pool's content matters, not where it lives
+    flags["labels_from"] = "annotators" if annotate else "pool"
     return flags
 
 
@@ -182,7 +234,8 @@ def prepare_run_dir(args: argparse.Namespace, run: str) -> None:
     """Rank 0: clear an overwritten run, or seed a chained run with the previous run's rounds."""
     state_file = os.path.join(run, "state.json")
     if os.path.isfile(state_file) and args.overwrite and not args.resume:
-        for p in (os.path.join(run, "rounds"), state_file, os.path.join(run, "selected.json"), run + "_sharded"):
+        for p in (os.path.join(run, "rounds"), state_file, os.path.join(run, "selected.json"),
+                  os.path.join(run, LABELS_FILE), run + "_sharded"):
             if os.path.isdir(p):
                 shutil.rmtree(p)
             elif os.path.exists(p):
@@ -192,6 +245,8 @@ def prepare_run_dir(args: argparse.Namespace, run: str) -> None:
         with open(os.path.join(prev, "state.json")) as f:
             prev_state = json.load(f)
         shutil.copytree(os.path.join(prev, "rounds"), os.path.join(run, "rounds"), dirs_exist_ok=True)
+        if os.path.isfile(os.path.join(prev, LABELS_FILE)):
+            shutil.copy2(os.path.join(prev, LABELS_FILE), os.path.join(run, LABELS_FILE))
         prev_state["chained_from"] = prev
         prev_state["model_source"] = args.resume_checkpoint_path
         atomic_write_json(state_file, prev_state)
@@ -223,12 +278,25 @@ def plot_hist(scores: list[float], path: str, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    records, budget = validate(args)
     run = args.model_path.rstrip("/")
     ckpt = run + "_sharded"
+    args.resume = args.resume or bool(args.labels)
+    prior = read_state(run)
+    annotate = annotation_mode(args, prior)
+    records, budget, tok = validate(args, annotate, prior)
     pool_hash = file_sha256(args.file_path)
-    flags = run_flags(args, pool_hash)
+    flags = run_flags(args, pool_hash, annotate)
     check_run_dir(args, run, flags)
+    by_id = {r["id"]: r for r in records}
+    labels = load_labels(run) if annotate and args.resume else {}
+    new_labels: dict = {}
+    if args.labels:  # checked in full before anything changes
+        pending_round = prior["rounds_done"] + 1
+        sel = os.path.join(run, "rounds", str(pending_round), "selected.jsonl")
+        if not os.path.isfile(sel):
+            raise InputError(f"--labels: {run}: no batch is waiting for labels")
+        batch = [r["id"] for r in read_jsonl(sel)]
+        new_labels, blank, again = import_labels(args.labels, batch, pending_round, by_id, labels)
     device = fsdp_utils.setup(args.threads)
     main_rank = fsdp_utils.is_main()
     lock = None
@@ -244,22 +312,28 @@ def main(argv: list[str] | None = None) -> None:
     if main_rank:
         prepare_run_dir(args, run)
         fsdp_utils.recover_checkpoint(ckpt)
-    fsdp_utils.barrier()
-    state = None
-    if os.path.isfile(os.path.join(run, "state.json")):
-        with open(os.path.join(run, "state.json")) as f:
-            state = json.load(f)
-    progress = not args.no_progress and main_rank
+        if new_labels:
+            save_labels(run, {**labels, **new_labels})
+    labels.update(new_labels)
     log = print if main_rank else (lambda *a, **k: None)
+    if args.labels:
+        still = sum(i not in labels for i in batch)
+        log(f"imported {len(new_labels)} answers from {args.labels} ({again} already imported, {blank} left "
+            f"blank); round {pending_round}: {len(batch) - still} of {len(batch)} labelled", file=sys.stderr)
+    fsdp_utils.barrier()
+    state = read_state(run)  # again: a chained run's state was just seeded
+    progress = not args.no_progress and main_rank
 
     # the seeded order: held-out slice first, then the seed set, then candidates in this order
-    by_id = {r["id"]: r for r in records}
     perm = [records[i]["id"] for i in round_rng(args.seed, 0, RNG_SHUFFLE).permutation(len(records))]
     heldout = perm[: args.heldout_size]
     order = perm[args.heldout_size:]
-    tok = fsdp_utils.load_tokenizer(args.model_config_path or args.init_checkpoint_path)
     pad_id = pad_id_of(tok)
-    enc = encode_records(tok, records)
+    enc = encode_records(tok, records)  # prompts (+ the pool's answers, if any: oracle labels, held-out)
+
+    def labelled_record(i) -> dict:
+        return {**by_id[i], "output": labels[i]} if annotate else by_id[i]
+
     scfg = ScoreConfig(token_budget=args.score_token_budget or 10**9,
                        max_rows=256 if args.score_token_budget else args.batch_size,
                        max_length=args.model_max_length, gen_max_new_tokens=args.gen_max_new_tokens,
@@ -288,7 +362,12 @@ def main(argv: list[str] | None = None) -> None:
     def load(path: str):
         return fsdp_utils.load_model(path, device, args.model_config_path, args.activation_checkpointing)
 
+    def save_state() -> None:
+        if main_rank:
+            atomic_write_json(os.path.join(run, "state.json"), state)
+
     rnd = done + 1
+    waiting = False
     while len(labelled) < budget and (args.stop_after_round is None or rnd <= args.stop_after_round):
         t0 = time.time()
         rdir = os.path.join(run, "rounds", str(rnd))
@@ -316,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
                 scores = score_candidates(args.sampling_strategy, by_id, cands, enc, model, tok, scfg,
                                           round_rng(args.seed, rnd, RNG_SCORE), fsdp_utils.my_slice(len(cands)),
                                           fsdp_utils.gather_lists)
+            kill_point("scoring", rnd)
             if len(cands) < n:
                 log(f"warning: round {rnd}: only {len(cands)} candidates for {n} slots", file=sys.stderr)
             score_of = {r["id"]: r["score"] for r in scores}
@@ -332,8 +412,26 @@ def main(argv: list[str] | None = None) -> None:
                 if args.plot_ppl_hist:
                     plot_hist([r["score"] for r in scores], os.path.join(rdir, "scores.png"),
                               f"{args.sampling_strategy} scores, round {rnd}")
-        if main_rank:
+        if main_rank and not os.path.isfile(sel_file):
             atomic_write_jsonl(sel_file, picked)
+            state["in_round"] = {"round": rnd, "finished": "selection"}
+            save_state()
+        kill_point("selected", rnd)
+        missing = [r for r in picked if annotate and r["id"] not in labels]
+        if missing:  # annotation mode: hand the batch out and stop until its answers come back
+            rows = batch_rows(missing, by_id, rnd)
+            dest = args.annotate_out or os.path.join(rdir, "to_annotate.jsonl")
+            state["in_round"] = {"round": rnd, "finished": "selection", "waiting_for_labels": len(missing),
+                                 "batch": len(picked), "exported_to": dest}
+            if main_rank:
+                export_batch(os.path.join(rdir, "to_annotate.jsonl"), rows)
+                if args.annotate_out:
+                    export_batch(args.annotate_out, rows)
+                save_state()
+            log(f"waiting for labels: {len(missing)} of round {rnd}'s {len(picked)} examples are in {dest}; "
+                "fill their `output`, then run again with --labels FILE", file=sys.stderr)
+            waiting = True
+            break
         labelled += [r["id"] for r in picked]
         t_score = time.time() - t0
 
@@ -349,11 +447,15 @@ def main(argv: list[str] | None = None) -> None:
                 model = load(model_source)
             torch.manual_seed(args.seed + rnd)
             tcfg = train_config(args, args.seed + rnd, progress)
-            stats, opt = train(model, [enc[i] for i in labelled], tcfg, pad_id)
+            train_enc = encode_records(tok, [labelled_record(i) for i in labelled]) if annotate else enc
+            stats, opt = train(model, [train_enc[i] for i in labelled], tcfg, pad_id,
+                               on_step=lambda step, r=rnd: kill_point("training", r))
             tstats = {k: v for k, v in stats.items() if k not in ("losses", "lrs")}
             fsdp_utils.save_checkpoint(model, tok, ckpt, {"round": rnd, "labelled": len(labelled), "train": tstats},
                                        opt if args.save_opt else None)
             del opt
+            state["in_round"] = {"round": rnd, "finished": "training"}
+            save_state()
         model_source = ckpt
         state.pop("model_source", None)
         t_train = time.time() - t0 - t_score
@@ -366,22 +468,24 @@ def main(argv: list[str] | None = None) -> None:
                    "score_stats": describe(sc),
                    "seconds": {"select": t_score, "train": t_train, "total": time.time() - t0}}
         state["rounds_done"] = rnd
+        state.pop("in_round", None)
         state["round_log"] = [x for x in state["round_log"] if x["round"] < rnd] + [
             {"round": rnd, "labelled": len(labelled), "train_loss": tstats["train_loss"], "heldout_loss": held}]
         if main_rank:
             atomic_write_json(os.path.join(rdir, "metrics.json"), metrics)
-            selected = [by_id[i] for i in labelled]
+            selected = [labelled_record(i) for i in labelled]
             atomic_write_json(os.path.join(run, "selected.json"), selected)
             if args.save_file_name:
                 atomic_write_json(args.save_file_name, selected)
-            atomic_write_json(os.path.join(run, "state.json"), state)  # last: marks the round done
+        save_state()  # last: marks the round done
         done = rnd
         held_s = f"{held:.4f}" if held is not None else "n/a"
         log(f"round {rnd} | labelled {len(labelled)}/{budget} | scores {describe(sc)} | "
             f"train loss {tstats['train_loss']:.4f} | held-out {held_s} | {time.time() - t0:.1f}s", file=sys.stderr)
         rnd += 1
-    log(f"run {run}: {len(labelled)} labelled in {done + 1} rounds; selected set {run}/selected.json, "
-        f"model {ckpt}", file=sys.stderr)
+    if not waiting:
+        log(f"run {run}: {len(labelled)} labelled in {done + 1} rounds; selected set {run}/selected.json, "
+            f"model {ckpt}", file=sys.stderr)
     fsdp_utils.barrier()
     fsdp_utils.teardown()
 

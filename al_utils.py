@@ -7,9 +7,12 @@ means "more uncertain" and sorts first ("top"). Bad input raises InputError whos
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -70,6 +73,13 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def kill_point(name: str, rnd: int) -> None:
+    """Crash-safety test hook: with AL_KILL_AT=<name>:<round> in the environment the process
+    SIGKILLs itself here (points: scoring, selected, training, checkpoint_save)."""
+    if os.environ.get("AL_KILL_AT") == f"{name}:{rnd}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -88,12 +98,19 @@ ALIASES = {
 }
 
 
-def _read_rows(path: str) -> list[tuple[int, Any]]:
-    """(1-based line or element number, parsed value) for every record of a .json/.jsonl file."""
+def read_rows(path: str) -> list[tuple[int, Any]]:
+    """(1-based line or element number, parsed value) for every record of a .json/.jsonl/.csv file."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: file: no such file")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise InputError(f"{path}:{line}: (encoding): invalid UTF-8 byte 0x{raw[e.start]:02x} "
+                         f"at column {col}") from None
     if path.endswith(".jsonl"):
         rows = []
         for i, line in enumerate(text.splitlines(), start=1):
@@ -110,9 +127,21 @@ def _read_rows(path: str) -> list[tuple[int, Any]]:
         except json.JSONDecodeError as e:
             raise InputError(f"{path}:{e.lineno}: (json): malformed JSON: {e.msg}") from None
         if not isinstance(data, list):
-            raise InputError(f"{path}:1: (json): expected a JSON array of records")
+            raise InputError(f"{path}:1: (json): expected a JSON array of records, got {type(data).__name__}")
         return list(enumerate(data, start=1))
-    raise InputError(f"{path}: file: expected a .json or .jsonl file")
+    if path.endswith(".csv"):  # header row + one record per row; the line is where the row starts
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows, start = [], 2
+        try:
+            for row in reader:
+                if None in row:
+                    raise InputError(f"{path}:{start}: (csv): more fields than the header has")
+                rows.append((start, {k: v for k, v in row.items() if v is not None}))
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise InputError(f"{path}:{reader.line_num}: (csv): {e}") from None
+        return rows
+    raise InputError(f"{path}: file: expected a .json, .jsonl or .csv file")
 
 
 def load_records(path: str, require_output: str = "") -> list[dict]:
@@ -124,7 +153,7 @@ def load_records(path: str, require_output: str = "") -> list[dict]:
     """
     records: list[dict] = []
     first_line: dict[Any, int] = {}
-    for pos, (line, row) in enumerate(_read_rows(path)):
+    for pos, (line, row) in enumerate(read_rows(path)):
         where = f"{path}:{line}"
         if not isinstance(row, dict):
             raise InputError(f"{where}: (record): expected a JSON object, got {type(row).__name__}")

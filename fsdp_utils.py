@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
-from al_utils import InputError
+from al_utils import InputError, kill_point
 
 # DCP warns on every single-process save/load; single process is a supported mode here
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -117,6 +117,65 @@ def check_model_dir(path: str, flag: str) -> None:
     if not os.path.isdir(path) or checkpoint_kind(path) is None:
         raise InputError(f"{flag}: {path}: not a model folder (expected config.json + *.safetensors, "
                          "or a sharded checkpoint with .metadata)")
+
+
+def _stored_shapes(path: str, flag: str) -> dict[str, tuple]:
+    """Tensor name -> shape from a checkpoint's headers/metadata (no weights read); a file cut
+    short is reported here, before any work, instead of deep inside a load."""
+    shapes = {}
+    if checkpoint_kind(path) == "dcp":
+        from torch.distributed.checkpoint import FileSystemReader
+
+        try:
+            md = FileSystemReader(path).read_metadata()
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
+            raise InputError(f"{flag}: {path}/.metadata: unreadable ({type(e).__name__}): "
+                             "truncated or corrupt?") from None
+        for info in md.storage_data.values():
+            f = os.path.join(path, info.relative_path)
+            size = os.path.getsize(f) if os.path.isfile(f) else -1
+            if size < info.offset + info.length:
+                raise InputError(f"{flag}: {f}: truncated ({max(size, 0)} bytes, the metadata needs "
+                                 f"{info.offset + info.length}); re-save or re-convert the checkpoint")
+        for k, v in md.state_dict_metadata.items():
+            if k.startswith("model.") and hasattr(v, "size"):
+                shapes[k.removeprefix("model.")] = tuple(v.size)
+        return shapes
+    from safetensors import safe_open
+
+    for f in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+        try:
+            with safe_open(f, framework="pt") as fh:
+                for k in fh.keys():
+                    shapes[k] = tuple(fh.get_slice(k).get_shape())
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise InputError(f"{flag}: {f}: unreadable safetensors file ({e}): truncated or corrupt?") from None
+    return shapes
+
+
+def check_weights(path: str, flag: str, config_path: str | None = None) -> None:
+    """Pre-flight check of a checkpoint against the config the run builds its model from: files
+    complete, every tensor present with the right shape. Reads headers only."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _quiet_transformers()
+    cfg_dir = config_path or path
+    config = AutoConfig.from_pretrained(cfg_dir)
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    got = _stored_shapes(path, flag)
+    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in got:
+        want.pop("lm_head.weight", None)
+    for k, shape in want.items():
+        if k not in got:
+            raise InputError(f"{flag}: {path}: no tensor {k} (checkpoint from a different model than "
+                             f"{cfg_dir}/config.json?)")
+        if got[k] != shape:
+            raise InputError(f"{flag}: {path}: {k} has shape {list(got[k])} but {cfg_dir}/config.json "
+                             f"needs {list(shape)} (checkpoint from a different model config)")
+    extra = sorted(set(got) - set(want))
+    if extra:
+        raise InputError(f"{flag}: {path}: tensors {extra[:3]} are not in {cfg_dir}/config.json's model")
 
 
 def _quiet_transformers() -> None:
@@ -287,6 +346,7 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, path: str, meta: dict,
             tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "al_checkpoint.json"), "w") as f:
             json.dump(meta, f, indent=2)
+        kill_point("checkpoint_save", meta.get("round", -1))
         old = tmp + ".old"
         if os.path.exists(path):
             os.replace(path, old)

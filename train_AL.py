@@ -11,7 +11,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -96,14 +96,16 @@ def token_nll_sum(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
                            labels[:, 1:].to(dev).reshape(-1), ignore_index=-100, reduction="sum")
 
 
-def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int) -> tuple[dict, torch.optim.Optimizer]:
+def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
+          on_step: Callable[[int], None] | None = None) -> tuple[dict, torch.optim.Optimizer]:
     """Train `model` (already sharded under torchrun) in place.
 
     An optimizer step covers train_batch_size x grad_accum x world examples of a seeded epoch
     order; each rank takes a contiguous share, so every example is used exactly once per epoch.
     Loss per step = summed answer-token NLL / answer tokens over the whole global step, so it
     does not depend on how the step is split over micro-batches or ranks. Returns stats: steps,
-    per-step losses and learning rates, truncations, token counts; and the optimizer."""
+    per-step losses and learning rates, truncations, token counts; and the optimizer.
+    `on_step(step)` runs after each optimizer step (the loop's crash-test hook)."""
     t0 = time.time()
     pairs, truncated = [], 0
     for e in examples:
@@ -157,6 +159,8 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int) -> 
             tokens += n_tok
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
+            if on_step is not None:
+                on_step(len(losses))
     bar.close()
     model.eval()
     last = losses[-steps_per_epoch:]

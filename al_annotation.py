@@ -1,0 +1,96 @@
+"""Real annotators instead of the pool's answers: export a selected batch, import the answers.
+
+The loop writes the batch that needs labels (id, instruction, input, an empty `output`, plus
+round, score and bucket for transparency) as .jsonl or .csv and stops ("waiting for labels").
+Annotators fill `output`; the filled file is checked against the pending batch and its answers
+are kept in <run>/labels.jsonl, the run's only source of answers in annotation mode.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Any
+
+from al_utils import ALIASES, InputError, atomic_write_jsonl, atomic_write_text, read_jsonl, read_rows
+
+EXPORT_FIELDS = ("id", "instruction", "input", "output", "round", "score", "bucket")
+LABELS_FILE = "labels.jsonl"
+
+
+def batch_rows(picked: list[dict], records: dict, rnd: int) -> list[dict]:
+    """What annotators get for each picked id: the prompt, an empty answer and why it was picked."""
+    return [{"id": p["id"], "instruction": records[p["id"]]["instruction"], "input": records[p["id"]]["input"],
+             "output": "", "round": rnd, "score": p["score"], "bucket": p["bucket"]} for p in picked]
+
+
+def export_batch(path: str, rows: list[dict]) -> None:
+    """Atomically write the batch: CSV when the name ends in .csv, else JSON lines."""
+    if path.endswith(".csv"):
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS)
+        w.writeheader()
+        w.writerows({k: "" if r[k] is None else r[k] for k in EXPORT_FIELDS} for r in rows)
+        atomic_write_text(path, buf.getvalue())
+    else:
+        atomic_write_jsonl(path, rows)
+
+
+def load_labels(run: str) -> dict[Any, str]:
+    """id -> answer for every label imported into this run so far."""
+    f = os.path.join(run, LABELS_FILE)
+    return {r["id"]: r["output"] for r in read_jsonl(f)} if os.path.isfile(f) else {}
+
+
+def save_labels(run: str, labels: dict[Any, str]) -> None:
+    atomic_write_jsonl(os.path.join(run, LABELS_FILE), [{"id": i, "output": a} for i, a in labels.items()])
+
+
+def _same(a: str, b: str) -> bool:
+    """Equal up to line endings and surrounding blanks (spreadsheets rewrite both)."""
+    return a.replace("\r\n", "\n").strip() == b.replace("\r\n", "\n").strip()
+
+
+def import_labels(path: str, batch: list, rnd: int, records: dict, labels: dict) -> tuple[dict, int, int]:
+    """Check an annotators' file against the pending batch of round `rnd` and return
+    (new answers by id, rows left blank, rows already imported). Any problem raises InputError
+    naming file, line and field, before anything is changed; blank answers stay pending."""
+    key = {str(i): i for i in records}  # CSV turns every id into a string
+    in_batch = set(batch)
+    first: dict = {}
+    new: dict = {}
+    blank = again = 0
+    for line, row in read_rows(path):
+        where = f"{path}:{line}"
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: (record): expected a JSON object, got {type(row).__name__}")
+        if "id" not in row:
+            raise InputError(f"{where}: id: missing (columns found: {', '.join(row) or 'none'})")
+        rid = key.get(str(row["id"]))
+        if rid is None:
+            raise InputError(f"{where}: id: unknown id {row['id']!r}: not in the pool")
+        if rid not in in_batch:
+            raise InputError(f"{where}: id: {rid!r} was not requested in the pending batch (round {rnd})")
+        if rid in first:
+            raise InputError(f"{where}: id: {rid!r} appears twice (first at line {first[rid]})")
+        first[rid] = line
+        for field in ("instruction", "input"):
+            name = next((n for n in ALIASES[field] if n in row), None)
+            if name is not None and not _same(str(row[name] or ""), records[rid][field]):
+                raise InputError(f"{where}: {name}: differs from the pool's {field} for id {rid!r} "
+                                 "(the batch must come back unedited; fix the pool instead)")
+        name = next((n for n in ALIASES["output"] if n in row), None)
+        if name is None:
+            raise InputError(f"{where}: output: missing (columns found: {', '.join(row)})")
+        answer = row[name] if row[name] is not None else ""
+        if not isinstance(answer, str):
+            raise InputError(f"{where}: {name}: expected a string, got {type(answer).__name__}")
+        if not answer.strip():
+            blank += 1
+        elif rid in labels:
+            if not _same(labels[rid], answer):
+                raise InputError(f"{where}: {name}: id {rid!r} was already labelled with a different answer")
+            again += 1
+        else:
+            new[rid] = answer  # kept exactly as written
+    return new, blank, again
