@@ -379,6 +379,8 @@ def main(argv: list[str] | None = None) -> None:
         # rank 0 decides what is on disk, so every rank takes the same branch (same collectives)
         if fsdp_utils.broadcast(os.path.isfile(sel_file)):  # selected before an interruption: reuse
             picked = read_jsonl(sel_file)
+            if os.path.isfile(os.path.join(rdir, "scores.jsonl")):  # for this round's metrics
+                scores = read_jsonl(os.path.join(rdir, "scores.jsonl"))
         elif rnd == 0:
             picked = [{"id": i, "bucket": None, "score": None} for i in remaining[:n]]
         else:

@@ -236,7 +236,8 @@ def encode_records(tokenizer, records: Sequence[dict]) -> dict[Any, Encoded]:
     prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
     p_ids = tokenizer(prompts).input_ids
     with_answer = [i for i, r in enumerate(records) if r["output"]]
-    fulls = tokenizer([prompts[i] + ANSWER_SEP + records[i]["output"] for i in with_answer]).input_ids
+    fulls = tokenizer([prompts[i] + ANSWER_SEP + records[i]["output"] for i in with_answer]).input_ids \
+        if with_answer else []  # (tokenizers refuse an empty batch)
     full_of = dict(zip(with_answer, fulls))
     out = {}
     for i, r in enumerate(records):

@@ -1,11 +1,16 @@
 """The acquisition loop end to end on a 200-record pool: growth, disjointness, resume, chaining."""
+import fcntl
 import glob
 import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
 import acquisition_AL
+from conftest import ROOT
 
 COMMON = ["--num_acquisition_samples", "50", "--stratification_strategy", "bucket", "--num_k", "3",
           "--pick_samples_from", "top", "--heldout_size", "20", "--epochs", "1", "--grad_accum", "4",
@@ -19,10 +24,16 @@ def run(pool, model, path, budget, *extra):
 
 
 def outputs(path) -> dict:
-    """What 'same result' compares: the selected set and every round's scores and selections."""
+    """What 'same result' compares, file by file: the selected set, every round's scores and
+    selections, and every round's metrics (training and held-out numbers; timings aside)."""
     files = [os.path.join(path, "selected.json")]
     files += sorted(glob.glob(os.path.join(path, "rounds", "*", "s*.jsonl")))
-    return {os.path.relpath(f, path): open(f).read() for f in files}
+    out = {os.path.relpath(f, path): open(f).read() for f in files}
+    for f in sorted(glob.glob(os.path.join(path, "rounds", "*", "metrics.json"))):
+        m = json.load(open(f))
+        m.pop("seconds"), m["train"].pop("seconds")
+        out[os.path.relpath(f, path)] = m
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +118,43 @@ def test_warm_start_resumed_equals_uninterrupted(pool, tiny_model, tmp_path):
     run(pool, tiny_model, tmp_path / "ws2", 150, "--warm_start", "--stop_after_round", "1")
     run(pool, tiny_model, tmp_path / "ws2", 150, "--warm_start", "--resume")
     assert outputs(tmp_path / "ws2") == outputs(tmp_path / "ws")
+
+
+def cli(pool, model, path, budget, *extra, env=None):
+    argv = [sys.executable, os.path.join(ROOT, "acquisition_AL.py"), "--file_path", pool, "--init_checkpoint_path",
+            model, "--model_path", str(path), "--al_data_fraction", str(budget), *COMMON, *extra]
+    return subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+@pytest.mark.parametrize("point", ["scoring", "selected", "training", "checkpoint_save"])
+def test_sigkill_then_resume_equals_uninterrupted(full_run, pool, tiny_model, tmp_path, point):
+    """SIGKILL in round 1 at each point (AL_KILL_AT hook), then --resume: same files as no kill."""
+    path = tmp_path / "killed"
+    p = cli(pool, tiny_model, path, 150, env={"AL_KILL_AT": f"{point}:1"})
+    p.communicate()
+    assert p.returncode == -9
+    state = json.load(open(path / "state.json"))
+    assert state["rounds_done"] == 0
+    assert state.get("in_round", {}).get("finished") == {"scoring": None, "selected": "selection",
+                                                         "training": "selection", "checkpoint_save": "selection"}[point]
+    assert os.path.isfile(path / "rounds/1/selected.jsonl") == (point != "scoring")
+    run(pool, tiny_model, path, 150, "--resume")
+    assert outputs(path) == outputs(full_run)
+    assert not glob.glob(str(tmp_path / ".*tmp*"))  # no temp leftovers
+
+
+def test_second_run_on_same_model_path_refused(pool, tiny_model, tmp_path, capsys):
+    path = tmp_path / "busy"
+    first = cli(pool, tiny_model, path, 150)
+    while not (path / "rounds/0/selected.jsonl").exists():  # the first run holds the lock by now
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    with pytest.raises(SystemExit) as e:
+        acquisition_AL.run_cli(lambda: run(pool, tiny_model, path, 150, "--resume"))
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: --model_path: {path}: another run holds its lock ({path}/.lock)\n"
+    first.communicate()
+    assert first.returncode == 0
+    with open(path / ".lock") as f:  # released at exit
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
