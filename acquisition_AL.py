@@ -41,6 +41,7 @@ from al_utils import (
     InputError,
     ScoreConfig,
     answer_nll,
+    atomic_savefig,
     atomic_write_json,
     atomic_write_jsonl,
     cluster_round_robin,
@@ -272,7 +273,7 @@ def plot_hist(scores: list[float], path: str, title: str) -> None:
     ax.set_xlabel("score")
     ax.set_ylabel("examples")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_savefig(fig, path)
     plt.close(fig)
 
 

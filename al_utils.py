@@ -68,6 +68,14 @@ def atomic_write_jsonl(path: str, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def atomic_savefig(fig, path: str, **kw) -> None:
+    """matplotlib figure -> file, via a temp file + rename like every other write."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"  # keeps the extension: savefig picks the format from it
+    fig.savefig(tmp, **kw)
+    os.replace(tmp, path)
+
+
 def read_jsonl(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

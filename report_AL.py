@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from al_utils import InputError, atomic_write_text, bucket_sizes, k_for_round, read_jsonl, run_cli
+from al_utils import InputError, atomic_savefig, atomic_write_text, bucket_sizes, k_for_round, read_jsonl, run_cli
 
 
 def label(flags: dict) -> str:
@@ -90,7 +90,7 @@ def plot(curves: dict, path: str) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -118,7 +118,7 @@ def plot_hist(run: str, path: str) -> None:
                 ax.axvline(scores[e], color="red", linewidth=0.8)
         ax.set_title(f"round {r}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
 
 

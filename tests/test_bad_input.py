@@ -85,6 +85,13 @@ def model_copy(t, b, edit_config=None, edit_tokenizer=None, truncate=False):
     return str(d)
 
 
+def sharded_truncated(t, b):
+    d = t / "ckpt_sharded"
+    shutil.copytree(b["dir"] / "run_sharded", d)
+    os.truncate(d / "__0_0.distcp", 1000)
+    return str(d)
+
+
 def pending_row(b, i=0, **changes):
     r = b["pending"][i]
     return {**r, "output": b["rows"][r["id"]]["response"], **changes}
@@ -171,6 +178,9 @@ CASES = {
         {"init_checkpoint_path": (m := model_copy(t, b, truncate=True))},
         f"error: --init_checkpoint_path: {m}/model.safetensors: unreadable safetensors file (Error while "
         "deserializing header: incomplete metadata, file not fully covered): truncated or corrupt?"),
+    "truncated sharded checkpoint": lambda t, b: (
+        {"init_checkpoint_path": (m := sharded_truncated(t, b))},
+        f"error: --init_checkpoint_path: {m}/__0_0.distcp: truncated (..."),
     "checkpoint from a different model config": lambda t, b: (
         {"model_config_path": (m := model_copy(t, b, edit_config={"intermediate_size": 48}))},
         f"error: --init_checkpoint_path: {b['model']}: model.layers.0.mlp.gate_proj.weight has shape [64, 32] "
