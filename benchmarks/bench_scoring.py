@@ -1,6 +1,8 @@
 """Pool-scoring throughput, side by side in one process: ours vs the original's batching.
 
     python benchmarks/bench_scoring.py [--model models/tiny-llama] [--repeats 1]
+    python benchmarks/bench_scoring.py --model models/SmolLM2-135M --limit 300 \
+        --out benchmarks/results/scoring_smollm2.md
 
 original: batch 4 in file order, each batch padded to its longest row (scores computed correctly,
           per row over its own tokens, so both sides must give the same numbers)
@@ -37,13 +39,14 @@ def main():
     p.add_argument("--max_length", type=int, default=1024)
     p.add_argument("--token_budget", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts (a big model on 2 cores)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/scoring.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tok = fsdp_utils.load_tokenizer(args.model)
     model = fsdp_utils.load_model(args.model, torch.device("cpu")).eval()
-    records = load_records(args.file_path)
+    records = load_records(args.file_path)[: args.limit]
     enc = encode_records(tok, records)
     ids = [r["id"] for r in records]
     seqs = [enc[i].prompt[: args.max_length] for i in ids]

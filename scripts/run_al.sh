@@ -15,6 +15,7 @@ SEED="${SEED:-42}"
 HELDOUT="${HELDOUT:-100}"                          # held-out slice for the loss curve
 EVAL_ITEMS="${EVAL_ITEMS:-100}"                     # AlpacaEval instructions generated per budget
 TRAIN_FLAGS="${TRAIN_FLAGS:---lr 1e-3 --epochs 1 --train_batch_size 4 --grad_accum 2 --train_max_length 384 --model_max_length 384}"
+AL_FLAGS="${AL_FLAGS:-}"                            # more acquisition_AL.py flags, e.g. --cluster_data_fraction 0.25
 EVAL_FLAGS="${EVAL_FLAGS:---max_new_tokens 128 --batch_size 16}"
 LAUNCH="${LAUNCH:-$PY}"                             # e.g. LAUNCH="torchrun --nproc_per_node=4"
 THREADS="${THREADS:-2}"
@@ -32,7 +33,7 @@ for budget in $BUDGETS; do
   $LAUNCH acquisition_AL.py --file_path "$POOL" --init_checkpoint_path "$MODEL" --al_data_fraction "$budget" \
     --num_acquisition_samples "$PER_ROUND" --heldout_size "$HELDOUT" --sampling_strategy "$STRATEGY" \
     --stratification_strategy "$STRAT" --num_k 5 --pick_samples_from "$PICK" --seed "$SEED" \
-    --threads "$THREADS" $TRAIN_FLAGS --model_path "$run" "${resume[@]}"
+    --threads "$THREADS" $TRAIN_FLAGS $AL_FLAGS --model_path "$run" "${resume[@]}"
   # shellcheck disable=SC2086
   $LAUNCH eval_generate.py --sharded_model "${run}_sharded" --file_path alpaca_eval --limit "$EVAL_ITEMS" \
     --save_file_name "$OUT/eval/RUN_$budget.json" --metrics --heldout_run "$run" --heldout_pool "$POOL" \
