@@ -34,29 +34,31 @@ import torch
 
 import fsdp_utils
 from al_annotation import LABELS_FILE, batch_rows, export_batch, import_labels, load_labels, save_labels
-from al_utils import (
+from al_strategies import (
     MODEL_FREE,
     NEEDS_ANSWERS,
     STRATEGIES,
-    InputError,
     ScoreConfig,
+    cluster_round_robin,
+    k_for_round,
+    score_candidates,
+    stratify,
+)
+from al_utils import (
+    InputError,
     answer_nll,
     atomic_savefig,
     atomic_write_json,
     atomic_write_jsonl,
-    cluster_round_robin,
     describe,
     encode_records,
     file_sha256,
-    k_for_round,
     kill_point,
     load_records,
     pad_id_of,
     read_jsonl,
     round_rng,
     run_cli,
-    score_candidates,
-    stratify,
 )
 from train_AL import add_train_args, train, train_config
 

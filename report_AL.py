@@ -17,7 +17,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from al_utils import InputError, atomic_savefig, atomic_write_text, bucket_sizes, k_for_round, read_jsonl, run_cli
+from al_strategies import bucket_sizes, k_for_round
+from al_utils import InputError, atomic_savefig, atomic_write_text, read_jsonl, run_cli
 
 
 def label(flags: dict) -> str:

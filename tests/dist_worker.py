@@ -10,6 +10,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import al_strategies as S  # noqa: E402
 import al_utils as U  # noqa: E402
 import fsdp_utils  # noqa: E402
 from train_AL import TrainConfig, train  # noqa: E402
@@ -32,9 +33,9 @@ def run(mode: str, model_path: str, pool: str, out: str) -> None:
         if fsdp_utils.is_main():
             json.dump({"losses": stats["losses"], "steps": stats["steps"]}, open(os.path.join(out, "train.json"), "w"))
     else:
-        cfg = U.ScoreConfig(token_budget=1024, max_rows=16, max_length=256, progress=False)
+        cfg = S.ScoreConfig(token_budget=1024, max_rows=16, max_length=256, progress=False)
         with fsdp_utils.full_params(model):
-            rows = U.score_candidates("forward_ppl", {r["id"]: r for r in records}, ids[:60], enc, model, tok, cfg,
+            rows = S.score_candidates("forward_ppl", {r["id"]: r for r in records}, ids[:60], enc, model, tok, cfg,
                                       None, fsdp_utils.my_slice(60), fsdp_utils.gather_lists)
         if fsdp_utils.is_main():
             json.dump(rows, open(os.path.join(out, "score.json"), "w"))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import fsdp_utils
-from al_utils import ScoreConfig, encode_records, forward_ppl, load_records, pad_id_of, sequence_nll
+from al_strategies import ScoreConfig, forward_ppl
+from al_utils import encode_records, load_records, pad_id_of, sequence_nll
 from conftest import ROOT
 from convert_gguf_to_hf import plain_copy, save_folder
 

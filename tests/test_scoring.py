@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import al_strategies as S
 import al_utils as U
 
 
@@ -22,7 +23,7 @@ def hand_nll(model, ids, start):
     return F.cross_entropy(logits[start - 1:-1], torch.tensor(ids[start:])).item()
 
 
-CFG = U.ScoreConfig(token_budget=512, max_rows=8, progress=False)
+CFG = S.ScoreConfig(token_budget=512, max_rows=8, progress=False)
 
 
 def test_template_and_encoding(setup):
@@ -39,7 +40,7 @@ def test_template_and_encoding(setup):
 def test_forward_ppl_matches_hand_computation(setup):
     model, tok, records, enc = setup
     ids = list(records)[:24]
-    got = U.forward_ppl(model, enc, ids, U.pad_id_of(tok), CFG)
+    got = S.forward_ppl(model, enc, ids, U.pad_id_of(tok), CFG)
     want = [hand_nll(model, enc[i].prompt[: CFG.max_length], 1) for i in ids]  # scoring truncates
     assert max(len(enc[i].prompt) for i in ids) > CFG.max_length  # the fixture exercises truncation
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -80,8 +81,8 @@ def test_answer_strategies(setup):
     model, tok, records, enc = setup
     ids = [i for i in list(records)[:14] if len(enc[i].prompt) + len(enc[i].answer) <= CFG.max_length]
     rng = np.random.default_rng(0)
-    ifd = U.score_candidates("ifd", records, ids, enc, model, tok, CFG, rng)
-    dp = U.score_candidates("data_pruning_w_answers", records, ids, enc, model, tok, CFG, rng)
+    ifd = S.score_candidates("ifd", records, ids, enc, model, tok, CFG, rng)
+    dp = S.score_candidates("data_pruning_w_answers", records, ids, enc, model, tok, CFG, rng)
     for row_i, row_d, i in zip(ifd, dp, ids):
         e = enc[i]
         cond = hand_nll(model, e.prompt + e.answer, len(e.prompt))
@@ -94,8 +95,8 @@ def test_answer_strategies(setup):
 def test_generation_ppl_matches_manual_greedy(setup):
     model, tok, records, enc = setup
     ids = list(records)[:6]
-    cfg = U.ScoreConfig(max_rows=4, gen_max_new_tokens=5, progress=False)
-    rows = U.score_candidates("generation_ppl", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
+    cfg = S.ScoreConfig(max_rows=4, gen_max_new_tokens=5, progress=False)
+    rows = S.score_candidates("generation_ppl", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
     for row, i in zip(rows, ids):
         seq, nll = list(enc[i].prompt), []
         for _ in range(5):
@@ -113,13 +114,13 @@ def test_generation_ppl_matches_manual_greedy(setup):
 def test_self_ask_is_probability_of_no(setup):
     model, tok, records, enc = setup
     ids = list(records)[:4]
-    cfg = U.ScoreConfig(self_ask_positions=1, progress=False)
-    rows = U.score_candidates("self_ask", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
-    no_ids = U._first_token_ids(tok, ["no", "No", "NO"])
+    cfg = S.ScoreConfig(self_ask_positions=1, progress=False)
+    rows = S.score_candidates("self_ask", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
+    no_ids = S._first_token_ids(tok, ["no", "No", "NO"])
     for row, i in zip(rows, ids):
         r = records[i]
         q = r["instruction"] + ("\n" + r["input"] if r["input"].strip() else "")
-        p = tok(U.format_prompt(U.SELF_ASK_TEMPLATE.format(instruction=q))).input_ids
+        p = tok(U.format_prompt(S.SELF_ASK_TEMPLATE.format(instruction=q))).input_ids
         with torch.no_grad():
             probs = model(input_ids=torch.tensor([p])).logits[0, -1].softmax(-1)
         assert abs(row["score"] - probs[no_ids].sum().item()) < 1e-5
@@ -128,12 +129,12 @@ def test_self_ask_is_probability_of_no(setup):
 def test_model_free_and_compound_keys(setup):
     model, tok, records, enc = setup
     ids = list(records)[:30]
-    rows = U.score_candidates("instruction_length", records, ids, enc, None, tok, CFG, np.random.default_rng(0))
+    rows = S.score_candidates("instruction_length", records, ids, enc, None, tok, CFG, np.random.default_rng(0))
     assert [r["score"] for r in rows] == [-len(enc[i].prompt) for i in ids]
-    a = U.score_candidates("random", records, ids, enc, None, tok, CFG, np.random.default_rng(7))
-    b = U.score_candidates("random", records, ids, enc, None, tok, CFG, np.random.default_rng(7))
+    a = S.score_candidates("random", records, ids, enc, None, tok, CFG, np.random.default_rng(7))
+    b = S.score_candidates("random", records, ids, enc, None, tok, CFG, np.random.default_rng(7))
     assert a == b
-    rows = U.score_candidates("length_and_ppl", records, ids, enc, model, tok, CFG, np.random.default_rng(0))
+    rows = S.score_candidates("length_and_ppl", records, ids, enc, model, tok, CFG, np.random.default_rng(0))
     by_score = [r["id"] for r in sorted(rows, key=lambda r: -r["score"])]
     by_key = [r["id"] for r in sorted(rows, key=lambda r: (r["length"], r["forward_ppl"]))]
     assert by_score == by_key
@@ -142,10 +143,10 @@ def test_model_free_and_compound_keys(setup):
 def test_cluster_strategy(setup):
     model, tok, records, enc = setup
     ids = list(records)[:40]
-    cfg = U.ScoreConfig(num_clusters=4, progress=False)
+    cfg = S.ScoreConfig(num_clusters=4, progress=False)
     for emb in ("tfidf", "hidden"):
         cfg.cluster_embedding = emb
-        rows = U.score_candidates("cluster", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
+        rows = S.score_candidates("cluster", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
         assert {r["cluster"] for r in rows} == {0, 1, 2, 3}
-        again = U.score_candidates("cluster", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
+        again = S.score_candidates("cluster", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
         assert rows == again
