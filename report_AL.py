@@ -67,7 +67,10 @@ def table(curves: dict) -> str:
         cells = []
         for b in budgets:
             v = curves[s].get(b)
-            cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f}" if v else "")
+            if v:  # a single seed has no spread to show
+                cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f}" if len(v) > 1 else f"{v[0]:.4f}")
+            else:
+                cells.append("")
         match = "" if s == "random" else random_match(curves, s)
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {match} |")
     return "\n".join(lines)
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     curves = load_curves([r.rstrip("/") for r in args.runs])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plot(curves, args.out + ".png")
-    text = ("# Held-out answer NLL by labelled budget (mean ± std over seeds)\n\n" + table(curves) +
+    text = ("# Held-out answer NLL by labelled budget (mean ± std over seeds, where there are several)\n\n"
+            + table(curves) +
             "\n\n'random needs': the smallest budget at which random selection's mean reaches the strategy's "
             "loss at its first budget past the seed set.\n")
     atomic_write_text(args.out + ".md", text)
