@@ -28,20 +28,64 @@ def label(flags: dict) -> str:
     return f"{s} {flags['stratification_strategy']}/{flags['pick_samples_from']}"
 
 
-def load_curves(runs: list[str]) -> dict[str, dict[int, list[float]]]:
-    """strategy label -> labelled count -> held-out losses (one per seed)."""
-    curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+def read_runs(runs: list[str]) -> list[tuple[str, int, dict[int, float]]]:
+    """(strategy label, seed, labelled count -> held-out loss) of each run directory."""
+    out = []
     for run in runs:
         f = os.path.join(run, "state.json")
         if not os.path.isfile(f):
             raise InputError(f"{f}: file: no run state here")
         with open(f) as fh:
             state = json.load(fh)
+        curve = {}
         for r in state["round_log"]:
             if r["heldout_loss"] is None:
                 raise InputError(f"{f}: heldout_loss: run has no held-out slice (use --heldout_size)")
-            curves[label(state["flags"])][r["labelled"]].append(r["heldout_loss"])
+            curve[r["labelled"]] = r["heldout_loss"]
+        out.append((label(state["flags"]), state["flags"]["seed"], curve))
+    return out
+
+
+def load_curves(rows: list[tuple[str, int, dict[int, float]]]) -> dict[str, dict[int, list[float]]]:
+    """strategy label -> labelled count -> held-out losses (one per seed)."""
+    curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for name, _, curve in rows:
+        for b, v in curve.items():
+            curves[name][b].append(v)
     return curves
+
+
+def paired_diffs(rows: list[tuple[str, int, dict[int, float]]]) -> dict[str, dict[int, list[float]]]:
+    """strategy label -> labelled count -> (strategy - random) held-out loss, one per seed that has
+    both. Same seed = same seed set and same held-out slice, so the slice-to-slice spread cancels."""
+    rand = {seed: c for name, seed, c in rows if name == "random"}
+    diffs: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for name, seed, curve in rows:
+        if name != "random" and seed in rand:
+            for b, v in curve.items():
+                if b in rand[seed]:
+                    diffs[name][b].append(v - rand[seed][b])
+    return diffs
+
+
+def paired_table(diffs: dict[str, dict[int, list[float]]]) -> str:
+    if not diffs:
+        return "(no strategy has a random run with the same seed)"
+    budgets = sorted({b for d in diffs.values() for b in d})
+    lines = ["| strategy | " + " | ".join(str(b) for b in budgets) + " | seeds |",
+             "|---|" + "---:|" * (len(budgets) + 1)]
+    for name in sorted(diffs):
+        cells = [_mean_std(diffs[name].get(b), "+.4f") for b in budgets]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {max(len(v) for v in diffs[name].values())} |")
+    return "\n".join(lines)
+
+
+def _mean_std(v: list[float] | None, fmt: str = ".4f") -> str:
+    if not v:
+        return ""
+    if len(v) == 1:  # a single seed has no spread to show
+        return format(v[0], fmt)
+    return f"{format(float(np.mean(v)), fmt)} ± {np.std(v):.4f}"
 
 
 def random_match(curves: dict, strategy: str) -> str:
@@ -64,35 +108,38 @@ def table(curves: dict) -> str:
     lines = ["| strategy | " + " | ".join(str(b) for b in budgets) + " | random needs |",
              "|---|" + "---:|" * (len(budgets) + 1)]
     for s in names:
-        cells = []
-        for b in budgets:
-            v = curves[s].get(b)
-            if v:  # a single seed has no spread to show
-                cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f}" if len(v) > 1 else f"{v[0]:.4f}")
-            else:
-                cells.append("")
+        cells = [_mean_std(curves[s].get(b)) for b in budgets]
         match = "" if s == "random" else random_match(curves, s)
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {match} |")
     return "\n".join(lines)
 
 
-def plot(curves: dict, path: str) -> None:
+def plot(curves: dict, diffs: dict, path: str) -> None:
+    """Left: held-out loss per strategy (band: std over seeds). Right, when random runs share seeds
+    with the others: each strategy minus random of the same seed, which the slice spread does not blur."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s in sorted(curves, key=lambda s: (s != "random", s)):
-        b = sorted(curves[s])
-        m = np.array([np.mean(curves[s][x]) for x in b])
-        sd = np.array([np.std(curves[s][x]) for x in b])
-        ax.plot(b, m, marker="o", label=s, linestyle="--" if s == "random" else "-")
-        ax.fill_between(b, m - sd, m + sd, alpha=0.2)
-    ax.set_xlabel("labelled examples")
-    ax.set_ylabel("held-out answer NLL (lower is better)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2 if diffs else 1, figsize=(12 if diffs else 7, 4.5), squeeze=False)
+    panels = [(axes[0][0], curves, "held-out answer NLL (lower is better)")]
+    if diffs:
+        panels.append((axes[0][1], diffs, "minus random, same seed (below 0: better)"))
+        axes[0][1].axhline(0, color="gray", linestyle="--", linewidth=1)
+    order = sorted(curves, key=lambda s: (s != "random", s))
+    color = {s: f"C{i}" for i, s in enumerate(order)}  # a strategy keeps its colour in both panels
+    for ax, data, ylabel in panels:
+        for s in [s for s in order if s in data]:
+            b = sorted(data[s])
+            m = np.array([np.mean(data[s][x]) for x in b])
+            sd = np.array([np.std(data[s][x]) for x in b])
+            ax.plot(b, m, marker="o", label=s, color=color[s], linestyle="--" if s == "random" else "-")
+            ax.fill_between(b, m - sd, m + sd, color=color[s], alpha=0.2)
+        ax.set_xlabel("labelled examples")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
@@ -132,13 +179,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="reports/al", help="output path stem (.png, .md)")
     p.add_argument("--hist", action="store_true", help="also plot per-round score histograms of each run")
     args = p.parse_args(argv)
-    curves = load_curves([r.rstrip("/") for r in args.runs])
+    rows = read_runs([r.rstrip("/") for r in args.runs])
+    curves, diffs = load_curves(rows), paired_diffs(rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    plot(curves, args.out + ".png")
+    plot(curves, diffs, args.out + ".png")
     text = ("# Held-out answer NLL by labelled budget (mean ± std over seeds, where there are several)\n\n"
             + table(curves) +
             "\n\n'random needs': the smallest budget at which random selection's mean reaches the strategy's "
-            "loss at its first budget past the seed set.\n")
+            "loss at its first budget past the seed set.\n\n"
+            "## Difference to random with the same seed (negative: the strategy is better)\n\n"
+            + paired_table(diffs) + "\n")
     atomic_write_text(args.out + ".md", text)
     if args.hist:
         for run in args.runs:

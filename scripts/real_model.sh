@@ -21,11 +21,20 @@ for cfg in ppl_top:forward_ppl:bucket:top random:random:greedy:top; do
   IFS=: read -r name STRATEGY STRAT PICK <<< "$cfg"
   STRATEGY=$STRATEGY STRAT=$STRAT PICK=$PICK OUT="$OUT/$name" bash scripts/run_al.sh
 done
+# more seeds for the learning curve: straight to the last budget (its rounds are the curve's points),
+# no AlpacaEval
+for seed in ${EXTRA_SEEDS-1}; do
+  for cfg in ppl_top:forward_ppl:bucket:top random:random:greedy:top; do
+    IFS=: read -r name STRATEGY STRAT PICK <<< "$cfg"
+    SEED=$seed BUDGETS="${BUDGETS##* }" EVAL_ITEMS=0 STRATEGY=$STRATEGY STRAT=$STRAT PICK=$PICK \
+      OUT="$OUT/seed$seed/$name" bash scripts/run_al.sh
+  done
+done
 # the base model on the same AlpacaEval slice and the runs' held-out slice (same seed: same slice)
 "$PY" eval_generate.py --sharded_model "$MODEL" --file_path alpaca_eval --limit "$EVAL_ITEMS" --metrics \
   --heldout_run "$OUT/ppl_top/RUN_50" --save_file_name "$OUT/base/eval/base.json" --seed "$SEED" --threads 2 \
   --no_progress $EVAL_FLAGS
-"$PY" report_AL.py "$OUT"/ppl_top/RUN_150 "$OUT"/random/RUN_150 --out "$OUT/report"
+"$PY" report_AL.py "$OUT"/{ppl_top,random}/RUN_150 "$OUT"/seed*/*/RUN_150 --out "$OUT/report"
 "$PY" scripts/eval_table.py "$OUT"/base/eval/base.metrics.json "$OUT"/{ppl_top,random}/eval/RUN_*.metrics.json \
   | tee "$OUT/eval_table.md"
 # the copies the README quotes

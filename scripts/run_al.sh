@@ -13,7 +13,7 @@ STRAT="${STRAT:-bucket}"                            # greedy | bucket | mixed
 PICK="${PICK:-top}"                                 # top | bottom | uniform
 SEED="${SEED:-42}"
 HELDOUT="${HELDOUT:-100}"                          # held-out slice for the loss curve
-EVAL_ITEMS="${EVAL_ITEMS:-100}"                     # AlpacaEval instructions generated per budget
+EVAL_ITEMS="${EVAL_ITEMS:-100}"                     # AlpacaEval instructions generated per budget (0: no eval)
 TRAIN_FLAGS="${TRAIN_FLAGS:---lr 1e-3 --epochs 1 --train_batch_size 4 --grad_accum 2 --train_max_length 384 --model_max_length 384}"
 AL_FLAGS="${AL_FLAGS:-}"                            # more acquisition_AL.py flags, e.g. --cluster_data_fraction 0.25
 EVAL_FLAGS="${EVAL_FLAGS:---max_new_tokens 128 --batch_size 16}"
@@ -34,6 +34,7 @@ for budget in $BUDGETS; do
     --num_acquisition_samples "$PER_ROUND" --heldout_size "$HELDOUT" --sampling_strategy "$STRATEGY" \
     --stratification_strategy "$STRAT" --num_k 5 --pick_samples_from "$PICK" --seed "$SEED" \
     --threads "$THREADS" $TRAIN_FLAGS $AL_FLAGS --model_path "$run" "${resume[@]}"
+  if [ "$EVAL_ITEMS" = 0 ]; then prev="$run"; continue; fi
   # shellcheck disable=SC2086
   $LAUNCH eval_generate.py --sharded_model "${run}_sharded" --file_path alpaca_eval --limit "$EVAL_ITEMS" \
     --save_file_name "$OUT/eval/RUN_$budget.json" --metrics --heldout_run "$run" --heldout_pool "$POOL" \
