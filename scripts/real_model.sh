@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole SmolLM2-135M experiment: fetch + convert the model, then the original budget loop
 # (scripts/run_al.sh: budgets 50/100/150, 50 per round, AlpacaEval eval after each budget) for
-# forward_ppl bucket/top and for random, then the learning-curve report. About 40 minutes on 2 CPU cores.
+# forward_ppl bucket/top and for random, then a second seed for both arms (no eval)
+# and the learning-curve report. About an hour on 2 CPU cores.
 # Lighter than the original's settings to fit that: 1 epoch, 256-token truncation, a quarter of the
 # remaining pool scored per round, 100 AlpacaEval items at 64 greedy new tokens. Results are copied to
 # benchmarks/results/smollm2_{curve.png,curve.md,eval.md}.
