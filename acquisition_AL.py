@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import json
 import math
 import os
 import shutil
@@ -57,6 +56,7 @@ from al_utils import (
     load_records,
     pad_id_of,
     read_jsonl,
+    read_state,
     round_rng,
     run_cli,
 )
@@ -124,14 +124,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train each round from the previous round's weights (default: from the base)")
     add_train_args(p)
     return p.parse_args(argv)
-
-
-def read_state(run: str) -> dict | None:
-    f = os.path.join(run, "state.json")
-    if not os.path.isfile(f):
-        return None
-    with open(f) as fh:
-        return json.load(fh)
 
 
 def annotation_mode(args: argparse.Namespace, prior: dict | None) -> bool:
@@ -218,19 +210,16 @@ def provenance() -> dict:
             "versions": {m: version(m) for m in ("torch", "transformers", "numpy", "scikit-learn")}}
 
 
-def check_run_dir(args: argparse.Namespace, run: str, flags: dict) -> None:
-    """Read-only checks of the run directory (every rank, before any work)."""
-    state_file = os.path.join(run, "state.json")
-    if os.path.isfile(state_file):
+def check_run_dir(args: argparse.Namespace, run: str, prior: dict | None, flags: dict) -> None:
+    """Read-only checks of the run directory, whose state is `prior` (every rank, before any work)."""
+    if prior is not None:
         if not args.resume and not args.overwrite:
             raise InputError(f"--model_path: {run}: run exists; pass --resume to continue or --overwrite")
         if args.resume:
-            with open(state_file) as f:
-                check_same(json.load(f), flags, state_file)
+            check_same(prior, flags, os.path.join(run, "state.json"))
     elif args.resume and args.resume_checkpoint_path:
-        prev = os.path.join(args.resume_checkpoint_path.rstrip("/").removesuffix("_sharded"), "state.json")
-        with open(prev) as f:
-            check_same(json.load(f), flags, prev)
+        prev = args.resume_checkpoint_path.rstrip("/").removesuffix("_sharded")
+        check_same(read_state(prev), flags, os.path.join(prev, "state.json"))
 
 
 def prepare_run_dir(args: argparse.Namespace, run: str) -> None:
@@ -245,8 +234,7 @@ def prepare_run_dir(args: argparse.Namespace, run: str) -> None:
                 os.remove(p)
     if args.resume and not os.path.isfile(state_file) and args.resume_checkpoint_path:
         prev = args.resume_checkpoint_path.rstrip("/").removesuffix("_sharded")
-        with open(os.path.join(prev, "state.json")) as f:
-            prev_state = json.load(f)
+        prev_state = read_state(prev)
         shutil.copytree(os.path.join(prev, "rounds"), os.path.join(run, "rounds"), dirs_exist_ok=True)
         if os.path.isfile(os.path.join(prev, LABELS_FILE)):
             shutil.copy2(os.path.join(prev, LABELS_FILE), os.path.join(run, LABELS_FILE))
@@ -289,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     records, budget, tok = validate(args, annotate, prior)
     pool_hash = file_sha256(args.file_path)
     flags = run_flags(args, pool_hash, annotate)
-    check_run_dir(args, run, flags)
+    check_run_dir(args, run, prior, flags)
     by_id = {r["id"]: r for r in records}
     labels = load_labels(run) if annotate and args.resume else {}
     new_labels: dict = {}
@@ -332,10 +320,12 @@ def main(argv: list[str] | None = None) -> None:
     heldout = perm[: args.heldout_size]
     order = perm[args.heldout_size:]
     pad_id = pad_id_of(tok)
-    enc = encode_records(tok, records)  # prompts (+ the pool's answers, if any: oracle labels, held-out)
-
     def labelled_record(i) -> dict:
         return {**by_id[i], "output": labels[i]} if annotate else by_id[i]
+
+    enc = encode_records(tok, records)  # prompts (+ the pool's answers, if any: oracle labels, held-out)
+    if annotate and labels:  # the annotators' answers, never the pool's, are what training sees
+        enc.update(encode_records(tok, [labelled_record(i) for i in labels]))
 
     scfg = ScoreConfig(token_budget=args.score_token_budget or 10**9,
                        max_rows=256 if args.score_token_budget else args.batch_size,
@@ -452,8 +442,7 @@ def main(argv: list[str] | None = None) -> None:
                 model = load(model_source)
             torch.manual_seed(args.seed + rnd)
             tcfg = train_config(args, args.seed + rnd, progress)
-            train_enc = encode_records(tok, [labelled_record(i) for i in labelled]) if annotate else enc
-            stats, opt = train(model, [train_enc[i] for i in labelled], tcfg, pad_id,
+            stats, opt = train(model, [enc[i] for i in labelled], tcfg, pad_id,
                                on_step=lambda step, r=rnd: kill_point("training", r))
             tstats = {k: v for k, v in stats.items() if k not in ("losses", "lrs")}
             fsdp_utils.save_checkpoint(model, tok, ckpt, {"round": rnd, "labelled": len(labelled), "train": tstats},

@@ -81,6 +81,15 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def read_state(run: str) -> dict | None:
+    """An AL run directory's state.json, or None where there is no run."""
+    f = os.path.join(run, "state.json")
+    if not os.path.isfile(f):
+        return None
+    with open(f) as fh:
+        return json.load(fh)
+
+
 def kill_point(name: str, rnd: int) -> None:
     """Crash-safety test hook: with AL_KILL_AT=<name>:<round> in the environment the process
     SIGKILLs itself here (points: scoring, selected, training, checkpoint_save)."""

@@ -14,7 +14,6 @@ package) and output length statistics.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ from al_utils import (
     left_pad,
     load_records,
     pad_id_of,
+    read_state,
     run_cli,
 )
 
@@ -101,11 +101,9 @@ def answer_nll_of(model, tok, records: list[dict], context: int, progress: bool)
 
 def heldout_records(run: str, pool: str) -> list[dict]:
     """The held-out slice an AL run drew (ids in its state.json), from the pool it drew them from."""
-    f = os.path.join(run, "state.json")
-    if not os.path.isfile(f):
-        raise InputError(f"--heldout_run: {f}: no run state here")
-    with open(f) as fh:
-        state = json.load(fh)
+    state = read_state(run)
+    if state is None:
+        raise InputError(f"--heldout_run: {os.path.join(run, 'state.json')}: no run state here")
     if file_sha256(pool) != state["pool_sha256"]:
         raise InputError(f"--heldout_pool: {pool}: not the pool run {run} used (hash differs)")
     by_id = {r["id"]: r for r in load_records(pool)}

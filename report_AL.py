@@ -10,15 +10,15 @@ per round with the bucket edges marked, like the original's --plot_ppl_hist).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 
 from al_strategies import bucket_sizes, k_for_round
-from al_utils import InputError, atomic_savefig, atomic_write_text, read_jsonl, run_cli
+from al_utils import InputError, atomic_savefig, atomic_write_text, read_jsonl, read_state, run_cli
 
 
 def label(flags: dict) -> str:
@@ -33,10 +33,9 @@ def read_runs(runs: list[str]) -> list[tuple[str, int, dict[int, float]]]:
     out = []
     for run in runs:
         f = os.path.join(run, "state.json")
-        if not os.path.isfile(f):
+        state = read_state(run)
+        if state is None:
             raise InputError(f"{f}: file: no run state here")
-        with open(f) as fh:
-            state = json.load(fh)
         curve = {}
         for r in state["round_log"]:
             if r["heldout_loss"] is None:
@@ -71,13 +70,7 @@ def paired_diffs(rows: list[tuple[str, int, dict[int, float]]]) -> dict[str, dic
 def paired_table(diffs: dict[str, dict[int, list[float]]]) -> str:
     if not diffs:
         return "(no strategy has a random run with the same seed)"
-    budgets = sorted({b for d in diffs.values() for b in d})
-    lines = ["| strategy | " + " | ".join(str(b) for b in budgets) + " | seeds |",
-             "|---|" + "---:|" * (len(budgets) + 1)]
-    for name in sorted(diffs):
-        cells = [_mean_std(diffs[name].get(b), "+.4f") for b in budgets]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {max(len(v) for v in diffs[name].values())} |")
-    return "\n".join(lines)
+    return md_table(diffs, "seeds", lambda s: str(max(len(v) for v in diffs[s].values())), "+.4f")
 
 
 def _mean_std(v: list[float] | None, fmt: str = ".4f") -> str:
@@ -103,14 +96,18 @@ def random_match(curves: dict, strategy: str) -> str:
 
 
 def table(curves: dict) -> str:
-    budgets = sorted({b for c in curves.values() for b in c})
-    names = sorted(curves, key=lambda s: (s != "random", s))
-    lines = ["| strategy | " + " | ".join(str(b) for b in budgets) + " | random needs |",
+    return md_table(curves, "random needs", lambda s: "" if s == "random" else random_match(curves, s))
+
+
+def md_table(data: dict[str, dict[int, list[float]]], last: str, last_cell: Callable[[str], str],
+             fmt: str = ".4f") -> str:
+    """One row per strategy (random first): mean ± std over seeds at each budget, then `last`."""
+    budgets = sorted({b for c in data.values() for b in c})
+    lines = ["| strategy | " + " | ".join(str(b) for b in budgets) + f" | {last} |",
              "|---|" + "---:|" * (len(budgets) + 1)]
-    for s in names:
-        cells = [_mean_std(curves[s].get(b)) for b in budgets]
-        match = "" if s == "random" else random_match(curves, s)
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {match} |")
+    for s in sorted(data, key=lambda s: (s != "random", s)):
+        cells = [_mean_std(data[s].get(b), fmt) for b in budgets]
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {last_cell(s)} |")
     return "\n".join(lines)
 
 
@@ -152,8 +149,7 @@ def plot_hist(run: str, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(os.path.join(run, "state.json")) as f:
-        flags = json.load(f)["flags"]
+    flags = read_state(run)["flags"]
     rounds = sorted(int(d) for d in os.listdir(os.path.join(run, "rounds"))
                     if os.path.isfile(os.path.join(run, "rounds", d, "scores.jsonl")))
     if not rounds:
