@@ -12,10 +12,12 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +68,19 @@ def atomic_write_json(path: str, obj: Any) -> None:
 
 def atomic_write_jsonl(path: str, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+@contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """Build a folder in <path>.tmp and rename it into place (replacing an old one) only once the
+    block completes: a crash leaves no half folder at `path`, and the next call clears the .tmp."""
+    tmp = path.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    yield tmp
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
 
 
 def atomic_savefig(fig, path: str, **kw) -> None:

@@ -12,7 +12,6 @@ own copies). Tied embeddings are written once, as HF expects. The result loads w
 import argparse
 import json
 import os
-import shutil
 import sys
 
 import torch
@@ -23,7 +22,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from tqdm import tqdm
 
-from al_utils import InputError, run_cli
+from al_utils import InputError, atomic_dir, run_cli
 from convert_hf_to_fsdp import copy_meta
 
 
@@ -59,26 +58,24 @@ def main(argv: list[str] | None = None) -> None:
         cur.append(k)
         size += nbytes
     groups.append(cur)
-    tmp = args.save_path.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    index, bar = {}, tqdm(total=len(keys), desc="tensors", file=sys.stderr)
-    for g, group in enumerate(groups):
-        m = meta.state_dict_metadata
-        sd = {k: torch.empty(m[k].size, dtype=m[k].properties.dtype) for k in group}
-        dcp.load(sd, checkpoint_id=args.load_path, planner=DefaultLoadPlanner(allow_partial_load=True), no_dist=True)
-        name = "model.safetensors" if len(groups) == 1 else f"model-{g + 1:05d}-of-{len(groups):05d}.safetensors"
-        out = {k.removeprefix("model."): t for k, t in sd.items()}
-        save_file(out, os.path.join(tmp, name), metadata={"format": "pt"})
-        index.update({k: name for k in out})
-        bar.update(len(group))
-        del sd, out
-    bar.close()
-    if len(groups) > 1:
-        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {}, "weight_map": index}, f, indent=2)
-    copy_meta(cfg_dir, tmp)
-    os.replace(tmp, args.save_path)
+    with atomic_dir(args.save_path) as tmp:
+        index, bar = {}, tqdm(total=len(keys), desc="tensors", file=sys.stderr)
+        for g, group in enumerate(groups):
+            m = meta.state_dict_metadata
+            sd = {k: torch.empty(m[k].size, dtype=m[k].properties.dtype) for k in group}
+            dcp.load(sd, checkpoint_id=args.load_path, planner=DefaultLoadPlanner(allow_partial_load=True),
+                     no_dist=True)
+            name = "model.safetensors" if len(groups) == 1 else f"model-{g + 1:05d}-of-{len(groups):05d}.safetensors"
+            out = {k.removeprefix("model."): t for k, t in sd.items()}
+            save_file(out, os.path.join(tmp, name), metadata={"format": "pt"})
+            index.update({k: name for k in out})
+            bar.update(len(group))
+            del sd, out
+        bar.close()
+        if len(groups) > 1:
+            with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+                json.dump({"metadata": {}, "weight_map": index}, f, indent=2)
+        copy_meta(cfg_dir, tmp)
     print(f"{len(keys)} tensors in {len(groups)} file(s) -> {args.save_path}", file=sys.stderr)
 
 

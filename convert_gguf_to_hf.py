@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 
 import torch
 
-from al_utils import InputError, run_cli
+from al_utils import InputError, atomic_dir, run_cli
 
 
 def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -41,13 +40,9 @@ def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_folder(model: torch.nn.Module, tokenizer, save_path: str) -> None:
     """Write the HF folder atomically: into <save_path>.tmp, then rename."""
-    tmp = save_path.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if os.path.isdir(save_path):
-        shutil.rmtree(save_path)
-    os.replace(tmp, save_path)
+    with atomic_dir(save_path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
 
 
 def main(argv: list[str] | None = None) -> None:

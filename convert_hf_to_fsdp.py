@@ -24,7 +24,7 @@ from safetensors import safe_open
 from torch.distributed.checkpoint import FileSystemReader
 from tqdm import tqdm
 
-from al_utils import InputError, run_cli
+from al_utils import InputError, atomic_dir, run_cli
 from fsdp_utils import check_model_dir
 
 META_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -66,24 +66,23 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError(f"--save_path: {args.save_path}: exists; remove it first")
     with open(os.path.join(args.load_path, "config.json")) as f:
         tied = json.load(f).get("tie_word_embeddings", False)
-    tmp = args.save_path.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     files = sorted(glob.glob(os.path.join(args.load_path, "*.safetensors")))
     parts, n_tensors, n_params = [], 0, 0
-    # one safetensors file at a time: peak memory stays near the largest input file
-    for g, path in enumerate(files):
-        with safe_open(path, framework="pt") as fh:
-            sd = {k: fh.get_tensor(k) for k in tqdm(list(fh.keys()), desc=os.path.basename(path), file=sys.stderr)}
-        if tied and "model.embed_tokens.weight" in sd:  # HF stores a tied head once; the model has both keys
-            sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
-        parts.append(f"part{g:05d}")
-        dcp.save({"model": sd}, checkpoint_id=os.path.join(tmp, parts[-1]), no_dist=True)
-        n_tensors += len(sd)
-        n_params += sum(t.numel() for k, t in sd.items() if not (tied and k == "lm_head.weight"))
-        del sd
-    merge_parts(tmp, parts)
-    copy_meta(args.load_path, tmp)
-    os.replace(tmp, args.save_path)
+    with atomic_dir(args.save_path) as tmp:
+        # one safetensors file at a time: peak memory stays near the largest input file
+        for g, path in enumerate(files):
+            with safe_open(path, framework="pt") as fh:
+                sd = {k: fh.get_tensor(k) for k in tqdm(list(fh.keys()), desc=os.path.basename(path),
+                                                         file=sys.stderr)}
+            if tied and "model.embed_tokens.weight" in sd:  # HF stores a tied head once; the model has both keys
+                sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
+            parts.append(f"part{g:05d}")
+            dcp.save({"model": sd}, checkpoint_id=os.path.join(tmp, parts[-1]), no_dist=True)
+            n_tensors += len(sd)
+            n_params += sum(t.numel() for k, t in sd.items() if not (tied and k == "lm_head.weight"))
+            del sd
+        merge_parts(tmp, parts)
+        copy_meta(args.load_path, tmp)
     print(f"{n_tensors} tensors, {n_params / 1e6:.2f}M parameters -> {args.save_path}", file=sys.stderr)
 
 
