@@ -12,10 +12,9 @@ import io
 import os
 from typing import Any
 
-from al_utils import ALIASES, InputError, atomic_write_jsonl, atomic_write_text, read_jsonl, read_rows
+from al_utils import ALIASES, InputError, atomic_write_jsonl, atomic_write_text, read_jsonl, read_rows, run_paths
 
 EXPORT_FIELDS = ("id", "instruction", "input", "output", "round", "score", "bucket")
-LABELS_FILE = "labels.jsonl"
 
 
 def batch_rows(picked: list[dict], records: dict, rnd: int) -> list[dict]:
@@ -38,12 +37,12 @@ def export_batch(path: str, rows: list[dict]) -> None:
 
 def load_labels(run: str) -> dict[Any, str]:
     """id -> answer for every label imported into this run so far."""
-    f = os.path.join(run, LABELS_FILE)
+    f = run_paths(run).labels
     return {r["id"]: r["output"] for r in read_jsonl(f)} if os.path.isfile(f) else {}
 
 
 def save_labels(run: str, labels: dict[Any, str]) -> None:
-    atomic_write_jsonl(os.path.join(run, LABELS_FILE), [{"id": i, "output": a} for i, a in labels.items()])
+    atomic_write_jsonl(run_paths(run).labels, [{"id": i, "output": a} for i, a in labels.items()])
 
 
 def _same(a: str, b: str) -> bool:

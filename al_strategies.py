@@ -1,11 +1,14 @@
-"""Acquisition strategies and stratified selection: score candidate instructions with the current
-model (or without one) and choose a batch from the sorted scores.
+"""Acquisition strategies and the selection of a round: score candidate instructions with the
+current model (or without one), then choose the batch from the scores.
 
 Conventions (see README): a score is a per-example mean NLL over the scored tokens only; higher
-means "more uncertain" and sorts first ("top").
+means "more uncertain" and sorts first ("top"). Every strategy is one entry of STRATEGIES: the
+parser's choices, the dispatch and the error messages all read that table.
 """
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,160 +18,183 @@ import torch
 import torch.nn.functional as F
 
 from al_utils import (
+    RESPONSE_MARKER,
     InputError,
+    ScoreConfig,
     format_prompt,
-    greedy_generate,
-    make_batches,
+    generate,
     mean_nll,
     pad_id_of,
     sequence_nll,
     truncate_pair,
+    truncate_prompt,
 )
 
-MODEL_FREE = ("random", "instruction_length")
-NEEDS_ANSWERS = ("data_pruning_w_answers", "ifd")
-STRATEGIES = ("forward_ppl", "data_pruning_w_answers", "ifd", "generation_ppl", "self_ask",
-              "length_and_ppl", "instruction_length", "random", "cluster")
 SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
                      "Request: {instruction}")
+NO_SPELLINGS = ("no", "No", "NO")
+STRATIFICATIONS = ("greedy", "bucket", "mixed")
+PICKS = ("top", "bottom", "uniform")
+CLUSTER_EMBEDDINGS = ("tfidf", "hidden")
 
 
 @dataclass
-class ScoreConfig:
-    token_budget: int = 8192  # tokens per scoring batch (rows x padded length)
-    max_rows: int = 64  # rows per scoring batch
-    max_length: int = 1024  # scoring truncation (--model_max_length)
-    gen_max_new_tokens: int = 32  # generation_ppl
-    self_ask_positions: int = 3  # self_ask: first generated positions inspected
-    num_clusters: int = 10  # cluster
-    cluster_embedding: str = "tfidf"  # cluster: tfidf | hidden
-    progress: bool = True
+class Scoring:
+    """What a scorer reads: the round's model (None for model-free strategies), the tokenizer,
+    every record and its encoding, the settings and the round's seeded random stream."""
+    model: Any
+    tokenizer: Any
+    enc: dict
+    records: dict
+    cfg: ScoreConfig
+    rng: np.random.Generator
+
+    @property
+    def pad_id(self) -> int:
+        return pad_id_of(self.tokenizer)
 
 
-def _clip(ids: Sequence[int], n: int) -> list[int]:
-    return list(ids[:n])
+# ----------------------------------------------------------------------------------------------
+# scorers: (Scoring, ids) -> one row {id, score, ...components} per id, in order
 
 
-def forward_ppl(model, enc: dict, ids: Sequence, pad_id: int, cfg: ScoreConfig) -> np.ndarray:
-    """Mean NLL of every prompt token after BOS (template included), truncated at max_length."""
-    seqs = [_clip(enc[i].prompt, cfg.max_length) for i in ids]
-    s, c = sequence_nll(model, seqs, [1] * len(seqs), pad_id, cfg.token_budget, cfg.max_rows,
-                        "scoring forward_ppl", cfg.progress, groups=[enc[i].template for i in ids])
+def _random(sc: Scoring, ids: list) -> list[dict]:
+    return [{"id": i, "score": float(v)} for i, v in zip(ids, sc.rng.random(len(ids)))]
+
+
+def _instruction_length(sc: Scoring, ids: list) -> list[dict]:
+    return [{"id": i, "score": -float(sc.enc[i].instruction_len)} for i in ids]  # shortest first
+
+
+def forward_ppl(sc: Scoring, ids: Sequence) -> np.ndarray:
+    """Mean NLL of every prompt token after BOS (template included), prompts cut by truncate_prompt."""
+    seqs = [truncate_prompt(sc.enc[i].prompt, sc.cfg.max_length) for i in ids]
+    s, c = sequence_nll(sc.model, seqs, [1] * len(seqs), sc.pad_id, sc.cfg, "scoring forward_ppl",
+                        groups=[sc.enc[i].template for i in ids])
     return mean_nll(s, c)
 
 
-def answer_losses(model, enc: dict, ids: Sequence, pad_id: int, bos_id: int | None,
-                  cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(L(answer | prompt), L(answer)): mean NLL of answer tokens with and without the prompt."""
-    cond, cond_starts, unc = [], [], []
-    for i in ids:
-        e = enc[i]
-        p, a, _ = truncate_pair(e.prompt, e.answer, cfg.max_length)
-        cond.append(p + a)
-        cond_starts.append(len(p))
-        unc.append(([bos_id] if bos_id is not None else [pad_id]) + e.answer[: cfg.max_length - 1])
-    s, c = sequence_nll(model, cond, cond_starts, pad_id, cfg.token_budget, cfg.max_rows,
-                        "scoring answer|prompt", cfg.progress, groups=[enc[i].template for i in ids])
-    s2, c2 = sequence_nll(model, unc, [1] * len(unc), pad_id, cfg.token_budget, cfg.max_rows,
-                          "scoring answer", cfg.progress)
-    return mean_nll(s, c), mean_nll(s2, c2)
+def _forward_ppl(sc: Scoring, ids: list) -> list[dict]:
+    return [{"id": i, "score": float(v)} for i, v in zip(ids, forward_ppl(sc, ids))]
 
 
-def _first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
-    ids = set()
-    for w in words:
-        for text in (w, " " + w):
-            toks = tokenizer(text, add_special_tokens=False).input_ids
-            if toks:
-                ids.add(toks[0])
-    return sorted(ids)
-
-
-def score_candidates(strategy: str, records: dict, cand_ids: Sequence, enc: dict, model, tokenizer,
-                     cfg: ScoreConfig, rng: np.random.Generator, part: slice = slice(None),
-                     gather: Callable[[list], list] = lambda rows: rows) -> list[dict]:
-    """Score the candidates; rows come back in candidate order. `score` is the sort key: higher
-    sorts first ("top"); compound strategies also store their components.
-
-    Data-parallel: this process scores only cand_ids[part] (a contiguous slice) and `gather`
-    concatenates every rank's rows in rank order. Model-free strategies score everything."""
-    ids = list(cand_ids)
-    if strategy == "random":
-        return [{"id": i, "score": float(v)} for i, v in zip(ids, rng.random(len(ids)))]
-    if strategy == "instruction_length":
-        return [{"id": i, "score": -float(len(enc[i].prompt))} for i in ids]
-    if strategy not in STRATEGIES:
-        raise InputError(f"--sampling_strategy: unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
-    rows = gather(_model_scores(strategy, records, ids[part], enc, model, tokenizer, cfg))
-    if strategy == "cluster":
-        if cfg.cluster_embedding == "hidden":
-            X = np.array([r.pop("embedding") for r in rows], dtype=np.float32)
-        else:
-            from sklearn.feature_extraction.text import TfidfVectorizer
-
-            texts = [records[i]["instruction"] + "\n" + records[i]["input"] for i in ids]
-            X = TfidfVectorizer(max_features=20000, sublinear_tf=True).fit_transform(texts)
-        for r, c in zip(rows, cluster_labels(X, cfg.num_clusters, rng)):
-            r["cluster"] = int(c)
+def _length_and_ppl(sc: Scoring, ids: list) -> list[dict]:
+    # lexicographic (instruction length asc, ppl asc) as one number: ppl/(1+ppl) lies in [0, 1)
+    rows = []
+    for i, v in zip(ids, forward_ppl(sc, ids)):
+        n = sc.enc[i].instruction_len
+        rows.append({"id": i, "score": -(n + float(v) / (1 + float(v))), "length": n, "forward_ppl": float(v)})
     return rows
 
 
-def _model_scores(strategy: str, records: dict, ids: list, enc: dict, model, tokenizer,
-                  cfg: ScoreConfig) -> list[dict]:
-    """Per-row scores of the model-based strategies for `ids` (one rank's slice)."""
-    pad_id = pad_id_of(tokenizer)
-    if strategy in ("forward_ppl", "length_and_ppl", "cluster"):
-        ppl = forward_ppl(model, enc, ids, pad_id, cfg)
-        if strategy == "forward_ppl":
-            return [{"id": i, "score": float(v)} for i, v in zip(ids, ppl)]
-        if strategy == "length_and_ppl":
-            # lexicographic (length asc, ppl asc) as one number: ppl/(1+ppl) lies in [0, 1)
-            return [{"id": i, "score": -(len(enc[i].prompt) + float(v) / (1 + float(v))),
-                     "length": len(enc[i].prompt), "forward_ppl": float(v)} for i, v in zip(ids, ppl)]
-        rows = [{"id": i, "score": float(v)} for i, v in zip(ids, ppl)]
-        if cfg.cluster_embedding == "hidden":
-            for r, e in zip(rows, mean_hidden(model, enc, ids, pad_id, cfg)):
-                r["embedding"] = e.tolist()
-        return rows
-    if strategy in NEEDS_ANSWERS:
-        cond, unc = answer_losses(model, enc, ids, pad_id, tokenizer.bos_token_id, cfg)
-        if strategy == "ifd":
-            score = cond / np.maximum(unc, 1e-12)
-        else:
-            score = np.abs(unc - cond)
-        return [{"id": i, "score": float(s), "loss_cond": float(c), "loss_uncond": float(u)}
-                for i, s, c, u in zip(ids, score, cond, unc)]
-    eos = tokenizer.eos_token_id
-    if strategy == "generation_ppl":
-        prompts = [_clip(enc[i].prompt, cfg.max_length) for i in ids]
-        gens = greedy_generate(model, prompts, cfg.gen_max_new_tokens, pad_id, eos, cfg.max_rows, cfg.progress)
-        rows = []
-        for i, (toks, logits) in zip(ids, gens):
-            nll = F.cross_entropy(logits, torch.tensor(toks), reduction="none") if toks else torch.zeros(1)
-            rows.append({"id": i, "score": float(nll.mean()), "generated_tokens": len(toks)})
-        return rows
-    # self_ask
-    no_ids = _first_token_ids(tokenizer, ["no", "No", "NO"])
+def _cluster(sc: Scoring, ids: list) -> list[dict]:
+    rows = _forward_ppl(sc, ids)
+    if sc.cfg.cluster_embedding == "hidden":
+        for r, e in zip(rows, mean_hidden(sc, ids)):
+            r["embedding"] = e.tolist()
+    return rows
+
+
+def _cluster_labels(sc: Scoring, rows: list[dict]) -> None:
+    """After every rank's rows are in: one seeded KMeans over all candidates."""
+    if sc.cfg.cluster_embedding == "hidden":
+        X = np.array([r.pop("embedding") for r in rows], dtype=np.float32)
+    else:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        texts = [sc.records[r["id"]]["instruction"] + "\n" + sc.records[r["id"]]["input"] for r in rows]
+        X = TfidfVectorizer(max_features=20000, sublinear_tf=True).fit_transform(texts)
+    for r, c in zip(rows, cluster_labels(X, sc.cfg.num_clusters, sc.rng)):
+        r["cluster"] = int(c)
+
+
+def answer_losses(sc: Scoring, ids: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """(L(answer | prompt), L(answer)) over the same answer tokens: the mean NLL of the answer after
+    its (truncated) prompt, and after BOS + "### Response:" alone (Cherry_LLM's direct pass)."""
+    tok = sc.tokenizer
+    marker = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + \
+        tok(RESPONSE_MARKER, add_special_tokens=False).input_ids
+    cond, cond_starts, direct = [], [], []
+    for i in ids:
+        p, a, _ = truncate_pair(sc.enc[i].prompt, sc.enc[i].answer, sc.cfg.max_length)
+        cond.append(p + a)
+        cond_starts.append(len(p))
+        direct.append(marker + a)
+    s, c = sequence_nll(sc.model, cond, cond_starts, sc.pad_id, sc.cfg, "scoring answer|prompt",
+                        groups=[sc.enc[i].template for i in ids])
+    s2, c2 = sequence_nll(sc.model, direct, [len(marker)] * len(direct), sc.pad_id, sc.cfg, "scoring answer")
+    return mean_nll(s, c), mean_nll(s2, c2)
+
+
+def _answer_rows(ids: list, score: np.ndarray, cond: np.ndarray, unc: np.ndarray) -> list[dict]:
+    return [{"id": i, "score": float(s), "loss_cond": float(c), "loss_uncond": float(u)}
+            for i, s, c, u in zip(ids, score, cond, unc)]
+
+
+def _ifd(sc: Scoring, ids: list) -> list[dict]:
+    cond, unc = answer_losses(sc, ids)
+    return _answer_rows(ids, cond / np.maximum(unc, 1e-12), cond, unc)
+
+
+def _data_pruning(sc: Scoring, ids: list) -> list[dict]:
+    cond, unc = answer_losses(sc, ids)
+    return _answer_rows(ids, np.abs(unc - cond), cond, unc)
+
+
+def _generation_ppl(sc: Scoring, ids: list) -> list[dict]:
+    prompts = [truncate_prompt(sc.enc[i].prompt, sc.cfg.max_length) for i in ids]
+    n = sc.cfg.gen_max_new_tokens
+    gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.tokenizer.eos_token_id, sc.cfg.max_rows,
+                    sc.cfg.progress, "scoring generation_ppl", with_logits=True)
+    rows = []
+    for i, (toks, logits) in zip(ids, gens):
+        nll = F.cross_entropy(logits, torch.tensor(toks), reduction="none") if toks else torch.zeros(1)
+        rows.append({"id": i, "score": float(nll.mean()), "generated_tokens": len(toks)})
+    return rows
+
+
+def no_token_ids(tokenizer) -> list[int]:
+    """Ids of the spellings of "no" (with and without a leading space) that are one token each:
+    the first token of a longer spelling (e.g. "▁N" of "NO") also starts "Not", "New", ..."""
+    ids = set()
+    for w in NO_SPELLINGS:
+        for text in (w, " " + w):
+            toks = tokenizer(text, add_special_tokens=False).input_ids
+            if len(toks) == 1:
+                ids.add(toks[0])
+    if not ids:
+        raise InputError(f"--sampling_strategy self_ask: tokenizer {tokenizer.name_or_path}: none of "
+                         f"{', '.join(NO_SPELLINGS)} is a single token, so P(no) cannot be read")
+    return sorted(ids)
+
+
+def _self_ask(sc: Scoring, ids: list) -> list[dict]:
+    """Probability mass on single-token "no" spellings, averaged over the first self_ask_positions
+    generated positions; positions after the model's EOS count as 0 (it said nothing more), so
+    every row averages over the same number of positions."""
+    no_ids = no_token_ids(sc.tokenizer)
     prompts = []
     for i in ids:
-        r = records[i]
+        r = sc.records[i]
         q = r["instruction"] + ("\n" + r["input"] if r["input"].strip() else "")
-        prompts.append(_clip(tokenizer(format_prompt(SELF_ASK_TEMPLATE.format(instruction=q))).input_ids,
-                             cfg.max_length))
-    gens = greedy_generate(model, prompts, cfg.self_ask_positions, pad_id, eos, cfg.max_rows, cfg.progress)
-    return [{"id": i, "score": float(logits.softmax(-1)[:, no_ids].sum(-1).mean())}
-            for i, (_, logits) in zip(ids, gens)]
+        prompts.append(truncate_prompt(sc.tokenizer(format_prompt(SELF_ASK_TEMPLATE.format(instruction=q))).input_ids,
+                                       sc.cfg.max_length))
+    n = sc.cfg.self_ask_positions
+    gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.tokenizer.eos_token_id, sc.cfg.max_rows,
+                    sc.cfg.progress, "scoring self_ask", with_logits=True)
+    return [{"id": i, "score": float(logits.softmax(-1)[:, no_ids].sum()) / n} for i, (_, logits) in zip(ids, gens)]
 
 
 @torch.no_grad()
-def mean_hidden(model, enc: dict, ids: Sequence, pad_id: int, cfg: ScoreConfig) -> np.ndarray:
-    """Mean-pooled last hidden state of each prompt (padding excluded)."""
-    seqs = [_clip(enc[i].prompt, cfg.max_length) for i in ids]
+def mean_hidden(sc: Scoring, ids: Sequence) -> np.ndarray:
+    """Mean-pooled last hidden state of each (truncated) prompt, padding excluded."""
+    seqs = [truncate_prompt(sc.enc[i].prompt, sc.cfg.max_length) for i in ids]
+    model = sc.model
     out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
     dev = next(model.parameters()).device
-    for idx in make_batches([len(s) for s in seqs], cfg.token_budget, cfg.max_rows):
+    for idx in sc.cfg.batches([len(s) for s in seqs]):
         L = max(len(seqs[i]) for i in idx)
-        x = torch.full((len(idx), L), pad_id, dtype=torch.long)
+        x = torch.full((len(idx), L), sc.pad_id, dtype=torch.long)
         m = torch.zeros((len(idx), L), dtype=torch.long)
         for b, i in enumerate(idx):
             x[b, : len(seqs[i])], m[b, : len(seqs[i])] = torch.tensor(seqs[i]), 1
@@ -186,6 +212,210 @@ def cluster_labels(X, num_clusters: int, rng: np.random.Generator) -> np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------
+# the strategy table
+
+
+@dataclass(frozen=True)
+class Strategy:
+    score: Callable[[Scoring, list], list[dict]]
+    model: bool = True  # scores with the current model, data-parallel over ranks
+    answers: bool = False  # reads the candidates' answers (labelled or simulated pools only)
+    flags: tuple[str, ...] = ()  # strategy-specific flags it reads
+    finish: Callable[[Scoring, list[dict]], None] | None = None  # on every candidate's rows, after gathering
+    ranked: bool = True  # False: picks by its own rule (no stratification flags)
+    keep: Callable[[float, ScoreConfig], bool] | None = None  # candidates it may select
+    check: Callable[[Any], None] | None = None  # up-front check of the tokenizer (raises InputError)
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "forward_ppl": Strategy(_forward_ppl),
+    "data_pruning_w_answers": Strategy(_data_pruning, answers=True),
+    "ifd": Strategy(_ifd, answers=True, flags=("ifd_max",), keep=lambda s, cfg: s <= cfg.ifd_max),
+    "generation_ppl": Strategy(_generation_ppl, flags=("gen_max_new_tokens",)),
+    "self_ask": Strategy(_self_ask, flags=("self_ask_positions",), check=no_token_ids),
+    "length_and_ppl": Strategy(_length_and_ppl),
+    "instruction_length": Strategy(_instruction_length, model=False),
+    "random": Strategy(_random, model=False),
+    "cluster": Strategy(_cluster, flags=("num_clusters", "cluster_embedding"), finish=_cluster_labels, ranked=False),
+}
+STRATEGY_FLAGS = tuple(sorted({f for s in STRATEGIES.values() for f in s.flags}))
+SCORING_PASS_FLAGS = ("model_max_length", "batch_size", "score_token_budget")
+
+
+def strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise InputError(f"--sampling_strategy: unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
+    return STRATEGIES[name]
+
+
+def score_candidates(name: str, cand_ids: Sequence, sc: Scoring, part: slice = slice(None),
+                     gather: Callable[[list], list] = lambda rows: rows) -> list[dict]:
+    """Score the candidates; rows come back in candidate order.
+
+    Data-parallel: this process scores only cand_ids[part] (a contiguous slice) and `gather`
+    concatenates every rank's rows in rank order. Model-free strategies score everything."""
+    st, ids = strategy(name), list(cand_ids)
+    if not st.model:
+        return st.score(sc, ids)
+    rows = gather(st.score(sc, ids[part]))
+    if st.finish is not None:
+        st.finish(sc, rows)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# flags: defined once, checked once
+
+
+def add_score_args(p: argparse.ArgumentParser) -> None:
+    d = ScoreConfig()
+    g = p.add_argument_group("scoring (the strategy-specific ones are refused by the strategies that do not read them)")
+    g.add_argument("--model_max_length", type=int, default=d.max_length,
+                   help="scoring truncation in tokens: prompts keep BOS and their last tokens")
+    g.add_argument("--score_token_budget", type=int, default=d.token_budget,
+                   help="tokens per length-sorted scoring batch; 0 = fixed --batch_size rows")
+    g.add_argument("--batch_size", type=int, default=d.batch_size,
+                   help="rows per scoring batch when --score_token_budget is 0")
+    g.add_argument("--gen_max_new_tokens", type=int, default=d.gen_max_new_tokens,
+                   help="generation_ppl: tokens generated")
+    g.add_argument("--self_ask_positions", type=int, default=d.self_ask_positions,
+                   help="self_ask: generated positions whose P(no) is averaged (after EOS: 0)")
+    g.add_argument("--num_clusters", type=int, default=d.num_clusters, help="cluster: KMeans clusters")
+    g.add_argument("--cluster_embedding", default=d.cluster_embedding, choices=CLUSTER_EMBEDDINGS,
+                   help="cluster: what KMeans clusters (TF-IDF of the text, or mean-pooled hidden states)")
+    g.add_argument("--ifd_max", type=float, default=d.ifd_max,
+                   help="ifd: candidates with IFD above this are never selected (Cherry_LLM drops IFD > 1: "
+                        "the prompt makes the answer harder, a sign of a mismatched pair)")
+
+
+def score_config(args: argparse.Namespace, progress: bool = True) -> ScoreConfig:
+    """ScoreConfig from the (checked) flags; a flag that does not apply (None) keeps its default."""
+    checks = {"model_max_length": (2, "BOS and at least one scored token"), "score_token_budget": (0, ""),
+              "batch_size": (1, ""), "gen_max_new_tokens": (1, ""), "self_ask_positions": (1, ""),
+              "num_clusters": (1, "")}
+    for flag, (lo, why) in checks.items():
+        v = getattr(args, flag)
+        if v is not None and v < lo:
+            raise InputError(f"--{flag}: must be >= {lo}" + (f" ({why})" if why else ""))
+    if args.ifd_max is not None and not args.ifd_max > 0:
+        raise InputError("--ifd_max: must be > 0")
+    given = {"max_length": args.model_max_length, "token_budget": args.score_token_budget,
+             "batch_size": args.batch_size, "gen_max_new_tokens": args.gen_max_new_tokens,
+             "self_ask_positions": args.self_ask_positions, "num_clusters": args.num_clusters,
+             "cluster_embedding": args.cluster_embedding, "ifd_max": args.ifd_max}
+    return ScoreConfig(**{k: v for k, v in given.items() if v is not None}, progress=progress)
+
+
+def add_selection_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("acquisition")
+    g.add_argument("--sampling_strategy", default="forward_ppl", choices=tuple(STRATEGIES),
+                   help="how candidates are scored (README: What is computed)")
+    g.add_argument("--stratification_strategy", default="greedy", choices=STRATIFICATIONS,
+                   help="how the batch is taken from the sorted scores (not cluster: it picks round-robin)")
+    g.add_argument("--pick_samples_from", default="top", choices=PICKS,
+                   help="which end of the sorted list (or of each bucket) is taken; uniform = seeded random")
+    g.add_argument("--mixed_sampling_factor", type=float, default=0.7,
+                   help="mixed with top/bottom: share taken from that end, the rest at random")
+    g.add_argument("--num_k", type=int, default=5, help="bucket: number of buckets")
+    g.add_argument("--decay_k", action="store_true", help="bucket: one bucket fewer each round, never below 2")
+    g.add_argument("--cluster_data_fraction", type=float, default=1.0,
+                   help="share of the remaining pool scored each round (seeded random subset)")
+    g.add_argument("--random_pool_fraction", action="store_true",
+                   help="accepted for compatibility: candidates are always the remaining pool")
+
+
+def _flag_applies(args: argparse.Namespace) -> dict[str, tuple[bool, str]]:
+    """flag -> (does the chosen strategy read it, where it applies: for the error message)."""
+    st = strategy(args.sampling_strategy)
+    strat = args.stratification_strategy
+    ranked = (st.ranked, "strategies ranked by score (cluster picks round-robin)")
+    out = {"stratification_strategy": ranked, "pick_samples_from": ranked,
+           "num_k": (st.ranked and strat == "bucket", "--stratification_strategy bucket"),
+           "decay_k": (st.ranked and strat == "bucket", "--stratification_strategy bucket"),
+           "mixed_sampling_factor": (st.ranked and strat == "mixed" and args.pick_samples_from != "uniform",
+                                     "--stratification_strategy mixed with --pick_samples_from top or bottom")}
+    for f in STRATEGY_FLAGS:
+        users = [n for n, s in STRATEGIES.items() if f in s.flags]
+        out[f] = (f in st.flags, "--sampling_strategy " + " or ".join(users))
+    return out
+
+
+def check_flag_use(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+    """Refuse a flag the chosen strategy would ignore (given with a non-default value); set the
+    ones that do not apply to None, so the run's recorded flags say what was used. The scoring
+    pass's own settings (context, batching) are accepted with model-free strategies, so one
+    flag set serves a loop over strategies, and recorded as None there."""
+    for flag, (applies, where) in _flag_applies(args).items():
+        if applies:
+            continue
+        value = getattr(args, flag)
+        if value != p.get_default(flag):
+            used = f"--sampling_strategy {args.sampling_strategy}"
+            if strategy(args.sampling_strategy).ranked and flag not in STRATEGY_FLAGS:
+                used += f" --stratification_strategy {args.stratification_strategy}"
+            raise InputError(f"--{flag}: {value} has no effect with {used} (only {where} reads it); leave it out")
+        setattr(args, flag, None)
+    if not strategy(args.sampling_strategy).model:
+        for flag in SCORING_PASS_FLAGS:
+            setattr(args, flag, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# the selection of a round
+
+
+@dataclass
+class SelectConfig:
+    strategy: str = "forward_ppl"
+    stratification: str | None = "greedy"
+    pick: str | None = "top"
+    num_k: int | None = 5
+    decay_k: bool | None = False
+    factor: float | None = 0.7
+    fraction: float = 1.0  # share of the remaining pool scored (cluster_data_fraction)
+
+
+def selection_config(args: argparse.Namespace) -> SelectConfig:
+    if args.num_k is not None and args.num_k < 1:
+        raise InputError("--num_k: must be >= 1")
+    if not 0 < args.cluster_data_fraction <= 1:
+        raise InputError("--cluster_data_fraction: must be in (0, 1]")
+    if args.mixed_sampling_factor is not None and not 0 <= args.mixed_sampling_factor <= 1:
+        raise InputError("--mixed_sampling_factor: must be in [0, 1]")
+    return SelectConfig(args.sampling_strategy, args.stratification_strategy, args.pick_samples_from, args.num_k,
+                        args.decay_k, args.mixed_sampling_factor, args.cluster_data_fraction)
+
+
+def candidates(remaining: list, fraction: float, rng: np.random.Generator) -> list:
+    """The round's candidates: the remaining pool, or a seeded random share of it (kept in order)."""
+    if fraction >= 1:
+        return remaining
+    m = max(1, math.ceil(fraction * len(remaining)))
+    return [remaining[j] for j in np.sort(rng.choice(len(remaining), m, replace=False))]
+
+
+def allowed(rows: list[dict], name: str, scfg: ScoreConfig) -> list[dict]:
+    """The scored candidates the strategy may select (ifd: not above --ifd_max)."""
+    keep = strategy(name).keep
+    return rows if keep is None else [r for r in rows if keep(r["score"], scfg)]
+
+
+def select(rows: list[dict], n: int, rnd: int, cfg: SelectConfig, scfg: ScoreConfig,
+           rng: np.random.Generator) -> list[dict]:
+    """The round's batch from its scored candidates: [{id, bucket, score}] in selection order
+    (fewer than n, or none, when fewer candidates are allowed)."""
+    rows = allowed(rows, cfg.strategy, scfg)
+    if not strategy(cfg.strategy).ranked:
+        chosen = cluster_round_robin(rows, n)
+    else:
+        ranked = [r["id"] for r in sorted(rows, key=lambda r: -r["score"])]  # stable: ties keep order
+        k = k_for_round(cfg.num_k, cfg.decay_k, rnd) if cfg.stratification == "bucket" else 0
+        chosen = stratify(ranked, n, cfg.stratification, cfg.pick, k, cfg.factor, rng)
+    score_of = {r["id"]: r["score"] for r in rows}
+    return [{"id": i, "bucket": b, "score": score_of[i]} for i, b in chosen]
+
+
+# ----------------------------------------------------------------------------------------------
 # stratified selection over a list sorted by score, best ("top") first
 
 
@@ -196,14 +426,15 @@ def bucket_sizes(M: int, k: int) -> list[int]:
 
 def bucket_quota(sizes: Sequence[int], n: int) -> list[int]:
     """n // k from each bucket and n mod k more from the last; a bucket short of its share gives
-    what it has and the shortfall is taken from bucket i+1, then i-1, i+2, i-2, ... ."""
+    what it has and its shortfall is taken from bucket i+1, then i-1, i+2, i-2, ... (from what
+    those buckets hold beyond their own share)."""
     k = len(sizes)
     want = [n // k] * k
     want[-1] += n % k
     take = [min(w, s) for w, s in zip(want, sizes)]
     spare = [s - t for s, t in zip(sizes, take)]
     for i in range(k):
-        short = want[i] - take[i]
+        short = want[i] - min(want[i], sizes[i])  # this bucket's own shortfall, not what it received
         for d in range(1, k):
             for j in (i + d, i - d):
                 if short and 0 <= j < k and spare[j]:
@@ -248,7 +479,7 @@ def stratify(sorted_ids: Sequence, n: int, strategy: str, pick: str, k: int, fac
             out += [(i, b) for i in choose(D[lo: lo + size], q)]
             lo += size
         return out
-    raise InputError(f"--stratification_strategy: unknown {strategy!r} (greedy, bucket, mixed)")
+    raise InputError(f"--stratification_strategy: unknown {strategy!r} ({', '.join(STRATIFICATIONS)})")
 
 
 def cluster_round_robin(rows: Sequence[dict], n: int) -> list[tuple[Any, int | None]]:
@@ -271,4 +502,3 @@ def k_for_round(num_k: int, decay: bool, rnd: int) -> int:
     if not decay or num_k == 1:
         return num_k
     return max(2, num_k - (rnd - 1))
-

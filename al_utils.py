@@ -7,6 +7,7 @@ means "more uncertain" and sorts first ("top"). Bad input raises InputError whos
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import io
@@ -96,13 +97,109 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+# ----------------------------------------------------------------------------------------------
+# the run directory (README "Run directory"): every path of it is spelled here, nowhere else
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run: str  # <model_path> without a trailing /
+
+    @property
+    def ckpt(self) -> str:  # the round's trained model, beside the run directory
+        return self.run + CKPT_SUFFIX
+
+    @property
+    def state(self) -> str:
+        return os.path.join(self.run, "state.json")
+
+    @property
+    def selected(self) -> str:
+        return os.path.join(self.run, "selected.json")
+
+    @property
+    def labels(self) -> str:  # annotators' answers imported so far
+        return os.path.join(self.run, "labels.jsonl")
+
+    @property
+    def lock(self) -> str:
+        return os.path.join(self.run, ".lock")
+
+    @property
+    def rounds(self) -> str:
+        return os.path.join(self.run, "rounds")
+
+    def round_dir(self, rnd: int) -> str:
+        return os.path.join(self.rounds, str(rnd))
+
+    def round_file(self, rnd: int, name: str) -> str:
+        """rounds/<rnd>/<name>: selected.jsonl, scores.jsonl, metrics.json, scores.png, to_annotate.jsonl"""
+        return os.path.join(self.round_dir(rnd), name)
+
+
+CKPT_SUFFIX = "_sharded"
+
+
+def run_paths(model_path: str) -> RunPaths:
+    return RunPaths(model_path.rstrip("/"))
+
+
+def run_of_checkpoint(ckpt: str) -> RunPaths:
+    """The run directory a loop checkpoint X_sharded belongs to (X)."""
+    return RunPaths(ckpt.rstrip("/").removesuffix(CKPT_SUFFIX))
+
+
 def read_state(run: str) -> dict | None:
     """An AL run directory's state.json, or None where there is no run."""
-    f = os.path.join(run, "state.json")
+    f = run_paths(run).state
     if not os.path.isfile(f):
         return None
     with open(f) as fh:
         return json.load(fh)
+
+
+# ----------------------------------------------------------------------------------------------
+# flags every script shares
+
+RUNTIME = "run control (may change between a run and its --resume: not part of what it selects or trains)"
+
+
+def add_common_args(p: argparse.ArgumentParser, seed_help: str = "seed of every random draw") -> Any:
+    """--model_config_path and --seed (part of what a run is), --threads and --no_progress (how it
+    runs), defined once for every script. Returns the runtime group for the script's own
+    runtime flags: runtime_flags() reads it back."""
+    g = p.add_argument_group("model and seed")
+    g.add_argument("--model_config_path", default=None,
+                   help="HF folder with config + tokenizer (default: the checkpoint's own)")
+    g.add_argument("--seed", type=int, default=42, help=seed_help)
+    rt = p.add_argument_group(RUNTIME)
+    rt.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    rt.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return rt
+
+
+def add_save_opt_args(g: Any, default: bool) -> None:
+    """--save_opt / --dont_save_opt: one setting under both of the original's names."""
+    x = g.add_mutually_exclusive_group()
+    on, off = ("(default)", "") if default else ("", "(default)")
+    x.add_argument("--save_opt", dest="save_opt", action="store_true", default=default,
+                   help=f"save the optimizer state with the checkpoint {on}".rstrip())
+    x.add_argument("--dont_save_opt", dest="save_opt", action="store_false",
+                   help=f"save the model without optimizer state {off}".rstrip())
+
+
+def runtime_flags(p: argparse.ArgumentParser, *more_titles: str) -> set[str]:
+    """Destinations of the flags in the RUNTIME group and the groups titled `more_titles`
+    (argparse keeps groups in _action_groups)."""
+    titles = {RUNTIME, *more_titles}
+    return {a.dest for g in p._action_groups if g.title in titles for a in g._group_actions}
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    if args.seed < 0:  # numpy's seeded streams refuse negative seeds
+        raise InputError("--seed: must be >= 0")
+    if args.threads < 0:
+        raise InputError("--threads: must be >= 0")
 
 
 def kill_point(name: str, rnd: int) -> None:
@@ -234,6 +331,7 @@ PROMPT_INPUT = (
     "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
     "{instruction}\n\n### Input:\n{input}\n\n### Response:"
 )
+RESPONSE_MARKER = "### Response:"  # ends every prompt; IFD's direct pass scores the answer after it
 ANSWER_SEP = " "  # the answer follows "### Response:" after a single space and ends with EOS
 
 
@@ -252,6 +350,7 @@ class Encoded:
     prompt: list[int]  # BOS + templated prompt
     answer: list[int]  # answer tokens + EOS (empty when the record has no answer)
     template: int = 0  # 1 when the prompt has the input block: rows of one template share a prefix
+    instruction_len: int = 0  # tokens of the instruction alone, BOS included (as the original counted)
 
 
 def pad_id_of(tokenizer) -> int:
@@ -267,6 +366,7 @@ def encode_records(tokenizer, records: Sequence[dict]) -> dict[Any, Encoded]:
     tokenisation, so prompt + answer is exactly what the tokenizer makes of the whole text."""
     prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
     p_ids = tokenizer(prompts).input_ids
+    ins_lens = [len(x) for x in tokenizer([r["instruction"] for r in records]).input_ids]
     with_answer = [i for i, r in enumerate(records) if r["output"]]
     fulls = tokenizer([prompts[i] + ANSWER_SEP + records[i]["output"] for i in with_answer]).input_ids \
         if with_answer else []  # (tokenizers refuse an empty batch)
@@ -281,22 +381,55 @@ def encode_records(tokenizer, records: Sequence[dict]) -> dict[Any, Encoded]:
             else:  # the boundary merged into one token: tokenise the answer on its own
                 answer = tokenizer(ANSWER_SEP + r["output"], add_special_tokens=False).input_ids
             answer = answer + [tokenizer.eos_token_id]
-        out[r["id"]] = Encoded(p_ids[i], answer, int(bool(r["input"].strip())))
+        out[r["id"]] = Encoded(p_ids[i], answer, int(bool(r["input"].strip())), ins_lens[i])
     return out
 
 
+def truncate_prompt(prompt: Sequence[int], max_len: int) -> list[int]:
+    """The one prompt-truncation rule (scoring, generation, training, evaluation): keep BOS and the
+    last max_len - 1 tokens, so the template's "### Response:" always survives."""
+    if len(prompt) <= max_len:
+        return list(prompt)
+    return list(prompt[:1]) + list(prompt[len(prompt) - max_len + 1:])
+
+
 def truncate_pair(prompt: list[int], answer: list[int], max_len: int) -> tuple[list[int], list[int], bool]:
-    """Fit prompt + answer into max_len keeping answer tokens: the prompt keeps BOS and its last
-    tokens (so "### Response:" stays), down to half the context; the answer is cut at the end."""
+    """Fit prompt + answer into max_len keeping answer tokens: the prompt is cut by truncate_prompt,
+    down to half the context at most; the answer is cut at the end."""
     if len(prompt) + len(answer) <= max_len:
         return prompt, answer, False
     keep_p = min(len(prompt), max(max_len - len(answer), max_len // 2))
-    prompt = prompt[:1] + prompt[len(prompt) - keep_p + 1:]
-    return prompt, answer[: max_len - keep_p], True
+    return truncate_prompt(prompt, keep_p), answer[: max_len - keep_p], True
 
 
 # ----------------------------------------------------------------------------------------------
 # per-example loss scoring
+
+
+@dataclass
+class ScoreConfig:
+    """Scoring settings. These defaults are the flags' defaults: al_strategies.add_score_args builds
+    the flags from them and score_config checks them."""
+    max_length: int = 1024  # --model_max_length: scored sequences are cut to this (truncate_prompt)
+    token_budget: int = 2048  # --score_token_budget: tokens per length-sorted batch; 0 = fixed rows
+    batch_size: int = 4  # --batch_size: rows per batch when token_budget is 0
+    gen_max_new_tokens: int = 32  # generation_ppl: tokens generated
+    self_ask_positions: int = 3  # self_ask: generated positions read
+    num_clusters: int = 10  # cluster: KMeans clusters
+    cluster_embedding: str = "tfidf"  # cluster: tfidf | hidden
+    ifd_max: float = 1.0  # ifd: candidates above this are not selected (Cherry_LLM drops IFD > 1)
+    progress: bool = True
+
+    @property
+    def max_rows(self) -> int:  # rows per batch (scoring and generation)
+        return MAX_BATCH_ROWS if self.token_budget else self.batch_size
+
+    def batches(self, lengths: Sequence[int], groups: Sequence[int] | None = None) -> list[list[int]]:
+        return make_batches(lengths, self.token_budget or sys.maxsize, self.max_rows, groups)
+
+
+# a token budget alone would let thousands of 2-token rows into one batch: cap the rows too
+MAX_BATCH_ROWS = 256
 
 
 def make_batches(lengths: Sequence[int], token_budget: int, max_rows: int,
@@ -384,17 +517,15 @@ def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_i
     return sums, counts
 
 
-def sequence_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int,
-                 token_budget: int = 8192, max_rows: int = 64, desc: str = "scoring",
-                 progress: bool = True, prefix_cache: bool = True,
+def sequence_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,
+                 desc: str = "scoring", prefix_cache: bool = True,
                  groups: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (sum, count) of NLL over seqs[i][starts[i]:], batched by length and token budget."""
     sums, counts = np.zeros(len(seqs)), np.zeros(len(seqs))
     was_training = model.training
     model.eval()
-    batches = make_batches([len(s) for s in seqs], token_budget, max_rows, groups)
-    with tqdm(total=len(seqs), desc=desc, disable=not progress, file=sys.stderr, leave=False) as bar:
-        for idx in batches:
+    with tqdm(total=len(seqs), desc=desc, disable=not cfg.progress, file=sys.stderr, leave=False) as bar:
+        for idx in cfg.batches([len(s) for s in seqs], groups):
             s, c = batch_nll(model, [seqs[i] for i in idx], [starts[i] for i in idx], pad_id, prefix_cache)
             sums[idx], counts[idx] = s.numpy(), c.numpy()
             bar.update(len(idx))
@@ -406,14 +537,14 @@ def mean_nll(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
 
 
-def answer_nll(model, encoded: Sequence[Encoded], pad_id: int, max_len: int, progress: bool = True,
+def answer_nll(model, encoded: Sequence[Encoded], pad_id: int, max_len: int, cfg: ScoreConfig,
                part: slice = slice(None), gather: Callable[[list], list] = lambda x: x) -> tuple[float, float]:
     """Mean NLL of the answers given their prompts (truncated as in training): token-weighted,
     and the mean of per-example means. Data-parallel like score_candidates: this process scores
     encoded[part] and `gather` concatenates every rank's share."""
     pairs = [truncate_pair(e.prompt, e.answer, max_len) for e in encoded[part]]
-    s, c = sequence_nll(model, [p + a for p, a, _ in pairs], [len(p) for p, _, _ in pairs], pad_id,
-                        desc="answer NLL", progress=progress)
+    s, c = sequence_nll(model, [p + a for p, a, _ in pairs], [len(p) for p, _, _ in pairs], pad_id, cfg,
+                        desc="answer NLL")
     s, c = np.array(gather(s.tolist())), np.array(gather(c.tolist()))
     return float(s.sum() / c.sum()), float(np.mean(s / c))
 
@@ -431,28 +562,35 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int,
-                    eos_id: int, batch_size: int = 16, progress: bool = True,
-                    desc: str = "generating") -> list[tuple[list[int], torch.Tensor]]:
-    """Greedy continuation of each prompt, left-padded and batched by length: for each prompt,
-    (generated ids up to and including EOS, raw logits [n_generated, V] that produced them)."""
+def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pad_id: int, eos_id: int,
+             batch_size: int, progress: bool = True, desc: str = "generating", sampling: dict | None = None,
+             seed: int = 0, with_logits: bool = False) -> list[tuple[list[int], torch.Tensor | None]]:
+    """Batched KV-cache decoding (scoring and evaluation), left-padded, batched in length order,
+    returned in input order: per prompt (generated ids up to and including EOS, the raw logits
+    [n, V] that produced them when with_logits).
+
+    Row i stops at EOS or after max_new[i] tokens, whatever its batch-mates do, so greedy output
+    does not depend on the batch size or the rank count. `sampling` (generate()'s temperature,
+    top_p) samples instead of greedy, seeded per batch from `seed`."""
     dev = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     results: list = [None] * len(prompts)
     model.eval()
+    kw = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
     for k in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, file=sys.stderr, leave=False):
         idx = order[k: k + batch_size]
         ids, mask = left_pad([prompts[i] for i in idx], pad_id)
         L = ids.size(1)
-        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
-                             output_logits=True, return_dict_in_generate=True)
+        torch.manual_seed(seed + k)
+        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                             max_new_tokens=max(max_new[i] for i in idx), pad_token_id=pad_id, eos_token_id=eos_id,
+                             output_logits=with_logits, return_dict_in_generate=True, **kw)
         gen = out.sequences[:, L:].cpu()
-        logits = torch.stack(out.logits, 1).float().cpu()  # [B, T, V]
+        logits = torch.stack(out.logits, 1).float().cpu() if with_logits else None  # [B, T, V]
         for b, i in enumerate(idx):
-            row = gen[b].tolist()
+            row = gen[b, : max_new[i]].tolist()
             n = row.index(eos_id) + 1 if eos_id in row else len(row)
-            results[i] = (row[:n], logits[b, :n])
+            results[i] = (row[:n], logits[b, :n] if with_logits else None)
     return results
 
 

@@ -1,4 +1,4 @@
-"""Convert a sharded (torch.distributed.checkpoint) checkpoint back into a HF model folder.
+r"""Convert a sharded (torch.distributed.checkpoint) checkpoint back into a HF model folder.
 
     python convert_fsdp_to_hf.py --load_path runs/RUN_400_sharded --save_path out/RUN_400_hf \
         [--config_path models/tiny-llama]
@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from tqdm import tqdm
 
 from al_utils import InputError, atomic_dir, run_cli
-from convert_hf_to_fsdp import copy_meta
+from fsdp_utils import copy_meta
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,6 @@ import glob
 import json
 import os
 import pickle
-import shutil
 import sys
 
 import torch.distributed.checkpoint as dcp
@@ -25,16 +24,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from tqdm import tqdm
 
 from al_utils import InputError, atomic_dir, run_cli
-from fsdp_utils import check_model_dir
-
-META_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "tokenizer.model", "special_tokens_map.json", "chat_template.jinja")
-
-
-def copy_meta(src: str, dst: str) -> None:
-    for name in META_FILES:
-        if os.path.isfile(os.path.join(src, name)):
-            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+from fsdp_utils import check_model_dir, copy_meta
 
 
 def merge_parts(root: str, parts: list[str]) -> None:

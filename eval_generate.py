@@ -1,4 +1,4 @@
-"""Generate answers for an instruction set (AlpacaEval by default) in alpaca_eval's format, plus
+r"""Generate answers for an instruction set (AlpacaEval by default) in alpaca_eval's format, plus
 offline metrics that need no API judge (reference-answer NLL, ROUGE-L, lengths, and with
 --heldout_run the answer loss on an AL run's held-out pool slice).
 
@@ -19,22 +19,25 @@ import sys
 import time
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 import fsdp_utils
 from al_utils import (
     InputError,
+    ScoreConfig,
+    add_common_args,
     answer_nll,
     atomic_write_json,
+    check_common_args,
     encode_records,
     file_sha256,
     format_prompt,
-    left_pad,
+    generate,
     load_records,
     pad_id_of,
     read_state,
     run_cli,
+    run_paths,
+    truncate_prompt,
 )
 
 ALPACA_EVAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "alpaca_eval_text_davinci_003.json")
@@ -42,60 +45,54 @@ ALPACA_EVAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sharded_model", default=None, help="checkpoint to evaluate (sharded or HF folder)")
-    p.add_argument("--model_path", default=None, help="the same, for a HF folder (either flag works)")
-    p.add_argument("--model_config_path", default=None, help="config + tokenizer folder (default: the model's)")
-    p.add_argument("--file_path", default="alpaca_eval",
-                   help="'alpaca_eval' = the embedded 805 AlpacaEval instructions, or a .json/.jsonl pool")
-    p.add_argument("--save_file_name", required=True, help="output JSON (parent folders are created)")
-    p.add_argument("--generator", default=None, help="name in the output's generator field (default: model dir)")
-    p.add_argument("--batch_size", type=int, default=4, help="prompts per generation batch (per rank)")
-    p.add_argument("--model_context_length", type=int, default=2048, help="prompt + answer tokens at most")
-    p.add_argument("--max_new_tokens", type=int, default=None,
-                   help="cap on generated tokens (default and ceiling: context length minus prompt length)")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top_p", type=float, default=1.0)
-    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed (each batch seeded from it)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N instructions")
-    p.add_argument("--debug", action="store_true", help="only the first 4 instructions")
-    p.add_argument("--metrics", action="store_true", help="also write offline metrics")
-    p.add_argument("--heldout_run", default=None,
+    g = p.add_argument_group("model and data")
+    g.add_argument("--sharded_model", default=None, help="checkpoint to evaluate (sharded or HF folder)")
+    g.add_argument("--model_path", default=None, help="the same, for a HF folder (either flag works)")
+    g.add_argument("--file_path", default="alpaca_eval",
+                   help="'alpaca_eval' = the embedded 805 AlpacaEval instructions, or a .json/.jsonl/.csv pool")
+    g.add_argument("--save_file_name", required=True, help="output JSON (parent folders are created)")
+    g.add_argument("--generator", default=None, help="name in the output's generator field (default: model dir)")
+    g.add_argument("--limit", type=int, default=None, help="only the first N instructions")
+    g.add_argument("--debug", action="store_true", help="only the first 4 instructions")
+    g = p.add_argument_group("generation")
+    g.add_argument("--batch_size", type=int, default=4, help="prompts per generation batch (per rank)")
+    g.add_argument("--model_context_length", type=int, default=2048,
+                   help="prompt + answer tokens at most: longer prompts keep BOS and their last tokens")
+    g.add_argument("--max_new_tokens", type=int, default=None,
+                   help="cap on generated tokens (default and ceiling: context length minus the row's prompt)")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top_p", type=float, default=1.0)
+    g.add_argument("--greedy", action="store_true",
+                   help="greedy decoding instead of sampling (output independent of batch size and ranks)")
+    g = p.add_argument_group("metrics")
+    g.add_argument("--metrics", action="store_true", help="also write offline metrics")
+    g.add_argument("--heldout_run", default=None,
                    help="with --metrics: an AL run directory whose held-out slice (state.json) to score")
-    p.add_argument("--heldout_pool", default="data/dolly-1.5k.jsonl", help="the pool that run drew it from")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--no_progress", action="store_true")
-    return p.parse_args(argv)
+    g.add_argument("--heldout_pool", default="data/dolly-1.5k.jsonl", help="the pool that run drew it from")
+    add_common_args(p, seed_help="sampling seed (each batch seeded from it)")
+    args = p.parse_args(argv)
+    check_common_args(args)
+    for flag, lo in (("batch_size", 1), ("model_context_length", 2), ("max_new_tokens", 1), ("limit", 1)):
+        if getattr(args, flag) is not None and getattr(args, flag) < lo:
+            raise InputError(f"--{flag}: must be >= {lo}")
+    return args
 
 
-@torch.no_grad()
-def generate(model, tok, prompts: list[list[int]], args: argparse.Namespace, progress: bool) -> list[list[int]]:
-    """Batched KV-cache decoding with left padding; each row stops at EOS. Rows are batched in
-    length order (less padding) and returned in input order."""
-    dev = next(model.parameters()).device
-    pad = pad_id_of(tok)
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-    out: list = [None] * len(prompts)
-    for k in tqdm(range(0, len(order), args.batch_size), desc="generating", disable=not progress, file=sys.stderr):
-        idx = order[k: k + args.batch_size]
-        ids, mask = left_pad([prompts[i] for i in idx], pad)
-        L = ids.size(1)
-        room = args.model_context_length - L
-        new = room if args.max_new_tokens is None else min(room, args.max_new_tokens)
-        torch.manual_seed(args.seed + k)
-        kw = {"do_sample": False} if args.greedy else {"do_sample": True, "temperature": args.temperature,
-                                                        "top_p": args.top_p}
-        seqs = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max(new, 1),
-                              pad_token_id=pad, eos_token_id=tok.eos_token_id, **kw).cpu()
-        for b, i in enumerate(idx):
-            row = seqs[b, L:].tolist()
-            out[i] = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
-    return out
+def generate_answers(model, tok, prompts: list[list[int]], args: argparse.Namespace,
+                     progress: bool) -> list[list[int]]:
+    """Each prompt's answer ids (EOS dropped): row i gets at most context - len(prompt i) new
+    tokens (and at most --max_new_tokens), whatever the batch it lands in."""
+    room = [args.model_context_length - len(p) for p in prompts]
+    caps = room if args.max_new_tokens is None else [min(r, args.max_new_tokens) for r in room]
+    sampling = None if args.greedy else {"temperature": args.temperature, "top_p": args.top_p}
+    gens = generate(model, prompts, caps, pad_id_of(tok), tok.eos_token_id, args.batch_size, progress,
+                    sampling=sampling, seed=args.seed)
+    return [g[:-1] if g and g[-1] == tok.eos_token_id else g for g, _ in gens]
 
 
 def answer_nll_of(model, tok, records: list[dict], context: int, progress: bool) -> tuple[float, float]:
     enc = encode_records(tok, records)
-    return answer_nll(model, [enc[r["id"]] for r in records], pad_id_of(tok), context, progress,
+    return answer_nll(model, [enc[r["id"]] for r in records], pad_id_of(tok), context, ScoreConfig(progress=progress),
                       fsdp_utils.my_slice(len(records)), fsdp_utils.gather_lists)
 
 
@@ -103,7 +100,7 @@ def heldout_records(run: str, pool: str) -> list[dict]:
     """The held-out slice an AL run drew (ids in its state.json), from the pool it drew them from."""
     state = read_state(run)
     if state is None:
-        raise InputError(f"--heldout_run: {os.path.join(run, 'state.json')}: no run state here")
+        raise InputError(f"--heldout_run: {run_paths(run).state}: no run state here")
     if file_sha256(pool) != state["pool_sha256"]:
         raise InputError(f"--heldout_pool: {pool}: not the pool run {run} used (hash differs)")
     by_id = {r["id"]: r for r in load_records(pool)}
@@ -141,8 +138,6 @@ def main(argv: list[str] | None = None) -> None:
     records = load_records(path)
     n = 4 if args.debug else args.limit
     records = records[:n] if n else records
-    if args.batch_size < 1:
-        raise InputError("--batch_size: must be >= 1")
     heldout = heldout_records(args.heldout_run, args.heldout_pool) if args.heldout_run else None
     device = fsdp_utils.setup(args.threads)
     progress = not args.no_progress and fsdp_utils.is_main()
@@ -150,12 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     tok = fsdp_utils.load_tokenizer(args.model_config_path or model_dir)
     model = fsdp_utils.load_model(model_dir, device, args.model_config_path)
     # prompts keep room for at least one new token
-    prompts = [tok(format_prompt(r["instruction"], r["input"])).input_ids for r in records]
-    prompts = [p if len(p) < args.model_context_length else p[:1] + p[len(p) - args.model_context_length + 2:]
-               for p in prompts]
+    prompts = [truncate_prompt(tok(format_prompt(r["instruction"], r["input"])).input_ids,
+                               args.model_context_length - 1) for r in records]
     sl = fsdp_utils.my_slice(len(prompts))
     with fsdp_utils.full_params(model):
-        gen = fsdp_utils.gather_lists(generate(model, tok, prompts[sl], args, progress))
+        gen = fsdp_utils.gather_lists(generate_answers(model, tok, prompts[sl], args, progress))
         texts = [tok.decode(g, skip_special_tokens=True).strip() for g in gen]
         generator = args.generator or os.path.basename(model_dir.rstrip("/"))
         rows = [{"instruction": r["instruction"], "output": t, "generator": generator,

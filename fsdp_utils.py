@@ -112,6 +112,17 @@ def checkpoint_kind(path: str) -> str | None:
     return None
 
 
+META_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "tokenizer.model", "special_tokens_map.json", "chat_template.jinja")
+
+
+def copy_meta(src: str, dst: str) -> None:
+    """Config, generation config and tokenizer files of a checkpoint folder (what the converters carry over)."""
+    for name in META_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+
+
 def check_model_dir(path: str, flag: str) -> None:
     """Fail early, naming the flag, when `path` is not a model folder."""
     if not os.path.isdir(path) or checkpoint_kind(path) is None:

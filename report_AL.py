@@ -18,12 +18,13 @@ from collections.abc import Callable
 import numpy as np
 
 from al_strategies import bucket_sizes, k_for_round
-from al_utils import InputError, atomic_savefig, atomic_write_text, read_jsonl, read_state, run_cli
+from al_utils import InputError, atomic_savefig, atomic_write_text, read_jsonl, read_state, run_cli, run_paths
 
 
 def label(flags: dict) -> str:
+    """Strategy name, with stratification/pick where they matter (not for random or unranked ones)."""
     s = flags["sampling_strategy"]
-    if s in ("random", "cluster"):
+    if s == "random" or flags.get("stratification_strategy") is None:
         return s
     return f"{s} {flags['stratification_strategy']}/{flags['pick_samples_from']}"
 
@@ -32,7 +33,7 @@ def read_runs(runs: list[str]) -> list[tuple[str, int, dict[int, float]]]:
     """(strategy label, seed, labelled count -> held-out loss) of each run directory."""
     out = []
     for run in runs:
-        f = os.path.join(run, "state.json")
+        f = run_paths(run).state
         state = read_state(run)
         if state is None:
             raise InputError(f"{f}: file: no run state here")
@@ -149,15 +150,14 @@ def plot_hist(run: str, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    flags = read_state(run)["flags"]
-    rounds = sorted(int(d) for d in os.listdir(os.path.join(run, "rounds"))
-                    if os.path.isfile(os.path.join(run, "rounds", d, "scores.jsonl")))
+    flags, paths = read_state(run)["flags"], run_paths(run)
+    rounds = sorted(int(d) for d in os.listdir(paths.rounds)
+                    if os.path.isfile(paths.round_file(int(d), "scores.jsonl")))
     if not rounds:
         return
     fig, axes = plt.subplots(len(rounds), 1, figsize=(6, 2.2 * len(rounds)), squeeze=False)
     for ax, r in zip(axes[:, 0], rounds):
-        scores = sorted((row["score"] for row in read_jsonl(os.path.join(run, "rounds", str(r), "scores.jsonl"))),
-                        reverse=True)
+        scores = sorted((row["score"] for row in read_jsonl(paths.round_file(r, "scores.jsonl"))), reverse=True)
         ax.hist(scores, bins=50)
         if flags["stratification_strategy"] == "bucket":
             edges = np.cumsum(bucket_sizes(len(scores), k_for_round(flags["num_k"], flags["decay_k"], r)))[:-1]

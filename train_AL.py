@@ -1,4 +1,4 @@
-"""Fine-tune a causal LM on a labelled instruction set (alpaca template, loss on answer tokens only).
+r"""Fine-tune a causal LM on a labelled instruction set (alpaca template, loss on answer tokens only).
 
     python train_AL.py --init_checkpoint_path models/tiny-llama --data_path labelled.jsonl \
         --save_path runs/sft_sharded --epochs 3
@@ -13,13 +13,25 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import fsdp_utils
-from al_utils import Encoded, InputError, encode_records, load_records, pad_id_of, run_cli, truncate_pair
+from al_utils import (
+    Encoded,
+    InputError,
+    add_common_args,
+    add_save_opt_args,
+    check_common_args,
+    encode_records,
+    load_records,
+    pad_id_of,
+    run_cli,
+    truncate_pair,
+)
 
 
 @dataclass
@@ -30,14 +42,17 @@ class TrainConfig:
     grad_accum: int = 16  # micro-batches per optimizer step
     max_length: int = 2048  # training context; longer examples are truncated keeping answer tokens
     weight_decay: float = 0.0
+    adam_beta1: float = 0.9  # PyTorch's AdamW defaults, as the original used
+    adam_beta2: float = 0.999
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
     seed: int = 42
     progress: bool = True
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    """Training flags shared by train_AL.py and acquisition_AL.py (defaults: the original's)."""
+def add_train_args(p: argparse.ArgumentParser, runtime: Any) -> None:
+    """Training flags shared by train_AL.py and acquisition_AL.py (defaults: the original's);
+    `runtime` is the script's runtime group (al_utils.add_common_args)."""
     d = TrainConfig()
     g = p.add_argument_group("training")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
@@ -47,11 +62,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train_max_length", type=int, default=d.max_length,
                    help="training context length; longer examples keep their answer tokens")
     g.add_argument("--weight_decay", type=float, default=d.weight_decay)
+    g.add_argument("--adam_beta1", type=float, default=d.adam_beta1, help="AdamW beta1 (PyTorch's default)")
+    g.add_argument("--adam_beta2", type=float, default=d.adam_beta2, help="AdamW beta2 (PyTorch's default)")
     g.add_argument("--warmup_ratio", type=float, default=d.warmup_ratio, help="share of steps in linear warmup")
     g.add_argument("--max_grad_norm", type=float, default=d.max_grad_norm, help="gradient clipping")
-    g.add_argument("--activation_checkpointing", action="store_true",
-                   help="recompute layer activations in backward: less memory, ~30%% more compute")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    runtime.add_argument("--activation_checkpointing", action="store_true",
+                         help="recompute layer activations in backward: less memory, ~30%% more compute")
 
 
 def train_config(args: argparse.Namespace, seed: int, progress: bool = True) -> TrainConfig:
@@ -60,10 +76,14 @@ def train_config(args: argparse.Namespace, seed: int, progress: bool = True) -> 
             raise InputError(f"--{flag}: must be >= 1")
     if args.lr <= 0:
         raise InputError("--lr: must be > 0")
+    for flag in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, flag) < 1:
+            raise InputError(f"--{flag}: must be in [0, 1)")
     return TrainConfig(lr=args.lr, epochs=args.epochs, train_batch_size=args.train_batch_size,
                        grad_accum=args.grad_accum, max_length=args.train_max_length,
-                       weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
-                       max_grad_norm=args.max_grad_norm, seed=seed, progress=progress)
+                       weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
+                       warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=seed,
+                       progress=progress)
 
 
 def lr_at(step: int, total: int, warmup: int) -> float:
@@ -124,7 +144,8 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                            betas=(cfg.adam_beta1, cfg.adam_beta2))
     gen = torch.Generator().manual_seed(cfg.seed)
     losses, lrs, tokens = [], [], 0
     bar = tqdm(total=total, desc="training", disable=not (cfg.progress and fsdp_utils.is_main()),
@@ -169,17 +190,22 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
             "truncated": truncated, "seconds": time.time() - t0}, opt
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init_checkpoint_path", required=True, help="model to start from (HF folder or sharded)")
-    p.add_argument("--model_config_path", default=None, help="config + tokenizer folder (default: the checkpoint's)")
-    p.add_argument("--data_path", required=True, help="labelled set (.json/.jsonl with instruction/input/output)")
-    p.add_argument("--save_path", required=True, help="where the trained sharded checkpoint goes")
-    p.add_argument("--dont_save_opt", action="store_true", help="save the model without optimizer state")
-    p.add_argument("--seed", type=int, default=42)
-    add_train_args(p)
-    args = p.parse_args(argv)
-    cfg = train_config(args, args.seed)
+    g = p.add_argument_group("data and model")
+    g.add_argument("--init_checkpoint_path", required=True, help="model to start from (HF folder or sharded)")
+    g.add_argument("--data_path", required=True, help="labelled set (.json/.jsonl/.csv with instruction/input/output)")
+    g.add_argument("--save_path", required=True, help="where the trained sharded checkpoint goes")
+    runtime = add_common_args(p, seed_help="seed of the epoch order")
+    add_save_opt_args(runtime, default=True)
+    add_train_args(p, runtime)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    check_common_args(args)
+    cfg = train_config(args, args.seed, not args.no_progress)
     fsdp_utils.check_model_dir(args.init_checkpoint_path, "--init_checkpoint_path")
     records = load_records(args.data_path, require_output="training needs every answer")
     device = fsdp_utils.setup(args.threads)
@@ -190,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     enc = encode_records(tok, records)
     stats, opt = train(model, [enc[r["id"]] for r in records], cfg, pad_id_of(tok))
     meta = {"trained_on": args.data_path, "train": {k: v for k, v in stats.items() if k not in ("losses", "lrs")}}
-    fsdp_utils.save_checkpoint(model, tok, args.save_path, meta, None if args.dont_save_opt else opt)
+    fsdp_utils.save_checkpoint(model, tok, args.save_path, meta, opt if args.save_opt else None)
     if fsdp_utils.is_main():
         print(f"trained {stats['examples']} examples, {stats['steps']} steps, final-epoch loss "
               f"{stats['train_loss']:.4f}, {stats['truncated']} truncated, {stats['seconds']:.1f}s -> {args.save_path}",

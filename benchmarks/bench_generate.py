@@ -41,7 +41,7 @@ def main():
     for name, bs in (("one at a time", 1), (f"batched ({a.batch_size})", a.batch_size)):
         args.batch_size = bs
         t0 = time.perf_counter()
-        out = eval_generate.generate(model, tok, prompts, args, progress=False)
+        out = eval_generate.generate_answers(model, tok, prompts, args, progress=False)
         res[name] = (time.perf_counter() - t0, sum(len(o) for o in out), out)
         print(f"{name}: {res[name][0]:.1f}s", file=sys.stderr)
     (t1, n1, o1), (t2, n2, o2) = res.values()

@@ -1,4 +1,4 @@
-"""SmolLM2-135M on CPU: the original README's memory table (1 rank and per rank on 2 ranks) and
+r"""SmolLM2-135M on CPU: the original README's memory table (1 rank and per rank on 2 ranks) and
 training throughput on 1 rank vs 2 ranks, measured side by side in one run.
 
     bash scripts/get_smollm2.sh && python convert_hf_to_fsdp.py --load_path models/SmolLM2-135M \

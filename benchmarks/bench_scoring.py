@@ -1,4 +1,4 @@
-"""Pool-scoring throughput, side by side in one process: ours vs the original's batching.
+r"""Pool-scoring throughput, side by side in one process: ours vs the original's batching.
 
     python benchmarks/bench_scoring.py [--model models/tiny-llama] [--repeats 1]
     python benchmarks/bench_scoring.py --model models/SmolLM2-135M --limit 300 \
@@ -21,7 +21,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fsdp_utils  # noqa: E402
-from al_utils import atomic_write_text, batch_nll, encode_records, load_records, mean_nll, pad_id_of, sequence_nll  # noqa: E402,E501
+from al_utils import (  # noqa: E402
+    ScoreConfig,
+    atomic_write_text,
+    batch_nll,
+    encode_records,
+    load_records,
+    mean_nll,
+    pad_id_of,
+    sequence_nll,
+    truncate_prompt,
+)
 
 
 def original(model, seqs, pad):
@@ -49,19 +59,18 @@ def main():
     records = load_records(args.file_path)[: args.limit]
     enc = encode_records(tok, records)
     ids = [r["id"] for r in records]
-    seqs = [enc[i].prompt[: args.max_length] for i in ids]
+    seqs = [truncate_prompt(enc[i].prompt, args.max_length) for i in ids]
+    cfg = ScoreConfig(token_budget=args.token_budget, progress=False)
     groups = [enc[i].template for i in ids]
     pad = pad_id_of(tok)
     n_tok = sum(len(s) for s in seqs)
 
     def sorted_only():
-        s, c = sequence_nll(model, seqs, [1] * len(seqs), pad, args.token_budget, 256, progress=False,
-                            prefix_cache=False, groups=groups)
+        s, c = sequence_nll(model, seqs, [1] * len(seqs), pad, cfg, prefix_cache=False, groups=groups)
         return mean_nll(s, c)
 
     def ours():
-        s, c = sequence_nll(model, seqs, [1] * len(seqs), pad, args.token_budget, 256, progress=False,
-                            groups=groups)
+        s, c = sequence_nll(model, seqs, [1] * len(seqs), pad, cfg, groups=groups)
         return mean_nll(s, c)
 
     sides = {"original": lambda: original(model, seqs, pad), "sorted": sorted_only, "ours": ours}

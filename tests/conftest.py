@@ -48,3 +48,54 @@ def write_jsonl(path, rows) -> str:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     return str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# hand computations: the template spelled out here and plain tokenizer/model calls, never the
+# project's own encoding, so a test compares the code with something it did not compute itself
+
+NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+            "request.\n\n### Instruction:\n{}\n\n### Response:")
+WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+              "Write a response that appropriately completes the request.\n\n### Instruction:\n{}\n\n### Input:\n{}"
+              "\n\n### Response:")
+
+
+def prompt_text(r: dict) -> str:
+    return WITH_INPUT.format(r["instruction"], r["input"]) if r["input"].strip() else NO_INPUT.format(r["instruction"])
+
+
+def hand_ids(tok, r: dict) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids + EOS): the answer is the tail of tokenising prompt + " " + answer."""
+    p = tok(prompt_text(r)).input_ids
+    full = tok(prompt_text(r) + " " + r["output"]).input_ids
+    assert full[: len(p)] == p
+    return p, full[len(p):] + [tok.eos_token_id]
+
+
+def keep_tail(ids: list[int], n: int) -> list[int]:
+    """BOS and the last n - 1 tokens."""
+    return ids if len(ids) <= n else ids[:1] + ids[len(ids) - n + 1:]
+
+
+def fit_pair(p: list[int], a: list[int], n: int) -> tuple[list[int], list[int]]:
+    """The documented training truncation: the prompt keeps BOS + its tail, down to half the
+    context; the answer is cut at the end."""
+    if len(p) + len(a) <= n:
+        return p, a
+    keep_p = min(len(p), max(n - len(a), n // 2))
+    return keep_tail(p, keep_p), a[: n - keep_p]
+
+
+def hand_answer_nll(model, tok, records: list[dict], max_len: int) -> float:
+    """Token-weighted mean NLL of the answers after their prompts, one unbatched forward each."""
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    for r in records:
+        p, a = fit_pair(*hand_ids(tok, r), max_len)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + a])).logits[0]
+        total += F.cross_entropy(logits[len(p) - 1:-1], torch.tensor(a), reduction="sum").item()
+        count += len(a)
+    return total / count

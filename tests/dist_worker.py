@@ -33,10 +33,10 @@ def run(mode: str, model_path: str, pool: str, out: str) -> None:
         if fsdp_utils.is_main():
             json.dump({"losses": stats["losses"], "steps": stats["steps"]}, open(os.path.join(out, "train.json"), "w"))
     else:
-        cfg = S.ScoreConfig(token_budget=1024, max_rows=16, max_length=256, progress=False)
+        cfg = U.ScoreConfig(token_budget=1024, max_length=256, progress=False)
+        sc = S.Scoring(model, tok, enc, {r["id"]: r for r in records}, cfg, None)
         with fsdp_utils.full_params(model):
-            rows = S.score_candidates("forward_ppl", {r["id"]: r for r in records}, ids[:60], enc, model, tok, cfg,
-                                      None, fsdp_utils.my_slice(60), fsdp_utils.gather_lists)
+            rows = S.score_candidates("forward_ppl", ids[:60], sc, fsdp_utils.my_slice(60), fsdp_utils.gather_lists)
         if fsdp_utils.is_main():
             json.dump(rows, open(os.path.join(out, "score.json"), "w"))
     fsdp_utils.barrier()

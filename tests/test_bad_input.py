@@ -189,6 +189,29 @@ CASES = {
         {"model_config_path": (m := model_copy(t, b, edit_tokenizer={"pad_token": None, "unk_token": None,
                                                                      "eos_token": None}))},
         f"error: {m}: tokenizer: has none of pad/unk/eos tokens"),
+    "--self_ask_positions 0 (raised after round 0 had trained)": lambda t, b: (
+        {"sampling_strategy": "self_ask", "self_ask_positions": "0"}, "error: --self_ask_positions: must be >= 1"),
+    "--gen_max_new_tokens 0 (raised after round 0 had trained)": lambda t, b: (
+        {"sampling_strategy": "generation_ppl", "gen_max_new_tokens": "0"},
+        "error: --gen_max_new_tokens: must be >= 1"),
+    "--model_max_length 0 (IndexError)": lambda t, b: (
+        {"model_max_length": "0"}, "error: --model_max_length: must be >= 2 (BOS and at least one scored token)"),
+    "--model_max_length 1 (every score 0.0)": lambda t, b: (
+        {"model_max_length": "1"}, "error: --model_max_length: must be >= 2 (BOS and at least one scored token)"),
+    "--seed -1 (left an empty run directory holding .lock)": lambda t, b: (
+        {"seed": "-1", "model_path": str(t / "fresh")}, "error: --seed: must be >= 0"),
+    "a flag the strategy ignores": lambda t, b: (
+        {"num_k": "3"}, "error: --num_k: 3 has no effect with --sampling_strategy forward_ppl "
+                        "--stratification_strategy greedy (only --stratification_strategy bucket reads it); "
+                        "leave it out"),
+    "a strategy flag for another strategy": lambda t, b: (
+        {"self_ask_positions": "2"}, "error: --self_ask_positions: 2 has no effect with --sampling_strategy "
+                                     "forward_ppl (only --sampling_strategy self_ask reads it); leave it out"),
+    "AdamW beta out of range": lambda t, b: ({"adam_beta2": "1"}, "error: --adam_beta2: must be in [0, 1)"),
+    "self_ask with no single-token \"no\"": lambda t, b: (
+        {"sampling_strategy": "self_ask"},
+        f"error: --sampling_strategy self_ask: tokenizer {b['model']}: none of no, No, NO is a single token, so "
+        "P(no) cannot be read"),
     "changed flags on --resume": lambda t, b: (
         {"seed": "1"}, f"error: --resume: {t / 'run'}/state.json: flags or pool differ from the run being resumed: "
                        "seed: 42 -> 1"),
@@ -238,7 +261,7 @@ def test_counts_below_one(tmp_path, tiny_model, capsys, flag):
     with pytest.raises(SystemExit):
         acquisition_AL.run_cli(lambda: acquisition_AL.main(
             ["--file_path", p, "--init_checkpoint_path", tiny_model, "--model_path", str(tmp_path / "r"),
-             "--al_data_fraction", "2", flag, "0"]))
+             "--al_data_fraction", "2", "--stratification_strategy", "bucket", flag, "0"]))
     assert capsys.readouterr().err == f"error: {flag}: must be >= 1\n" and not (tmp_path / "r").exists()
 
 

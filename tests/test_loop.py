@@ -8,9 +8,12 @@ import sys
 import time
 
 import pytest
+import torch
 
 import acquisition_AL
-from conftest import ROOT
+import al_utils as U
+import fsdp_utils
+from conftest import ROOT, hand_answer_nll
 
 COMMON = ["--num_acquisition_samples", "50", "--stratification_strategy", "bucket", "--num_k", "3",
           "--pick_samples_from", "top", "--heldout_size", "20", "--epochs", "1", "--grad_accum", "4",
@@ -43,7 +46,7 @@ def full_run(pool, tiny_model, tmp_path_factory):
     return path
 
 
-def test_rounds_grow_disjoint_to_budget(full_run, pool):
+def test_rounds_grow_disjoint_to_budget(full_run, pool, tiny_model):
     state = json.load(open(full_run / "state.json"))
     assert state["rounds_done"] == 2 and state["budget"] == 150
     picks = [[json.loads(line)["id"] for line in open(full_run / "rounds" / str(r) / "selected.jsonl")]
@@ -55,16 +58,25 @@ def test_rounds_grow_disjoint_to_budget(full_run, pool):
     selected = json.load(open(full_run / "selected.json"))
     assert [r["id"] for r in selected] == flat
     assert {"instruction", "input", "output", "category"} <= set(selected[0])  # extra columns carried
-    # round 1 scored every remaining candidate; bucket picks carry bucket and score
-    scores = [json.loads(line) for line in open(full_run / "rounds" / "1" / "scores.jsonl")]
-    assert len(scores) == 200 - 20 - 50
-    sel1 = [json.loads(line) for line in open(full_run / "rounds" / "1" / "selected.jsonl")]
-    assert {r["bucket"] for r in sel1} == {0, 1, 2}
-    # round 2 decays k from 3 to 2
-    sel2 = [json.loads(line) for line in open(full_run / "rounds" / "2" / "selected.jsonl")]
-    assert {r["bucket"] for r in sel2} == {0, 1}
+    # round 1 scored every remaining candidate (130): 3 buckets of 44, 43, 43 over the sorted scores,
+    # 16 + 16 + 18 from their tops; round 2 (80 left) decays k to 2: 40 + 40, 25 + 25
+    for rnd, cuts in ((1, [(0, 16), (44, 16), (87, 18)]), (2, [(0, 25), (40, 25)])):
+        scores = [json.loads(line) for line in open(full_run / "rounds" / str(rnd) / "scores.jsonl")]
+        assert len(scores) == {1: 130, 2: 80}[rnd]
+        ranked = [r["id"] for r in sorted(scores, key=lambda r: -r["score"])]
+        want = [(i, b) for b, (lo, n) in enumerate(cuts) for i in ranked[lo: lo + n]]
+        sel = [json.loads(line) for line in open(full_run / "rounds" / str(rnd) / "selected.jsonl")]
+        assert [(r["id"], r["bucket"]) for r in sel] == want
+        score_of = {r["id"]: r["score"] for r in scores}
+        assert all(r["score"] == score_of[r["id"]] for r in sel)
     m = json.load(open(full_run / "rounds" / "2" / "metrics.json"))
-    assert m["labelled"] == 150 and m["heldout_loss"] > 0 and m["train"]["examples"] == 150
+    assert m["labelled"] == 150 and m["train"]["examples"] == 150 and m["candidates_ruled_out"] == 0
+    # held-out loss by hand: the round-2 checkpoint on the held-out slice, truncated as in training
+    tok = fsdp_utils.load_tokenizer(tiny_model)
+    model = fsdp_utils.load_model(str(full_run) + "_sharded", torch.device("cpu"))
+    by_id = {r["id"]: r for r in U.load_records(pool)}
+    want = hand_answer_nll(model, tok, [by_id[i] for i in state["heldout_ids"]], 256)
+    assert abs(m["heldout_loss"] - want) < 1e-5
     assert json.load(open(str(full_run) + "_sharded/al_checkpoint.json"))["round"] == 2
 
 

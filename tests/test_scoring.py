@@ -1,4 +1,5 @@
-"""Scoring: every strategy against a hand computation from the model's logits."""
+"""Scoring: every strategy against a hand computation from plain tokenizer calls and the model's
+logits (the template is spelled out here, not taken from the code under test)."""
 import numpy as np
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch.nn.functional as F
 
 import al_strategies as S
 import al_utils as U
+from conftest import NO_INPUT, hand_ids, keep_tail, prompt_text
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +18,11 @@ def setup(loaded, pool):
     return model, tok, {r["id"]: r for r in records}, enc
 
 
+def scoring(setup, **cfg) -> S.Scoring:
+    model, tok, records, enc = setup
+    return S.Scoring(model, tok, enc, records, U.ScoreConfig(**{"progress": False, **cfg}), np.random.default_rng(0))
+
+
 def hand_nll(model, ids, start):
     """Mean NLL of ids[start:] from one unbatched forward."""
     with torch.no_grad():
@@ -23,30 +30,27 @@ def hand_nll(model, ids, start):
     return F.cross_entropy(logits[start - 1:-1], torch.tensor(ids[start:])).item()
 
 
-CFG = S.ScoreConfig(token_budget=512, max_rows=8, progress=False)
-
-
 def test_template_and_encoding(setup):
     _, tok, records, enc = setup
-    r = next(r for r in records.values() if r["input"])
-    text = U.format_prompt(r["instruction"], r["input"])
-    assert "### Input:\n" + r["input"] in text and text.endswith("### Response:")
-    assert "### Input" not in U.format_prompt("x")
-    e = enc[r["id"]]
-    assert e.prompt[0] == tok.bos_token_id and e.answer[-1] == tok.eos_token_id
-    assert tok.decode(e.prompt + e.answer[:-1], skip_special_tokens=True) == text + U.ANSWER_SEP + r["output"]
+    for r in list(records.values())[:30]:
+        p, a = hand_ids(tok, r)
+        assert enc[r["id"]].prompt == p and enc[r["id"]].answer == a
+        assert enc[r["id"]].instruction_len == len(tok(r["instruction"]).input_ids)
+    assert tok(NO_INPUT.format("x")).input_ids[0] == tok.bos_token_id  # BOS counts in lengths
 
 
 def test_forward_ppl_matches_hand_computation(setup):
     model, tok, records, enc = setup
     ids = list(records)[:24]
-    got = S.forward_ppl(model, enc, ids, U.pad_id_of(tok), CFG)
-    want = [hand_nll(model, enc[i].prompt[: CFG.max_length], 1) for i in ids]  # scoring truncates
-    assert max(len(enc[i].prompt) for i in ids) > CFG.max_length  # the fixture exercises truncation
+    sc = scoring(setup, token_budget=512, max_length=128)
+    got = S.forward_ppl(sc, ids)
+    prompts = [tok(prompt_text(records[i])).input_ids for i in ids]
+    assert sum(len(p) > 128 for p in prompts) >= 3  # the fixture exercises truncation
+    want = [hand_nll(model, keep_tail(p, 128), 1) for p in prompts]
     np.testing.assert_allclose(got, want, atol=1e-5)
-    # the same without the shared-prefix cache
-    seqs = [enc[i].prompt[: CFG.max_length] for i in ids]
-    s, c = U.sequence_nll(model, seqs, [1] * len(ids), U.pad_id_of(tok), 512, 8, progress=False, prefix_cache=False)
+    # the same without the shared-prefix cache, and with fixed-size batches
+    s, c = U.sequence_nll(model, [keep_tail(p, 128) for p in prompts], [1] * len(ids), U.pad_id_of(tok),
+                          U.ScoreConfig(token_budget=0, batch_size=3, progress=False), prefix_cache=False)
     np.testing.assert_allclose(U.mean_nll(s, c), want, atol=1e-5)
 
 
@@ -77,76 +81,195 @@ def test_prefix_cache_path(setup, monkeypatch, start):
     assert c.tolist() == [len(r) - start for r in rows]
 
 
-def test_answer_strategies(setup):
-    model, tok, records, enc = setup
-    ids = [i for i in list(records)[:14] if len(enc[i].prompt) + len(enc[i].answer) <= CFG.max_length]
-    rng = np.random.default_rng(0)
-    ifd = S.score_candidates("ifd", records, ids, enc, model, tok, CFG, rng)
-    dp = S.score_candidates("data_pruning_w_answers", records, ids, enc, model, tok, CFG, rng)
+def test_answer_strategies_cover_the_same_answer_tokens(setup):
+    """ifd = L(a | prompt) / L(a | BOS "### Response:") and data_pruning = |difference|, both over the
+    same answer tokens, truncated rows included (prompt keeps BOS + tail down to half the context)."""
+    model, tok, records, _ = setup
+    L = 160
+    ids = list(records)[:16]
+    sc = scoring(setup, token_budget=512, max_length=L)
+    ifd = S.score_candidates("ifd", ids, sc)
+    dp = S.score_candidates("data_pruning_w_answers", ids, sc)
+    marker = [tok.bos_token_id] + tok("### Response:", add_special_tokens=False).input_ids
+    cut = 0
     for row_i, row_d, i in zip(ifd, dp, ids):
-        e = enc[i]
-        cond = hand_nll(model, e.prompt + e.answer, len(e.prompt))
-        unc = hand_nll(model, [tok.bos_token_id] + e.answer, 1)
+        p, a = hand_ids(tok, records[i])
+        if len(p) + len(a) > L:
+            cut += 1
+            keep_p = min(len(p), max(L - len(a), L // 2))
+            p, a = keep_tail(p, keep_p), a[: L - keep_p]
+        cond = hand_nll(model, p + a, len(p))
+        unc = hand_nll(model, marker + a, len(marker))
         assert row_i["id"] == i and abs(row_i["loss_cond"] - cond) < 1e-5 and abs(row_i["loss_uncond"] - unc) < 1e-5
         assert abs(row_i["score"] - cond / unc) < 1e-5
         assert abs(row_d["score"] - abs(unc - cond)) < 1e-5
+    assert cut >= 3  # truncated rows are in the comparison
+
+
+def test_ifd_above_max_is_never_selected():
+    rows = [{"id": i, "score": s} for i, s in enumerate([0.5, 1.2, 0.9, 1.0, 3.0, 0.7])]
+    scfg = U.ScoreConfig(ifd_max=1.0)
+    cfg = S.SelectConfig(strategy="ifd", stratification="greedy", pick="top")
+    got = S.select(rows, 3, 1, cfg, scfg, np.random.default_rng(0))
+    assert [r["id"] for r in got] == [3, 2, 5]  # 1.0, 0.9, 0.7: 3.0 and 1.2 are ruled out
+    assert len(S.allowed(rows, "ifd", scfg)) == 4
+    assert len(S.allowed(rows, "forward_ppl", scfg)) == 6  # only ifd has the rule
+    assert S.select(rows, 3, 1, cfg, U.ScoreConfig(ifd_max=0.1), np.random.default_rng(0)) == []
+
+
+def manual_greedy(model, prompt, n, eos):
+    """Greedy continuation one token at a time without a cache: (tokens, log-prob rows)."""
+    seq, toks, logps = list(prompt), [], []
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([seq])).logits[0, -1]
+        nxt = int(logits.argmax())
+        toks.append(nxt)
+        logps.append(torch.log_softmax(logits, -1))
+        seq.append(nxt)
+        if nxt == eos:
+            break
+    return toks, logps
 
 
 def test_generation_ppl_matches_manual_greedy(setup):
-    model, tok, records, enc = setup
+    model, tok, records, _ = setup
     ids = list(records)[:6]
-    cfg = S.ScoreConfig(max_rows=4, gen_max_new_tokens=5, progress=False)
-    rows = S.score_candidates("generation_ppl", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
+    rows = S.score_candidates("generation_ppl", ids, scoring(setup, token_budget=0, batch_size=4, gen_max_new_tokens=5))
     for row, i in zip(rows, ids):
-        seq, nll = list(enc[i].prompt), []
-        for _ in range(5):
-            with torch.no_grad():
-                logits = model(input_ids=torch.tensor([seq])).logits[0, -1]
-            nxt = int(logits.argmax())
-            nll.append(-torch.log_softmax(logits, -1)[nxt].item())
-            seq.append(nxt)
-            if nxt == tok.eos_token_id:
-                break
-        assert row["generated_tokens"] == len(nll)
-        assert abs(row["score"] - float(np.mean(nll))) < 1e-4
+        toks, logps = manual_greedy(model, tok(prompt_text(records[i])).input_ids, 5, tok.eos_token_id)
+        assert row["generated_tokens"] == len(toks)
+        assert abs(row["score"] - float(np.mean([-lp[t].item() for t, lp in zip(toks, logps)]))) < 1e-4
 
 
-def test_self_ask_is_probability_of_no(setup):
-    model, tok, records, enc = setup
-    ids = list(records)[:4]
-    cfg = S.ScoreConfig(self_ask_positions=1, progress=False)
-    rows = S.score_candidates("self_ask", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
-    no_ids = S._first_token_ids(tok, ["no", "No", "NO"])
+def single_token_nos(tok) -> list[int]:
+    out = set()
+    for text in ("no", " no", "No", " No", "NO", " NO"):
+        ids = tok(text, add_special_tokens=False).input_ids
+        if len(ids) == 1:
+            out.add(ids[0])
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def setup_1024(pool, tmp_path_factory):
+    """The tiny fixture's 512-piece vocabulary has no single-token "no"; 1024 pieces learn "▁no"."""
+    import build_default_model
+    import fsdp_utils
+    from conftest import TINY
+
+    path = str(tmp_path_factory.mktemp("models") / "tiny1024")
+    argv = list(TINY)
+    argv[argv.index("--vocab_size") + 1] = "1024"
+    build_default_model.main(["--file_path", pool, "--save_path", path, *argv])
+    tok = fsdp_utils.load_tokenizer(path)
+    model = fsdp_utils.load_model(path, torch.device("cpu")).eval()
+    records = U.load_records(pool)
+    return model, tok, {r["id"]: r for r in records}, U.encode_records(tok, records)
+
+
+def test_self_ask_reads_single_token_no_over_fixed_positions(setup, setup_1024):
+    with pytest.raises(U.InputError, match="none of no, No, NO is a single token"):
+        S.no_token_ids(setup[1])  # "▁n" + "o", "▁" + "N" + "o": refused, not guessed
+    setup = setup_1024
+    model, tok, records, _ = setup
+    no_ids = single_token_nos(tok)
+    assert no_ids and S.no_token_ids(tok) == no_ids
+    first_of_NO = tok("NO", add_special_tokens=False).input_ids
+    if len(first_of_NO) > 1:  # e.g. "▁N" + "O": the first piece also starts "Not", "New", ...
+        assert first_of_NO[0] not in no_ids
+    ids = list(records)[:8]
+    n = 3
+    rows = S.score_candidates("self_ask", ids, scoring(setup, token_budget=0, batch_size=4, self_ask_positions=n))
+    short = 0
     for row, i in zip(rows, ids):
         r = records[i]
         q = r["instruction"] + ("\n" + r["input"] if r["input"].strip() else "")
-        p = tok(U.format_prompt(S.SELF_ASK_TEMPLATE.format(instruction=q))).input_ids
-        with torch.no_grad():
-            probs = model(input_ids=torch.tensor([p])).logits[0, -1].softmax(-1)
-        assert abs(row["score"] - probs[no_ids].sum().item()) < 1e-5
+        ask = NO_INPUT.format("Can you answer the following request correctly? Answer yes or no.\n\nRequest: " + q)
+        toks, logps = manual_greedy(model, tok(ask).input_ids, n, tok.eos_token_id)
+        short += len(toks) < n
+        want = sum(lp.exp()[no_ids].sum().item() for lp in logps) / n  # after EOS: 0
+        assert abs(row["score"] - want) < 1e-5
+    assert short  # some row hit EOS before n positions
+
+
+def test_self_ask_refuses_a_tokenizer_without_single_token_no():
+    class Tok:
+        name_or_path = "toy"
+
+        def __call__(self, text, add_special_tokens=True):
+            return type("E", (), {"input_ids": [ord(c) for c in text]})()  # one token per character
+
+    with pytest.raises(U.InputError, match="none of no, No, NO is a single token"):
+        S.no_token_ids(Tok())
+
+
+def test_long_prompts_keep_the_response_marker(setup, setup_1024, monkeypatch):
+    """generation_ppl and self_ask generate from the prompt's tail: "### Response:" survives."""
+    model, tok, records, enc = setup
+    seen = []
+    real = S.generate
+
+    def spy(model, prompts, *a, **k):
+        seen.extend(prompts)
+        return real(model, prompts, *a, **k)
+
+    monkeypatch.setattr(S, "generate", spy)
+    long_ids = [i for i in records if len(enc[i].prompt) > 100][:3]
+    assert len(long_ids) == 3
+    for name, su in (("generation_ppl", setup), ("self_ask", setup_1024)):
+        seen.clear()
+        S.score_candidates(name, long_ids, scoring(su, max_length=64, gen_max_new_tokens=2, self_ask_positions=1))
+        assert len(seen) == 3
+        for p in seen:
+            assert len(p) == 64 and p[0] == su[1].bos_token_id
+            assert su[1].decode(p[1:], skip_special_tokens=True).endswith("### Response:"), name
 
 
 def test_model_free_and_compound_keys(setup):
     model, tok, records, enc = setup
     ids = list(records)[:30]
-    rows = S.score_candidates("instruction_length", records, ids, enc, None, tok, CFG, np.random.default_rng(0))
-    assert [r["score"] for r in rows] == [-len(enc[i].prompt) for i in ids]
-    a = S.score_candidates("random", records, ids, enc, None, tok, CFG, np.random.default_rng(7))
-    b = S.score_candidates("random", records, ids, enc, None, tok, CFG, np.random.default_rng(7))
-    assert a == b
-    rows = S.score_candidates("length_and_ppl", records, ids, enc, model, tok, CFG, np.random.default_rng(0))
+    rows = S.score_candidates("instruction_length", ids, scoring(setup))
+    lengths = [len(tok(records[i]["instruction"]).input_ids) for i in ids]
+    assert [r["score"] for r in rows] == [-n for n in lengths]
+    rows = S.score_candidates("random", ids, S.Scoring(None, tok, enc, records, U.ScoreConfig(),
+                                                       np.random.default_rng(7)))
+    assert [r["score"] for r in rows] == np.random.default_rng(7).random(30).tolist()
+    rows = S.score_candidates("length_and_ppl", ids, scoring(setup, max_length=4096))
+    ppl = {i: hand_nll(model, tok(prompt_text(records[i])).input_ids, 1) for i in ids}
     by_score = [r["id"] for r in sorted(rows, key=lambda r: -r["score"])]
-    by_key = [r["id"] for r in sorted(rows, key=lambda r: (r["length"], r["forward_ppl"]))]
+    by_key = sorted(ids, key=lambda i: (len(tok(records[i]["instruction"]).input_ids), ppl[i]))
     assert by_score == by_key
+    assert [r["length"] for r in rows] == lengths
 
 
-def test_cluster_strategy(setup):
-    model, tok, records, enc = setup
-    ids = list(records)[:40]
-    cfg = S.ScoreConfig(num_clusters=4, progress=False)
-    for emb in ("tfidf", "hidden"):
-        cfg.cluster_embedding = emb
-        rows = S.score_candidates("cluster", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
-        assert {r["cluster"] for r in rows} == {0, 1, 2, 3}
-        again = S.score_candidates("cluster", records, ids, enc, model, tok, cfg, np.random.default_rng(0))
-        assert rows == again
+def test_cluster_tfidf_finds_the_topics(setup):
+    model, tok, _, _ = setup
+    topics = {"fruit": "apple banana cherry orchard fruit", "cars": "engine wheel brake gearbox car",
+              "code": "python function loop compiler code"}
+    recs = [{"id": f"{t}{k}", "instruction": f"{words} number {k}", "input": "", "output": "x"}
+            for t, words in topics.items() for k in range(4)]
+    by_id = {r["id"]: r for r in recs}
+    enc = U.encode_records(tok, recs)
+    sc = S.Scoring(model, tok, enc, by_id, U.ScoreConfig(num_clusters=3, progress=False), np.random.default_rng(0))
+    rows = S.score_candidates("cluster", list(by_id), sc)
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["cluster"], set()).add(r["id"].rstrip("0123456789"))
+    assert sorted(len(g) for g in groups.values()) == [1, 1, 1] and len(groups) == 3  # one topic per cluster
+
+
+def test_mean_hidden_is_mean_pooled_last_hidden_state(setup):
+    model, tok, records, _ = setup
+    ids = list(records)[:10]
+    got = S.mean_hidden(scoring(setup, token_budget=512, max_length=96), ids)
+    for row, i in zip(got, ids):
+        p = keep_tail(tok(prompt_text(records[i])).input_ids, 96)
+        with torch.no_grad():
+            h = model.model(input_ids=torch.tensor([p])).last_hidden_state[0]
+        np.testing.assert_allclose(row, h.mean(0).numpy(), atol=1e-5)
+
+
+def test_unknown_strategy_is_an_error(setup):
+    with pytest.raises(U.InputError, match="unknown strategy 'nope'"):
+        S.score_candidates("nope", [1], scoring(setup))

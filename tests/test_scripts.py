@@ -3,8 +3,13 @@ import json
 import os
 import subprocess
 
+import torch
+
+import al_utils as U
+import eval_generate
+import fsdp_utils
 import report_AL
-from conftest import ROOT
+from conftest import ROOT, hand_answer_nll
 
 
 def test_run_al_sh_two_budgets(pool, tiny_model, tmp_path):
@@ -19,8 +24,15 @@ def test_run_al_sh_two_budgets(pool, tiny_model, tmp_path):
     assert state["rounds_done"] == 1 and state["chained_from"].endswith("RUN_50")
     assert len(json.load(open(tmp_path / "eval" / "RUN_100.json"))) == 3
     m = json.load(open(tmp_path / "eval" / "RUN_100.metrics.json"))
-    assert "reference_nll" in m and m["heldout_examples"] == 20
-    # eval's held-out loss (same slice, same truncation) equals the loop's own last measurement
-    assert abs(m["heldout_loss"] - state["round_log"][-1]["heldout_loss"]) < 1e-5
+    assert m["heldout_examples"] == 20 and m["reference_examples"] == 3
+    # by hand, from the RUN_100 checkpoint: the reference NLL of the 3 AlpacaEval items (context 256)
+    # and the held-out loss, which eval and the loop both report (same slice, same truncation)
+    tok = fsdp_utils.load_tokenizer(tiny_model)
+    model = fsdp_utils.load_model(str(tmp_path / "RUN_100_sharded"), torch.device("cpu"))
+    alpaca = U.load_records(eval_generate.ALPACA_EVAL)[:3]
+    assert abs(m["reference_nll"] - hand_answer_nll(model, tok, alpaca, 256)) < 1e-5
+    by_id = {r["id"]: r for r in U.load_records(pool)}
+    held = hand_answer_nll(model, tok, [by_id[i] for i in state["heldout_ids"]], 256)
+    assert abs(m["heldout_loss"] - held) < 1e-5 and abs(state["round_log"][-1]["heldout_loss"] - held) < 1e-5
     report_AL.main([str(tmp_path / "RUN_100"), "--out", str(tmp_path / "rep")])
     assert "| forward_ppl bucket/top |" in open(tmp_path / "rep.md").read()

@@ -45,7 +45,9 @@ def test_no_secrets_in_tree():
 
 def test_weights_load_safely():
     py = [f for f in tree_files() if f.endswith(".py") and not f.endswith("test_security.py")]
-    assert len(py) > 10
+    scripts = {"acquisition_AL.py", "train_AL.py", "eval_generate.py", "convert_hf_to_fsdp.py", "convert_fsdp_to_hf.py",
+               "convert_gguf_to_hf.py", "al_utils.py", "al_strategies.py", "fsdp_utils.py", "bench_sharded_load.py"}
+    assert scripts <= {os.path.basename(f) for f in py}  # the walk reaches the files that load weights
     for f in py:
         src = open(f).read()
         for call in re.findall(r"torch\.load\([^)]*\)", src):

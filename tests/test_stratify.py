@@ -1,4 +1,6 @@
 """Stratification: exact picks on hand-built sorted lists (best first)."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,36 @@ def test_bucket_sizes_and_quota():
     # the last bucket is short by 2: take from i-1 (i+1 does not exist), then i-2
     assert bucket_quota([2, 2, 2, 2], 7) == [1, 2, 2, 2]
     assert bucket_quota([3, 2, 2], 7) == [3, 2, 2]
+
+
+def quota_by_rule(sizes, n):
+    """The README's rule, one missing item at a time: n // k from each bucket, n mod k more from the
+    last; each item a bucket lacks comes from the nearest bucket with an item to spare, looking at
+    i+1, i-1, i+2, i-2, ... in that order."""
+    k = len(sizes)
+    want = [n // k] * k
+    want[-1] += n % k
+    take = [min(w, s) for w, s in zip(want, sizes)]
+    for i in range(k):
+        for _ in range(max(0, want[i] - sizes[i])):  # what bucket i itself lacks
+            for j in [x for d in range(1, k) for x in (i + d, i - d) if 0 <= x < k]:
+                if take[j] < sizes[j]:
+                    take[j] += 1
+                    break
+    return take
+
+
+def test_bucket_quota_against_the_rule_brute_force():
+    assert bucket_quota([1, 5, 5], 6) == [1, 3, 2]  # bucket 1 received bucket 0's shortfall: it has none
+    checked = 0
+    for k in range(1, 5):
+        for sizes in itertools.product(range(0, 5), repeat=k):
+            for n in range(0, sum(sizes) + 1):
+                got = bucket_quota(list(sizes), n)
+                assert got == quota_by_rule(list(sizes), n), (sizes, n)
+                assert sum(got) == n and all(0 <= g <= s for g, s in zip(got, sizes))
+                checked += 1
+    assert checked > 5000
 
 
 def test_bucket_top_bottom_uniform():

@@ -2,6 +2,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,9 +61,28 @@ def test_schedule_length_is_real_step_count(data):
     steps = math.ceil(20 / 6) * 2  # 4 steps per epoch, the last one short
     assert stats["steps"] == len(stats["lrs"]) == len(stats["losses"]) == steps
     assert stats["warmup_steps"] == math.ceil(0.03 * steps)
-    assert stats["lrs"] == [1e-3 * lr_at(s, steps, stats["warmup_steps"]) for s in range(steps)]
-    assert stats["lrs"][-1] < stats["lrs"][1]
+    # warmup ceil(0.03 * 8) = 1 step at the full rate, then cosine from the peak down to 0 over the rest
+    want = [1e-3] + [1e-3 * 0.5 * (1 + math.cos(math.pi * s / 7)) for s in range(7)]
+    np.testing.assert_allclose(stats["lrs"], want, rtol=1e-12)
+    long = [lr_at(s, 100, 10) for s in range(100)]
+    assert long[:10] == [(s + 1) / 10 for s in range(10)] and long[10] == 1.0 and abs(long[55] - 0.5) < 1e-12
     assert stats["examples"] == 20
+
+
+def test_adamw_betas_default_to_pytorchs_and_are_flags(data):
+    model, tok, ex = data
+    import train_AL
+
+    args = train_AL.parser().parse_args(["--init_checkpoint_path", "m", "--data_path", "d", "--save_path", "s"])
+    assert (args.adam_beta1, args.adam_beta2) == (0.9, 0.999) == torch.optim.AdamW([torch.zeros(1)]).defaults["betas"]
+    assert args.save_opt  # train_AL saves the optimizer unless --dont_save_opt (or the loop's own --save_opt off)
+    args = train_AL.parser().parse_args(["--init_checkpoint_path", "m", "--data_path", "d", "--save_path", "s",
+                                         "--adam_beta2", "0.95", "--dont_save_opt"])
+    assert not args.save_opt
+    cfg = train_AL.train_config(args, 0, progress=False)
+    cfg.epochs = 1
+    _, opt = train(copy.deepcopy(model), ex[:4], cfg, U.pad_id_of(tok))
+    assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)
 
 
 def test_loss_decreases(data):
