@@ -116,6 +116,28 @@ def token_nll_sum(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
                            labels[:, 1:].to(dev).reshape(-1), ignore_index=-100, reduction="sum")
 
 
+def accumulate_grads(model, rows: list[tuple[list[int], list[int]]], cfg: TrainConfig, pad_id: int) -> float:
+    """Gradients of one global step (rows: every rank's examples of it, in order) on this rank's
+    contiguous share; returns the step's loss = answer-token NLL sum / answer tokens, all ranks."""
+    W, R = fsdp_utils.world(), fsdp_utils.rank()
+    per_rank = cfg.train_batch_size * cfg.grad_accum
+    n_tok = sum(len(a) for _, a in rows)
+    # every rank runs the same number of micro-batches (FSDP's collectives need it): a
+    # rank whose share of a short last step runs out repeats a row with weight 0
+    shares = [rows[r * per_rank: (r + 1) * per_rank] for r in range(W)]
+    n_micro = max(math.ceil(len(sh) / cfg.train_batch_size) for sh in shares)
+    mine = shares[R]
+    step_loss = 0.0
+    for j in range(n_micro):
+        mb = mine[j * cfg.train_batch_size: (j + 1) * cfg.train_batch_size]
+        weight = W / n_tok if mb else 0.0  # FSDP averages gradients over ranks: undo with W
+        fsdp_utils.set_grad_sync(model, j == n_micro - 1)
+        loss = token_nll_sum(model, *collate(mb or rows[:1], pad_id)) * weight
+        loss.backward()
+        step_loss += loss.item() / W
+    return fsdp_utils.all_reduce_sum(step_loss)
+
+
 def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
           on_step: Callable[[int], None] | None = None) -> tuple[dict, torch.optim.Optimizer]:
     """Train `model` (already sharded under torchrun) in place.
@@ -134,9 +156,7 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
         p, a, cut = truncate_pair(e.prompt, e.answer, cfg.max_length)
         pairs.append((p, a))
         truncated += cut
-    W, R = fsdp_utils.world(), fsdp_utils.rank()
-    per_rank = cfg.train_batch_size * cfg.grad_accum
-    per_step = per_rank * W
+    per_step = cfg.train_batch_size * cfg.grad_accum * fsdp_utils.world()
     steps_per_epoch = math.ceil(len(pairs) / per_step)
     total = steps_per_epoch * cfg.epochs
     warmup = math.ceil(cfg.warmup_ratio * total)
@@ -154,21 +174,7 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
         order = torch.randperm(len(pairs), generator=gen).tolist()
         for s in range(steps_per_epoch):
             rows = [pairs[i] for i in order[s * per_step: (s + 1) * per_step]]
-            n_tok = sum(len(a) for _, a in rows)
-            # every rank runs the same number of micro-batches (FSDP's collectives need it): a
-            # rank whose share of a short last step runs out repeats a row with weight 0
-            shares = [rows[r * per_rank: (r + 1) * per_rank] for r in range(W)]
-            n_micro = max(math.ceil(len(sh) / cfg.train_batch_size) for sh in shares)
-            mine = shares[R]
-            step_loss = 0.0
-            for j in range(n_micro):
-                mb = mine[j * cfg.train_batch_size: (j + 1) * cfg.train_batch_size]
-                weight = W / n_tok if mb else 0.0  # FSDP averages gradients over ranks: undo with W
-                fsdp_utils.set_grad_sync(model, j == n_micro - 1)
-                loss = token_nll_sum(model, *collate(mb or rows[:1], pad_id)) * weight
-                loss.backward()
-                step_loss += loss.item() / W
-            step_loss = fsdp_utils.all_reduce_sum(step_loss)
+            step_loss = accumulate_grads(model, rows, cfg, pad_id)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             lr = cfg.lr * lr_at(len(lrs), total, warmup)
             for g in opt.param_groups:
@@ -177,7 +183,7 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
             opt.zero_grad(set_to_none=True)
             losses.append(step_loss)
             lrs.append(lr)
-            tokens += n_tok
+            tokens += sum(len(a) for _, a in rows)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             if on_step is not None:
