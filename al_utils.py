@@ -104,30 +104,12 @@ def read_jsonl(path: str) -> list[dict]:
 @dataclass(frozen=True)
 class RunPaths:
     run: str  # <model_path> without a trailing /
-
-    @property
-    def ckpt(self) -> str:  # the round's trained model, beside the run directory
-        return self.run + CKPT_SUFFIX
-
-    @property
-    def state(self) -> str:
-        return os.path.join(self.run, "state.json")
-
-    @property
-    def selected(self) -> str:
-        return os.path.join(self.run, "selected.json")
-
-    @property
-    def labels(self) -> str:  # annotators' answers imported so far
-        return os.path.join(self.run, "labels.jsonl")
-
-    @property
-    def lock(self) -> str:
-        return os.path.join(self.run, ".lock")
-
-    @property
-    def rounds(self) -> str:
-        return os.path.join(self.run, "rounds")
+    ckpt: str  # the latest round's trained model, beside the run directory: <run>_sharded
+    state: str
+    selected: str
+    labels: str  # annotators' answers imported so far
+    lock: str
+    rounds: str
 
     def round_dir(self, rnd: int) -> str:
         return os.path.join(self.rounds, str(rnd))
@@ -141,12 +123,14 @@ CKPT_SUFFIX = "_sharded"
 
 
 def run_paths(model_path: str) -> RunPaths:
-    return RunPaths(model_path.rstrip("/"))
+    run = model_path.rstrip("/")
+    return RunPaths(run, run + CKPT_SUFFIX, *(os.path.join(run, f) for f in (
+        "state.json", "selected.json", "labels.jsonl", ".lock", "rounds")))
 
 
 def run_of_checkpoint(ckpt: str) -> RunPaths:
     """The run directory a loop checkpoint X_sharded belongs to (X)."""
-    return RunPaths(ckpt.rstrip("/").removesuffix(CKPT_SUFFIX))
+    return run_paths(ckpt.rstrip("/").removesuffix(CKPT_SUFFIX))
 
 
 def read_state(run: str) -> dict | None:

@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="reports/al", help="output path stem (.png, .md)")
     p.add_argument("--hist", action="store_true", help="also plot per-round score histograms of each run")
     args = p.parse_args(argv)
-    rows = read_runs([r.rstrip("/") for r in args.runs])
+    runs = [run_paths(r).run for r in args.runs]
+    rows = read_runs(runs)
     curves, diffs = load_curves(rows), paired_diffs(rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plot(curves, diffs, args.out + ".png")
@@ -187,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
             + paired_table(diffs) + "\n")
     atomic_write_text(args.out + ".md", text)
     if args.hist:
-        for run in args.runs:
-            plot_hist(run.rstrip("/"), f"{args.out}_hist_{os.path.basename(run.rstrip('/'))}.png")
+        for run in runs:
+            plot_hist(run, f"{args.out}_hist_{os.path.basename(run)}.png")
     print(text)
     print(f"wrote {args.out}.png and {args.out}.md", file=sys.stderr)
 

@@ -6,7 +6,7 @@ at a time, greedy, on AlpacaEval prompts and the default model.
 The default model is the quickstart's final checkpoint (run `bash scripts/quickstart.sh` first): the
 untrained base model answers every prompt with EOS, which would measure nothing.
 
-Both sides run eval_generate.generate (HF generate with the KV cache); only the batch size differs.
+Both sides run eval_generate.generate_answers (HF generate with the KV cache); only the batch size differs.
 Outputs must be identical token for token. Writes benchmarks/results/generate.md (README quotes it).
 """
 import argparse
