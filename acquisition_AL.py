@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -34,6 +35,7 @@ import torch
 
 import fsdp_utils
 from al_annotation import batch_rows, export_batch, import_labels, load_labels, save_labels
+from al_similarity import Target, load_target, similarity_guard, target_keys
 from al_strategies import (
     Scoring,
     SelectConfig,
@@ -204,6 +206,8 @@ def run_flags(args: argparse.Namespace, pool_hash: str, annotate: bool) -> dict:
     flags = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
     flags["file_path"] = pool_hash  # the pool's content matters, not where it lives
     flags["labels_from"] = "annotators" if annotate else "pool"
+    if args.target_file:  # by content, like the pool
+        flags["target_file"] = file_sha256(args.target_file)
     return flags
 
 
@@ -267,6 +271,7 @@ class Run:
     scfg: ScoreConfig
     sel: SelectConfig
     device: torch.device
+    target: Target | None = None
     labelled: list = field(default_factory=list)  # in selection order
     model: Any = None  # the current round's model, once loaded
     model_source: str = ""  # where the last finished round's model is
@@ -345,6 +350,7 @@ def open_run(args: argparse.Namespace) -> Run:
     scfg, sel = check_numbers(args)
     records, budget = load_pool(args, annotate, prior)
     tok = check_models(args)
+    target = load_target(args.target_file, args.target_group_field, tok) if args.target_file else None
     pool_hash = file_sha256(args.file_path)
     flags = run_flags(args, pool_hash, annotate)
     check_run_dir(args, paths, prior, flags)
@@ -360,19 +366,27 @@ def open_run(args: argparse.Namespace) -> Run:
             save_labels(paths.run, {**labels, **new_labels})
     labels.update(new_labels)
     fsdp_utils.barrier()
-    # the seeded order: held-out slice first, then the seed set, then candidates in this order
+    # the seeded order: held-out slice first, then the seed set, then candidates in this order; pool
+    # records equal to a target record are left out after the held-out slice is drawn, so a run
+    # with a target keeps the held-out slice (and, unless it hits one, the seed set) of one without
     perm = [records[i]["id"] for i in round_rng(args.seed, 0, RNG_SHUFFLE).permutation(len(records))]
+    keys = target_keys(target)
+    order = [i for i in perm[args.heldout_size:] if (by_id[i]["instruction"], by_id[i]["input"]) not in keys]
     state = read_state(paths.run) or {  # read again: a chained run's state was just seeded
         "version": 1, "flags": flags, "pool_sha256": pool_hash, "heldout_ids": perm[: args.heldout_size],
         "rounds_done": -1, "rng": "numpy default_rng([seed, round, purpose]) per draw", "round_log": []}
     state.update(budget=budget, **provenance())
     enc = encode_records(tok, records)  # prompts (+ the pool's answers, if any: oracle labels, held-out)
-    run = Run(args, paths, state, by_id, perm[args.heldout_size:], perm[: args.heldout_size], labels, annotate,
-              tok, enc, budget, scfg, sel, device, model_source=state.get("model_source", paths.ckpt), lock=lock)
+    state["excluded_as_target"] = len(perm) - args.heldout_size - len(order)
+    run = Run(args, paths, state, by_id, order, perm[: args.heldout_size], labels, annotate, tok, enc, budget,
+              scfg, sel, device, target, model_source=state.get("model_source", paths.ckpt), lock=lock)
     if annotate and labels:  # the annotators' answers, never the pool's, are what training sees
         enc.update(encode_records(tok, [run.record(i) for i in labels]))
     if summary:
         run.log(summary)
+    if target and state["rounds_done"] < 0:
+        run.log(f"target {args.target_file}: {len(target.records)} examples in {len(set(target.groups))} group(s); "
+                f"{state['excluded_as_target']} pool records equal to one are never selected")
     resume_rounds(run)
     return run
 
@@ -406,21 +420,27 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
     if fsdp_utils.broadcast(os.path.isfile(sel_file)):
         return read_jsonl(sel_file), read_jsonl(scores_file) if os.path.isfile(scores_file) else []
     scores: list[dict] = []
-    if rnd == 0:  # the seed set: the first n of the seeded order
+    sel = run.sel if rnd > 0 else dataclasses.replace(run.sel, strategy=run.sel.seed_strategy)
+    if rnd == 0 and sel.strategy == "random":  # the seed set: the first n of the seeded order
         picked = [{"id": i, "bucket": None, "score": None} for i in remaining[:n]]
     else:
-        cands = candidates(remaining, run.sel.fraction, round_rng(run.args.seed, rnd, RNG_FRACTION))
+        cands = candidates(remaining, run.sel.fraction, round_rng(run.args.seed, rnd, RNG_FRACTION)) \
+            if rnd > 0 else remaining
         if len(cands) < n:
             run.log(f"warning: round {rnd}: only {len(cands)} candidates for {n} slots")
-        scores = score_round(run, rnd, cands)
+        scores, keep = score_round(run, rnd, sel.strategy, cands, n)
         kill_point("scoring", rnd)
-        picked = fsdp_utils.broadcast(select(scores, n, rnd, run.sel, run.scfg,
-                                             round_rng(run.args.seed, rnd, RNG_SELECT)))
+        picked, skipped = fsdp_utils.broadcast(select(scores, n, rnd, sel, run.scfg,
+                                                      round_rng(run.args.seed, rnd, RNG_SELECT), keep))
+        skipped = set(skipped)
+        for r in scores:
+            if r["id"] in skipped:
+                r["skipped_similar"] = True
         if run.main:
             atomic_write_jsonl(scores_file, scores)
             if run.args.plot_ppl_hist:
                 plot_hist([r["score"] for r in scores], run.paths.round_file(rnd, "scores.png"),
-                          f"{run.args.sampling_strategy} scores, round {rnd}")
+                          f"{sel.strategy} scores, round {rnd}")
     if picked and run.main:
         atomic_write_jsonl(sel_file, picked)
         run.state["in_round"] = {"round": rnd, "finished": "selection"}
@@ -428,16 +448,23 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
     return picked, scores
 
 
-def score_round(run: Run, rnd: int, cands: list) -> list[dict]:
-    """Every candidate's score under the last round's model, data-parallel over the ranks."""
+def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[list[dict], Any]:
+    """Every candidate's score under the last round's model, data-parallel over the ranks, and the
+    --max_similarity guard over the candidates' and the labelled set's embeddings (or None)."""
     if not cands:
-        return []
-    if run.model is None and strategy(run.args.sampling_strategy).model:
-        run.model = run.load(run.model_source)
-    sc = Scoring(run.model, run.tok, run.enc, run.by_id, run.scfg, round_rng(run.args.seed, rnd, RNG_SCORE))
+        return [], None
+    tau = run.sel.max_similarity
+    if run.model is None and (strategy(name).model or tau is not None):
+        run.model = run.load(run.model_source if rnd > 0 else run.args.init_checkpoint_path)
+    sc = Scoring(run.model, run.tok, run.enc, run.by_id, run.scfg, round_rng(run.args.seed, rnd, RNG_SCORE),
+                 run.target, run.labelled, n)
     with fsdp_utils.full_params(run.model) if run.model is not None else contextlib.nullcontext():
-        return score_candidates(run.args.sampling_strategy, cands, sc, fsdp_utils.my_slice(len(cands)),
-                                fsdp_utils.gather_lists)
+        rows = score_candidates(name, cands, sc, fsdp_utils.my_slice(len(cands)), fsdp_utils.gather_lists)
+        if tau is None:
+            return rows, None
+        ids = cands + run.labelled
+        vecs = fsdp_utils.gather_lists(sc.prompt_vectors(ids[fsdp_utils.my_slice(len(ids))]).tolist())
+    return rows, similarity_guard(dict(zip(ids, np.array(vecs, dtype=np.float32))), run.labelled, tau)
 
 
 def export_for_annotators(run: Run, rnd: int, picked: list[dict]) -> bool:
@@ -502,6 +529,7 @@ def finish_round(run: Run, rnd: int, picked: list[dict], scores: list[dict], tst
     metrics = {"round": rnd, "labelled": n_labelled, "selected": len(picked), "train": tstats,
                "heldout_loss": held, "heldout_examples": len(run.heldout), "candidates_scored": len(scores),
                "candidates_ruled_out": len(scores) - len(allowed(scores, run.args.sampling_strategy, run.scfg)),
+               "skipped_as_similar": sum(bool(r.get("skipped_similar")) for r in scores),
                "score_stats": describe(sc), "seconds": seconds}
     run.state["rounds_done"] = rnd
     run.state.pop("in_round", None)
@@ -544,7 +572,9 @@ def main(argv: list[str] | None = None) -> None:
         picked, scores = select_round(run, rnd)
         kill_point("selected", rnd)
         if not picked:
-            run.log(f"round {rnd}: no candidate left to select; stopping at {len(run.labelled)} labelled")
+            why = "every candidate was skipped by --max_similarity" if any(r.get("skipped_similar") for r in scores) \
+                else "no candidate left to select"
+            run.log(f"round {rnd}: {why}; stopping at {len(run.labelled)} labelled")
             break
         waiting = export_for_annotators(run, rnd, picked)
         if waiting:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from al_similarity import Target, embed, group_similarity, typicality, typiclust_pick
 from al_utils import (
     RESPONSE_MARKER,
     InputError,
@@ -36,6 +37,7 @@ NO_SPELLINGS = ("no", "No", "NO")
 STRATIFICATIONS = ("greedy", "bucket", "mixed")
 PICKS = ("top", "bottom", "uniform")
 CLUSTER_EMBEDDINGS = ("tfidf", "hidden")
+SEED_STRATEGIES = ("random", "typiclust")
 
 
 @dataclass
@@ -48,10 +50,18 @@ class Scoring:
     records: dict
     cfg: ScoreConfig
     rng: np.random.Generator
+    target: Target | None = None  # rds (and less): what "good" means
+    labelled: list = field(default_factory=list)  # typiclust: ids labelled so far
+    n: int = 0  # typiclust: examples this round picks
 
     @property
     def pad_id(self) -> int:
         return pad_id_of(self.tokenizer)
+
+    def prompt_vectors(self, ids: Sequence) -> np.ndarray:
+        """Unit embeddings of the (truncated) prompts of pool records `ids` (al_similarity.embed)."""
+        return embed(self.model, [truncate_prompt(self.enc[i].prompt, self.cfg.max_length) for i in ids],
+                     self.pad_id, self.cfg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,9 +100,38 @@ def _length_and_ppl(sc: Scoring, ids: list) -> list[dict]:
 def _cluster(sc: Scoring, ids: list) -> list[dict]:
     rows = _forward_ppl(sc, ids)
     if sc.cfg.cluster_embedding == "hidden":
-        for r, e in zip(rows, mean_hidden(sc, ids)):
+        for r, e in zip(rows, sc.prompt_vectors(ids)):
             r["embedding"] = e.tolist()
     return rows
+
+
+def _rds(sc: Scoring, ids: list) -> list[dict]:
+    """RDS+: max over target groups of the mean cosine between the candidate's prompt embedding and
+    the group's target prompts' embeddings."""
+    t = sc.target
+    T = embed(sc.model, [truncate_prompt(e.prompt, sc.cfg.max_length) for e in t.enc], sc.pad_id, sc.cfg)
+    score, group = group_similarity(sc.prompt_vectors(ids), T, t.groups)
+    return [{"id": i, "score": float(v), "group": g} for i, v, g in zip(ids, score, group)]
+
+
+def _typiclust(sc: Scoring, ids: list) -> list[dict]:
+    return [{"id": i, "score": 0.0, "embedding": e.tolist()} for i, e in zip(ids, sc.prompt_vectors(ids))]
+
+
+def _typiclust_clusters(sc: Scoring, rows: list[dict]) -> None:
+    """After every rank's rows are in: KMeans over candidates + labelled examples with as many
+    clusters as labelled + to pick; score = typicality within the cluster; `covered` = the cluster
+    holds a labelled example."""
+    X = np.array([r.pop("embedding") for r in rows], dtype=np.float32)
+    L = sc.prompt_vectors(sc.labelled)
+    k = max(1, min(len(sc.labelled) + sc.n, len(X) + len(L)))
+    labels = cluster_labels(np.vstack([X, L]), k, sc.rng)
+    typ = typicality(np.vstack([X, L]), labels)
+    covered = set(labels[len(X):].tolist())
+    sizes = np.bincount(labels)
+    for j, r in enumerate(rows):
+        c = int(labels[j])
+        r.update(score=float(typ[j]), cluster=c, covered=c in covered, cluster_size=int(sizes[c]))
 
 
 def _cluster_labels(sc: Scoring, rows: list[dict]) -> None:
@@ -185,24 +224,6 @@ def _self_ask(sc: Scoring, ids: list) -> list[dict]:
     return [{"id": i, "score": float(logits.softmax(-1)[:, no_ids].sum()) / n} for i, (_, logits) in zip(ids, gens)]
 
 
-@torch.no_grad()
-def mean_hidden(sc: Scoring, ids: Sequence) -> np.ndarray:
-    """Mean-pooled last hidden state of each (truncated) prompt, padding excluded."""
-    seqs = [truncate_prompt(sc.enc[i].prompt, sc.cfg.max_length) for i in ids]
-    model = sc.model
-    out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
-    dev = next(model.parameters()).device
-    for idx in sc.cfg.batches([len(s) for s in seqs]):
-        L = max(len(seqs[i]) for i in idx)
-        x = torch.full((len(idx), L), sc.pad_id, dtype=torch.long)
-        m = torch.zeros((len(idx), L), dtype=torch.long)
-        for b, i in enumerate(idx):
-            x[b, : len(seqs[i])], m[b, : len(seqs[i])] = torch.tensor(seqs[i]), 1
-        h = model.model(input_ids=x.to(dev)).last_hidden_state.float().cpu()  # right padding: no mask needed
-        out[idx] = ((h * m[..., None]).sum(1) / m.sum(1, keepdim=True)).numpy()
-    return out
-
-
 def cluster_labels(X, num_clusters: int, rng: np.random.Generator) -> np.ndarray:
     """Seeded KMeans cluster of each row of X (TF-IDF or embeddings)."""
     from sklearn.cluster import KMeans
@@ -222,9 +243,14 @@ class Strategy:
     answers: bool = False  # reads the candidates' answers (labelled or simulated pools only)
     flags: tuple[str, ...] = ()  # strategy-specific flags it reads
     finish: Callable[[Scoring, list[dict]], None] | None = None  # on every candidate's rows, after gathering
-    ranked: bool = True  # False: picks by its own rule (no stratification flags)
+    choose: Callable[[list[dict], int], list] | None = None  # its own pick rule instead of stratification
     keep: Callable[[float, ScoreConfig], bool] | None = None  # candidates it may select
     check: Callable[[Any], None] | None = None  # up-front check of the tokenizer (raises InputError)
+    target: bool = False  # needs --target_file
+
+    @property
+    def ranked(self) -> bool:  # picks by stratifying the sorted scores
+        return self.choose is None
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -236,7 +262,10 @@ STRATEGIES: dict[str, Strategy] = {
     "length_and_ppl": Strategy(_length_and_ppl),
     "instruction_length": Strategy(_instruction_length, model=False),
     "random": Strategy(_random, model=False),
-    "cluster": Strategy(_cluster, flags=("num_clusters", "cluster_embedding"), finish=_cluster_labels, ranked=False),
+    "cluster": Strategy(_cluster, flags=("num_clusters", "cluster_embedding"), finish=_cluster_labels,
+                        choose=lambda rows, n: cluster_round_robin(rows, n)),
+    "rds": Strategy(_rds, flags=("target_file", "target_group_field"), target=True),
+    "typiclust": Strategy(_typiclust, finish=_typiclust_clusters, choose=typiclust_pick),
 }
 STRATEGY_FLAGS = tuple(sorted({f for s in STRATEGIES.values() for f in s.flags}))
 SCORING_PASS_FLAGS = ("model_max_length", "batch_size", "score_token_budget")
@@ -322,13 +351,25 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
                    help="share of the remaining pool scored each round (seeded random subset)")
     g.add_argument("--random_pool_fraction", action="store_true",
                    help="accepted for compatibility: candidates are always the remaining pool")
+    g.add_argument("--seed_strategy", default="random", choices=SEED_STRATEGIES,
+                   help="round 0: a seeded random seed set, or TypiClust's most typical examples under the base model")
+    g.add_argument("--max_similarity", type=float, default=None, metavar="TAU",
+                   help="diversity guard (any strategy): skip a candidate whose prompt embedding has cosine >= TAU "
+                        "with a labelled or already picked example, and go on down the strategy's order")
+    g = p.add_argument_group("target (rds: what the model should get good at)")
+    g.add_argument("--target_file", default=None,
+                   help="examples of the wanted behaviour (.json/.jsonl/.csv like a pool; answers optional); pool "
+                        "records with the same instruction and input are never selected")
+    g.add_argument("--target_group_field", default=None,
+                   help="a target column (e.g. category) splitting it into groups scored separately: a "
+                        "candidate's score is the max over groups of its mean similarity to the group")
 
 
 def _flag_applies(args: argparse.Namespace) -> dict[str, tuple[bool, str]]:
     """flag -> (does the chosen strategy read it, where it applies: for the error message)."""
     st = strategy(args.sampling_strategy)
     strat = args.stratification_strategy
-    ranked = (st.ranked, "strategies ranked by score (cluster picks round-robin)")
+    ranked = (st.ranked, "strategies ranked by score (cluster and typiclust pick by their own rule)")
     out = {"stratification_strategy": ranked, "pick_samples_from": ranked,
            "num_k": (st.ranked and strat == "bucket", "--stratification_strategy bucket"),
            "decay_k": (st.ranked and strat == "bucket", "--stratification_strategy bucket"),
@@ -373,6 +414,8 @@ class SelectConfig:
     decay_k: bool | None = False
     factor: float | None = 0.7
     fraction: float = 1.0  # share of the remaining pool scored (cluster_data_fraction)
+    seed_strategy: str = "random"
+    max_similarity: float | None = None
 
 
 def selection_config(args: argparse.Namespace) -> SelectConfig:
@@ -382,8 +425,14 @@ def selection_config(args: argparse.Namespace) -> SelectConfig:
         raise InputError("--cluster_data_fraction: must be in (0, 1]")
     if args.mixed_sampling_factor is not None and not 0 <= args.mixed_sampling_factor <= 1:
         raise InputError("--mixed_sampling_factor: must be in [0, 1]")
+    if args.max_similarity is not None and not 0 < args.max_similarity <= 1:
+        raise InputError("--max_similarity: must be in (0, 1]")
+    if strategy(args.sampling_strategy).target and not args.target_file:
+        raise InputError(f"--target_file: --sampling_strategy {args.sampling_strategy} selects for a target: "
+                         "give the examples it should find more of")
     return SelectConfig(args.sampling_strategy, args.stratification_strategy, args.pick_samples_from, args.num_k,
-                        args.decay_k, args.mixed_sampling_factor, args.cluster_data_fraction)
+                        args.decay_k, args.mixed_sampling_factor, args.cluster_data_fraction, args.seed_strategy,
+                        args.max_similarity)
 
 
 def candidates(remaining: list, fraction: float, rng: np.random.Generator) -> list:
@@ -400,19 +449,36 @@ def allowed(rows: list[dict], name: str, scfg: ScoreConfig) -> list[dict]:
     return rows if keep is None else [r for r in rows if keep(r["score"], scfg)]
 
 
-def select(rows: list[dict], n: int, rnd: int, cfg: SelectConfig, scfg: ScoreConfig,
-           rng: np.random.Generator) -> list[dict]:
-    """The round's batch from its scored candidates: [{id, bucket, score}] in selection order
-    (fewer than n, or none, when fewer candidates are allowed)."""
+def select(rows: list[dict], n: int, rnd: int, cfg: SelectConfig, scfg: ScoreConfig, rng: np.random.Generator,
+           keep: Callable[[Any], bool] | None = None) -> tuple[list[dict], list]:
+    """The round's batch from its scored candidates: ([{id, bucket, score}] in selection order,
+    ids skipped by `keep`). Fewer than n, or none, when fewer candidates are allowed.
+
+    `keep` is the --max_similarity guard: a candidate it rejects is skipped and the same rule goes
+    on over what is left (for greedy: further down the sorted list) until n are kept."""
     rows = allowed(rows, cfg.strategy, scfg)
-    if not strategy(cfg.strategy).ranked:
-        chosen = cluster_round_robin(rows, n)
-    else:
-        ranked = [r["id"] for r in sorted(rows, key=lambda r: -r["score"])]  # stable: ties keep order
-        k = k_for_round(cfg.num_k, cfg.decay_k, rnd) if cfg.stratification == "bucket" else 0
-        chosen = stratify(ranked, n, cfg.stratification, cfg.pick, k, cfg.factor, rng)
     score_of = {r["id"]: r["score"] for r in rows}
-    return [{"id": i, "bucket": b, "score": score_of[i]} for i, b in chosen]
+    chosen: list = []
+    skipped: list = []
+    while len(chosen) < n and rows:
+        batch = _choose(rows, n - len(chosen), rnd, cfg, rng)
+        if keep is None:
+            chosen = batch
+            break
+        for i, b in batch:
+            (chosen.append((i, b)) if keep(i) else skipped.append(i))
+        taken = {i for i, _ in batch}
+        rows = [r for r in rows if r["id"] not in taken]
+    return [{"id": i, "bucket": b, "score": score_of[i]} for i, b in chosen], skipped
+
+
+def _choose(rows: list[dict], n: int, rnd: int, cfg: SelectConfig, rng: np.random.Generator) -> list:
+    st = strategy(cfg.strategy)
+    if not st.ranked:
+        return st.choose(rows, n)
+    ranked = [r["id"] for r in sorted(rows, key=lambda r: -r["score"])]  # stable: ties keep order
+    k = k_for_round(cfg.num_k, cfg.decay_k, rnd) if cfg.stratification == "bucket" else 0
+    return stratify(ranked, n, cfg.stratification, cfg.pick, k, cfg.factor, rng)
 
 
 # ----------------------------------------------------------------------------------------------

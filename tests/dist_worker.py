@@ -3,7 +3,8 @@
     torchrun --nproc_per_node=2 tests/dist_worker.py MODE MODEL POOL OUT
 MODE train: one optimizer step on a fixed global batch of 8 (grad_accum x ranks = 4 micro-batches
 of 2), then save a sharded checkpoint to OUT/ckpt and the step loss to OUT/train.json.
-MODE score: forward_ppl of the first 60 pool records, sliced over ranks and gathered, to OUT/score.json.
+MODE score: forward_ppl and rds of the first 60 pool records, sliced over ranks and gathered, to
+OUT/score.json.
 """
 import json
 import os
@@ -13,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import al_strategies as S  # noqa: E402
 import al_utils as U  # noqa: E402
 import fsdp_utils  # noqa: E402
+from al_similarity import Target  # noqa: E402
 from train_AL import TrainConfig, train  # noqa: E402
 
 
@@ -34,11 +36,16 @@ def run(mode: str, model_path: str, pool: str, out: str) -> None:
             json.dump({"losses": stats["losses"], "steps": stats["steps"]}, open(os.path.join(out, "train.json"), "w"))
     else:
         cfg = U.ScoreConfig(token_budget=1024, max_length=256, progress=False)
-        sc = S.Scoring(model, tok, enc, {r["id"]: r for r in records}, cfg, None)
+        # rds's target: pool records 60..69 (not scored) in two groups by category parity
+        target = Target(pool, records[60:70], [enc[i] for i in ids[60:70]], [str(j % 2) for j in range(10)])
+        sc = S.Scoring(model, tok, enc, {r["id"]: r for r in records}, cfg, None, target)
+        out_rows = {}
         with fsdp_utils.full_params(model):
-            rows = S.score_candidates("forward_ppl", ids[:60], sc, fsdp_utils.my_slice(60), fsdp_utils.gather_lists)
+            for name in ("forward_ppl", "rds"):
+                out_rows[name] = S.score_candidates(name, ids[:60], sc, fsdp_utils.my_slice(60),
+                                                    fsdp_utils.gather_lists)
         if fsdp_utils.is_main():
-            json.dump(rows, open(os.path.join(out, "score.json"), "w"))
+            json.dump(out_rows, open(os.path.join(out, "score.json"), "w"))
     fsdp_utils.barrier()
 
 

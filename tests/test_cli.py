@@ -22,7 +22,8 @@ RUN = {"file_path", "init_checkpoint_path", "heldout_size", "num_acquisition_sam
        "mixed_sampling_factor", "num_k", "decay_k", "cluster_data_fraction", "random_pool_fraction",
        "model_max_length", "score_token_budget", "batch_size", "gen_max_new_tokens", "self_ask_positions",
        "num_clusters", "cluster_embedding", "ifd_max", "lr", "epochs", "train_batch_size", "grad_accum",
-       "train_max_length", "weight_decay", "adam_beta1", "adam_beta2", "warmup_ratio", "max_grad_norm"}
+       "train_max_length", "weight_decay", "adam_beta1", "adam_beta2", "warmup_ratio", "max_grad_norm",
+       "seed_strategy", "max_similarity", "target_file", "target_group_field"}
 CONTROL = {"model_path", "al_data_fraction", "resume", "resume_checkpoint_path", "overwrite", "stop_after_round",
            "save_file_name", "plot_ppl_hist", "threads", "no_progress", "save_opt", "activation_checkpointing",
            "annotate_out", "labels"}
@@ -89,7 +90,7 @@ def test_flags_that_do_not_apply_are_recorded_as_unused():
 @pytest.mark.parametrize("extra, error", [
     (["--sampling_strategy", "cluster", "--stratification_strategy", "bucket"],
      "--stratification_strategy: bucket has no effect with --sampling_strategy cluster (only strategies ranked by "
-     "score (cluster picks round-robin) reads it); leave it out"),
+     "score (cluster and typiclust pick by their own rule) reads it); leave it out"),
     (["--stratification_strategy", "mixed", "--pick_samples_from", "uniform", "--mixed_sampling_factor", "0.5"],
      "--mixed_sampling_factor: 0.5 has no effect with --sampling_strategy forward_ppl --stratification_strategy "
      "mixed (only --stratification_strategy mixed with --pick_samples_from top or bottom reads it); leave it out"),

@@ -1,0 +1,187 @@
+"""Selection for a target and for diversity: embeddings, rds, typiclust, the --max_similarity guard,
+the target file (exclusion, hash on --resume, bad input)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import acquisition_AL
+import al_similarity as M
+import al_strategies as S
+import al_utils as U
+from conftest import keep_tail, prompt_text, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def setup(loaded, pool):
+    model, tok = loaded
+    records = U.load_records(pool)
+    return model, tok, {r["id"]: r for r in records}, U.encode_records(tok, records)
+
+
+def hand_vector(model, ids):
+    """Final hidden states of one unbatched forward, mean over the tokens after BOS, unit length."""
+    with torch.no_grad():
+        h = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, 1:]
+    v = h.mean(0)
+    return (v / v.norm()).numpy()
+
+
+def test_embeddings_are_mean_pooled_after_bos_and_batch_independent(setup):
+    model, tok, records, _ = setup
+    ids = list(records)[:12]
+    seqs = [keep_tail(tok(prompt_text(records[i])).input_ids, 96) for i in ids]
+    want = np.stack([hand_vector(model, s) for s in seqs])
+    for cfg in (U.ScoreConfig(token_budget=512), U.ScoreConfig(token_budget=0, batch_size=1),
+                U.ScoreConfig(token_budget=0, batch_size=5)):
+        np.testing.assert_allclose(M.embed(model, seqs, U.pad_id_of(tok), cfg), want, atol=1e-5)
+
+
+def test_group_similarity_on_hand_built_vectors():
+    T = np.array([[1, 0], [0, 1], [1, 0], [0.6, 0.8]], dtype=np.float32)
+    groups = ["a", "a", "b", "b"]  # centroids: a = (0.5, 0.5), b = (0.8, 0.4)
+    X = np.array([[1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    score, best = M.group_similarity(X, T, groups)
+    np.testing.assert_allclose(score, [0.8, 0.5, 0.8], atol=1e-6)  # (1,0): b 0.8; (0,1): a 0.5; b: 0.48+0.32
+    assert best == ["b", "a", "b"]
+
+
+def test_rds_equals_hand_cosines(setup, tmp_path):
+    model, tok, records, enc = setup
+    target_rows = [{"instruction": f"Summarise the text about {w}.", "input": "", "category": g}
+                   for w, g in (("cats", "x"), ("dogs", "x"), ("rain", "y"), ("snow", "y"), ("sun", "y"))]
+    path = write_jsonl(tmp_path / "t.jsonl", target_rows)
+    target = M.load_target(path, "category", tok)
+    ids = list(records)[:10]
+    sc = S.Scoring(model, tok, enc, records, U.ScoreConfig(progress=False, max_length=4096), None, target)
+    rows = S.score_candidates("rds", ids, sc)
+    T = np.stack([hand_vector(model, tok(prompt_text({**r, "input": ""})).input_ids) for r in target_rows])
+    for row, i in zip(rows, ids):
+        x = hand_vector(model, tok(prompt_text(records[i])).input_ids)
+        by_group = {"x": float(np.mean(T[:2] @ x)), "y": float(np.mean(T[2:] @ x))}
+        g = max(by_group, key=by_group.get)
+        assert abs(row["score"] - by_group[g]) < 1e-5 and row["group"] == g
+
+
+def test_typicality_and_typiclust_pick_on_a_hand_built_set():
+    # cluster 0: a tight square around (0, 0) plus its centre; cluster 1: a line; cluster 2: labelled
+    X = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1], [0, 0],  # 0..4
+                  [10, 0], [11, 0], [12, 0], [14, 0],  # 5..8
+                  [30, 30], [31, 30]], dtype=float)  # 9, 10
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    typ = M.typicality(X, labels, k=2)
+    assert typ.argmax() == 4 or typ[4] == typ[:5].max()  # the centre is the most typical of its cluster
+    assert abs(typ[4] - 1 / np.sqrt(2)) < 1e-12  # its 2 nearest are at sqrt(2)
+    assert typ[6] == typ[:9][5:].max()  # 11: neighbours at 1 and 1
+    rows = [{"id": j, "score": float(typ[j]), "cluster": int(labels[j]), "covered": labels[j] == 2,
+             "cluster_size": int((labels == labels[j]).sum())} for j in range(9)]  # 9, 10 are labelled
+    assert [i for i, _ in M.typiclust_pick(rows, 2)] == [4, 6]  # largest uncovered cluster first
+    assert [i for i, _ in M.typiclust_pick(rows, 4)][:2] == [4, 6]
+
+
+def test_similarity_guard_skips_exactly_the_close_ones():
+    emb = {i: np.array(v, dtype=np.float32) / np.linalg.norm(v) for i, v in
+           {"L": [1, 0], "a": [1, 0.05], "b": [0, 1], "c": [0.05, 1], "d": [1, 1], "e": [-1, 0.2]}.items()}
+    rows = [{"id": i, "score": s} for i, s in (("a", 5), ("b", 4), ("c", 3), ("d", 2), ("e", 1))]
+    keep = M.similarity_guard(emb, ["L"], tau=0.9)
+    cfg = S.SelectConfig(strategy="forward_ppl", stratification="greedy", pick="top")
+    picked, skipped = S.select(rows, 3, 1, cfg, U.ScoreConfig(), np.random.default_rng(0), keep)
+    # a is close to the labelled L, c to the picked b; d (cos 0.71 to both) and e are kept
+    assert [r["id"] for r in picked] == ["b", "d", "e"] and skipped == ["a", "c"]
+    # without the guard: the top 3
+    assert [r["id"] for r in S.select(rows, 3, 1, cfg, U.ScoreConfig(), np.random.default_rng(0))[0]] == \
+        ["a", "b", "c"]
+
+
+FLAGS = ["--num_acquisition_samples", "30", "--heldout_size", "10", "--epochs", "1", "--grad_accum", "4",
+         "--train_max_length", "192", "--model_max_length", "192", "--lr", "1e-3", "--threads", "2", "--no_progress"]
+
+
+@pytest.fixture(scope="module")
+def target_data(pool, tmp_path_factory):
+    d = tmp_path_factory.mktemp("target")
+    rows = [json.loads(line) for line in open(pool)]
+    full = [json.loads(line) for line in open(U.__file__.replace("al_utils.py", "data/dolly-1.5k.jsonl"))]
+    target = [r for r in full[200:] if r["category"] in ("summarization", "open_qa")][:8]
+    pool_t = write_jsonl(d / "pool.jsonl", rows[:100] + target[:3])  # 3 pool records equal to targets
+    return write_jsonl(d / "target.jsonl", target), pool_t, d
+
+
+def run_rds(tiny_model, pool_t, target, path, *extra):
+    acquisition_AL.main(["--file_path", pool_t, "--init_checkpoint_path", tiny_model, "--model_path", str(path),
+                         "--al_data_fraction", "90", "--sampling_strategy", "rds", "--target_file", target,
+                         "--target_group_field", "category", *FLAGS, *extra])
+
+
+def test_rds_run_excludes_target_records_and_resumes(tiny_model, target_data, tmp_path):
+    target, pool_t, _ = target_data
+    run_rds(tiny_model, pool_t, target, tmp_path / "r")
+    state = json.load(open(tmp_path / "r" / "state.json"))
+    picked = [r["id"] for r in json.load(open(tmp_path / "r" / "selected.json"))]
+    heldout = set(state["heldout_ids"])
+    equal = {100, 101, 102} - heldout  # the pool's copies of target records
+    assert len(picked) == 90 and not equal & set(picked)
+    assert state["excluded_as_target"] == len(equal) and len(state["flags"]["target_file"]) == 64
+    rows = [json.loads(line) for line in open(tmp_path / "r" / "rounds" / "1" / "scores.jsonl")]
+    assert {r["group"] for r in rows} <= {"summarization", "open_qa"} and not equal & {r["id"] for r in rows}
+    # a changed target is refused on --resume
+    changed = [json.loads(line) for line in open(target)]
+    changed[0]["instruction"] += "!"
+    with pytest.raises(U.InputError, match="target_file: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        run_rds(tiny_model, pool_t, write_jsonl(tmp_path / "t2.jsonl", changed), tmp_path / "r", "--resume")
+
+
+def test_typiclust_seed_and_guard_run(tiny_model, target_data, tmp_path):
+    """--seed_strategy typiclust picks round 0 with the base model; --max_similarity counts skips."""
+    _, pool_t, _ = target_data
+    acquisition_AL.main(["--file_path", pool_t, "--init_checkpoint_path", tiny_model, "--model_path",
+                         str(tmp_path / "t"), "--al_data_fraction", "60", "--sampling_strategy", "typiclust",
+                         "--seed_strategy", "typiclust", "--max_similarity", "0.9999", *FLAGS])
+    r0 = [json.loads(line) for line in open(tmp_path / "t" / "rounds" / "0" / "scores.jsonl")]
+    sel0 = [json.loads(line)["id"] for line in open(tmp_path / "t" / "rounds" / "0" / "selected.jsonl")]
+    assert len(sel0) == 30 and not any(r["covered"] for r in r0)  # nothing labelled yet
+    kept = [r for r in r0 if r["id"] in sel0]
+    assert len({r["cluster"] for r in kept}) == len(kept)  # one per cluster: as many clusters as picks
+    m = json.load(open(tmp_path / "t" / "rounds" / "1" / "metrics.json"))
+    r1 = [json.loads(line) for line in open(tmp_path / "t" / "rounds" / "1" / "scores.jsonl")]
+    assert m["skipped_as_similar"] == sum(bool(r.get("skipped_similar")) for r in r1)
+
+
+@pytest.mark.parametrize("case, error", [
+    ("missing", "{d}/nope.jsonl: file: no such file"),
+    ("empty", "{d}/empty.jsonl: file: no records"),
+    ("malformed", "{d}/bad.jsonl:1: (json): malformed JSON: Expecting property name enclosed in double quotes at "
+                  "column 2"),
+    ("no group column", "{d}/target.jsonl:1: colour: missing (--target_group_field names a column every target "
+                        "record needs)"),
+    ("group of one", "{d}/one.jsonl: (records): group 'solo' of --target_group_field category has 1 example; a "
+                     "mean similarity needs at least 2"),
+    ("no target", "--target_file: --sampling_strategy rds selects for a target: give the examples it should find "
+                  "more of"),
+    ("tau 0", "--max_similarity: must be in (0, 1]"),
+    ("tau > 1", "--max_similarity: must be in (0, 1]"),
+    ("target with another strategy", "--target_file: {d}/target.jsonl has no effect with --sampling_strategy "
+                                     "forward_ppl (only --sampling_strategy rds reads it); leave it out"),
+])
+def test_bad_target_input(tiny_model, target_data, tmp_path, capsys, case, error):
+    target, pool_t, d = target_data
+    (d / "empty.jsonl").write_text("\n")
+    (d / "bad.jsonl").write_text("{oops\n")
+    write_jsonl(d / "one.jsonl", [{"instruction": "a", "category": "solo"}, {"instruction": "b", "category": "x"},
+                                  {"instruction": "c", "category": "x"}])
+    argv = ["--file_path", pool_t, "--init_checkpoint_path", tiny_model, "--model_path", str(tmp_path / "r"),
+            "--al_data_fraction", "60", "--sampling_strategy", "rds", "--target_file", target, *FLAGS]
+    over = {"missing": ["--target_file", str(d / "nope.jsonl")], "empty": ["--target_file", str(d / "empty.jsonl")],
+            "malformed": ["--target_file", str(d / "bad.jsonl")], "no group column": ["--target_group_field", "colour"],
+            "group of one": ["--target_file", str(d / "one.jsonl"), "--target_group_field", "category"],
+            "tau 0": ["--max_similarity", "0"], "tau > 1": ["--max_similarity", "1.5"]}
+    if case == "no target":
+        argv = [a for a in argv if a not in ("--target_file", target)]
+    if case == "target with another strategy":
+        argv[argv.index("rds")] = "forward_ppl"
+    with pytest.raises(SystemExit) as e:
+        acquisition_AL.run_cli(lambda: acquisition_AL.main(argv + over.get(case, [])))
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: " + error.format(d=d) + "\n"
+    assert not (tmp_path / "r").exists()
