@@ -35,7 +35,7 @@ import torch
 
 import fsdp_utils
 from al_annotation import batch_rows, export_batch, import_labels, load_labels, save_labels
-from al_similarity import Target, load_target, similarity_guard, target_keys
+from al_similarity import Target, less_modules, load_target, similarity_guard, target_keys
 from al_strategies import (
     Scoring,
     SelectConfig,
@@ -148,7 +148,7 @@ def check_numbers(args: argparse.Namespace) -> tuple[ScoreConfig, SelectConfig]:
 
 def load_pool(args: argparse.Namespace, annotate: bool, prior: dict | None) -> tuple[list[dict], int]:
     """The pool's records and the budget in examples."""
-    needs_answers = strategy(args.sampling_strategy).answers
+    needs_answers = strategy(args.sampling_strategy).answers or args.grad_answers == "pool"
     if annotate and needs_answers:
         why = f"--sampling_strategy {args.sampling_strategy} scores answers; pick a prompt-only strategy"
     elif annotate and args.heldout_size:
@@ -350,7 +350,9 @@ def open_run(args: argparse.Namespace) -> Run:
     scfg, sel = check_numbers(args)
     records, budget = load_pool(args, annotate, prior)
     tok = check_models(args)
-    target = load_target(args.target_file, args.target_group_field, tok) if args.target_file else None
+    target = load_target(args.target_file, args.target_group_field, tok, needs_answers=(
+        f"--sampling_strategy {args.sampling_strategy} takes the target's gradients on its answers"
+        if strategy(args.sampling_strategy).grads else "")) if args.target_file else None
     pool_hash = file_sha256(args.file_path)
     flags = run_flags(args, pool_hash, annotate)
     check_run_dir(args, paths, prior, flags)
@@ -458,6 +460,11 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
         run.model = run.load(run.model_source if rnd > 0 else run.args.init_checkpoint_path)
     sc = Scoring(run.model, run.tok, run.enc, run.by_id, run.scfg, round_rng(run.args.seed, rnd, RNG_SCORE),
                  run.target, run.labelled, n)
+    if strategy(name).grads:  # LESS: Adam moments of the last round (with --save_opt), a plain model copy
+        if rnd > 0 and fsdp_utils.has_optimizer_state(run.model_source):
+            sc.moments = fsdp_utils.adam_moments(run.model, run.model_source, [k for k, _ in less_modules(run.model)])
+            sc.betas = (run.args.adam_beta1, run.args.adam_beta2)
+        sc.grad_model = fsdp_utils.plain_replica(run.model)
     with fsdp_utils.full_params(run.model) if run.model is not None else contextlib.nullcontext():
         rows = score_candidates(name, cands, sc, fsdp_utils.my_slice(len(cands)), fsdp_utils.gather_lists)
         if tau is None:

@@ -7,6 +7,7 @@ tokens after BOS (the first token), L2-normalised; cosine = dot product.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -147,3 +148,94 @@ def similarity_guard(emb: dict, labelled: Sequence, tau: float) -> Callable[[Any
         return True
 
     return keep
+
+
+# ----------------------------------------------------------------------------------------------
+# LESS: Adam-preconditioned, randomly projected gradients (Xia et al. 2024)
+
+# the weights whose gradients make the features: LoRA's classic targets, the attention query and
+# value projections of every decoder layer (LESS itself takes LoRA gradients)
+LESS_MODULES = ("self_attn.q_proj", "self_attn.v_proj")
+GRAD_BUDGET_SHARE = 4
+
+
+def less_modules(model) -> list[tuple[str, torch.nn.Linear]]:
+    return [(f"model.layers.{i}.{m}.weight", layer.get_submodule(m))
+            for i, layer in enumerate(model.model.layers) for m in LESS_MODULES]
+
+
+def kron_dims(dim: int) -> tuple[int, int]:
+    """dim = d1 * d2 with d1 the largest divisor <= sqrt(dim) (8192 = 64 x 128)."""
+    d1 = max(d for d in range(1, int(dim ** 0.5) + 1) if dim % d == 0)
+    return d1, dim // d1
+
+
+def projections(model, dim: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per weight W [out, in] a seeded Gaussian pair A [out, d1], B [in, d2]: the feature block of
+    a gradient G is A^T G B (flattened d1 * d2 = dim), i.e. a projection by the Kronecker-structured
+    matrix A (x) B, and the blocks of all weights are summed (independent blocks of one projection
+    of the concatenated gradient). The full dim x params matrix never exists."""
+    d1, d2 = kron_dims(dim)
+    out = []
+    for j, (_, mod) in enumerate(less_modules(model)):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + j)
+        o, i = mod.weight.shape
+        out.append((torch.randn(o, d1, generator=g), torch.randn(i, d2, generator=g)))
+    return out
+
+
+def adam_direction(G: torch.Tensor, m: torch.Tensor, v: torch.Tensor, betas: tuple[float, float],
+                   eps: float = 1e-8) -> torch.Tensor:
+    """LESS's preconditioning: the Adam update direction the gradient would cause from the saved
+    moments, (b1 m + (1-b1) G) / sqrt(b2 v + (1-b2) G^2 + eps) (LESS: no bias correction)."""
+    b1, b2 = betas
+    return (b1 * m + (1 - b1) * G) / torch.sqrt(b2 * v + (1 - b2) * G * G + eps)
+
+
+def grad_features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,
+                  proj: list, moments: dict | None = None, betas: tuple[float, float] = (0.9, 0.999)) -> np.ndarray:
+    """[N, dim] projected gradients of each row's mean NLL over seqs[i][starts[i]:] with respect to
+    the LESS_MODULES weights, Adam-preconditioned when `moments` (name -> (exp_avg, exp_avg_sq)).
+
+    Per-example gradients of a linear layer from one batched backward: G_b = sum_t delta_bt x_bt^T
+    (delta: the loss's gradient at the layer's output, x: its input). `model` must be a plain
+    (unsharded) module: the backward only asks for those deltas, never touches parameter grads."""
+    mods = less_modules(model)
+    dim = proj[0][0].shape[1] * proj[0][1].shape[1]
+    out = np.zeros((len(seqs), dim), dtype=np.float32)
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    # a backward keeps every layer's activations: batches of a quarter of the scoring token budget
+    # keep the peak near a no-grad scoring pass's
+    small = dataclasses.replace(cfg, token_budget=max(1, cfg.token_budget // GRAD_BUDGET_SHARE)) \
+        if cfg.token_budget else cfg
+    for idx in small.batches([len(s) for s in seqs]):
+        B, L = len(idx), max(len(seqs[i]) for i in idx)
+        ids = torch.full((B, L), pad_id, dtype=torch.long)
+        tgt = torch.full((B, L), -100, dtype=torch.long)
+        for b, i in enumerate(idx):
+            ids[b, : len(seqs[i])] = torch.tensor(list(seqs[i]))
+            tgt[b, starts[i] - 1: len(seqs[i]) - 1] = torch.tensor(list(seqs[i][starts[i]:]))
+        seen: dict = {}  # module -> (its input, its output) in this forward
+        hooks = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__(m, (a[0].detach(), o)))
+                 for _, m in mods]
+        try:
+            with torch.enable_grad():
+                logits = model(input_ids=ids.to(dev)).logits.float()
+                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.to(dev), reduction="none")
+                loss = (nll.sum(1) / (tgt != -100).sum(1).clamp(min=1).to(dev)).sum()  # sum of per-row means
+                deltas = torch.autograd.grad(loss, [seen[m][1] for _, m in mods])
+        finally:
+            for h in hooks:
+                h.remove()
+        feats = torch.zeros(B, dim)
+        for (name, m), (A, Bm), d in zip(mods, proj, deltas):
+            x = seen[m][0]
+            G = torch.bmm(d.float().cpu().transpose(1, 2), x.float().cpu())  # [B, out, in]: sum_t delta x^T
+            if moments is not None:
+                G = adam_direction(G, *moments[name], betas)
+            feats += (A.T @ G @ Bm).reshape(B, -1)  # A^T G B per row
+        out[idx] = feats.numpy()
+    model.train(was_training)
+    return out

@@ -17,7 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from al_similarity import Target, embed, group_similarity, typicality, typiclust_pick
+from al_similarity import (
+    Target,
+    embed,
+    grad_features,
+    group_similarity,
+    projections,
+    typicality,
+    typiclust_pick,
+)
 from al_utils import (
     RESPONSE_MARKER,
     InputError,
@@ -38,6 +46,7 @@ STRATIFICATIONS = ("greedy", "bucket", "mixed")
 PICKS = ("top", "bottom", "uniform")
 CLUSTER_EMBEDDINGS = ("tfidf", "hidden")
 SEED_STRATEGIES = ("random", "typiclust")
+GRAD_ANSWERS = ("generated", "pool")
 
 
 @dataclass
@@ -53,6 +62,9 @@ class Scoring:
     target: Target | None = None  # rds (and less): what "good" means
     labelled: list = field(default_factory=list)  # typiclust: ids labelled so far
     n: int = 0  # typiclust: examples this round picks
+    grad_model: Any = None  # less: a plain (unsharded) copy of the model for per-example gradients
+    moments: dict | None = None  # less: the previous round's Adam moments of the LESS_MODULES weights
+    betas: tuple[float, float] = (0.9, 0.999)  # less: the Adam betas those moments were made with
 
     @property
     def pad_id(self) -> int:
@@ -112,6 +124,35 @@ def _rds(sc: Scoring, ids: list) -> list[dict]:
     T = embed(sc.model, [truncate_prompt(e.prompt, sc.cfg.max_length) for e in t.enc], sc.pad_id, sc.cfg)
     score, group = group_similarity(sc.prompt_vectors(ids), T, t.groups)
     return [{"id": i, "score": float(v), "group": g} for i, v, g in zip(ids, score, group)]
+
+
+def _less(sc: Scoring, ids: list) -> list[dict]:
+    """LESS: cosine between the candidate's and the target examples' gradient features (answer-token
+    loss, LESS_MODULES weights, seeded projection), max over target groups of the mean. Candidates'
+    gradients are Adam-preconditioned when the last round's moments exist (targets' never: LESS
+    takes plain gradients for its validation set); their answers are the model's own greedy answer
+    (at most --gen_max_new_tokens tokens) unless --grad_answers pool."""
+    cfg, model = sc.cfg, sc.grad_model or sc.model
+    proj = projections(model, cfg.grad_dim, int(sc.rng.integers(2**31 - 1)))
+    if cfg.grad_answers == "pool":
+        answers = [sc.enc[i].answer for i in ids]
+    else:
+        prompts = [truncate_prompt(sc.enc[i].prompt, cfg.max_length - 1) for i in ids]
+        gens = generate(sc.model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id, sc.tokenizer.eos_token_id,
+                        cfg.max_rows, cfg.progress, "less: answers")
+        answers = [toks or [sc.tokenizer.eos_token_id] for toks, _ in gens]
+
+    def features(pairs, moments):
+        pairs = [truncate_pair(p, a, cfg.max_length)[:2] for p, a in pairs]
+        X = grad_features(model, [p + a for p, a in pairs], [len(p) for p, _ in pairs], sc.pad_id, cfg, proj,
+                          moments, sc.betas)
+        return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+    X = features([(sc.enc[i].prompt, a) for i, a in zip(ids, answers)], sc.moments)
+    T = features([(e.prompt, e.answer) for e in sc.target.enc], None)
+    score, group = group_similarity(X, T, sc.target.groups)
+    return [{"id": i, "score": float(v), "group": g, "answer_tokens": len(a)}
+            for i, v, g, a in zip(ids, score, group, answers)]
 
 
 def _typiclust(sc: Scoring, ids: list) -> list[dict]:
@@ -247,6 +288,7 @@ class Strategy:
     keep: Callable[[float, ScoreConfig], bool] | None = None  # candidates it may select
     check: Callable[[Any], None] | None = None  # up-front check of the tokenizer (raises InputError)
     target: bool = False  # needs --target_file
+    grads: bool = False  # needs per-example gradients (a plain model copy under torchrun)
 
     @property
     def ranked(self) -> bool:  # picks by stratifying the sorted scores
@@ -265,6 +307,8 @@ STRATEGIES: dict[str, Strategy] = {
     "cluster": Strategy(_cluster, flags=("num_clusters", "cluster_embedding"), finish=_cluster_labels,
                         choose=lambda rows, n: cluster_round_robin(rows, n)),
     "rds": Strategy(_rds, flags=("target_file", "target_group_field"), target=True),
+    "less": Strategy(_less, flags=("target_file", "target_group_field", "grad_dim", "grad_answers",
+                                   "gen_max_new_tokens"), target=True, grads=True),
     "typiclust": Strategy(_typiclust, finish=_typiclust_clusters, choose=typiclust_pick),
 }
 STRATEGY_FLAGS = tuple(sorted({f for s in STRATEGIES.values() for f in s.flags}))
@@ -312,6 +356,11 @@ def add_score_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num_clusters", type=int, default=d.num_clusters, help="cluster: KMeans clusters")
     g.add_argument("--cluster_embedding", default=d.cluster_embedding, choices=CLUSTER_EMBEDDINGS,
                    help="cluster: what KMeans clusters (TF-IDF of the text, or mean-pooled hidden states)")
+    g.add_argument("--grad_dim", type=int, default=d.grad_dim,
+                   help="less: dimensions of the randomly projected gradient features")
+    g.add_argument("--grad_answers", default=d.grad_answers, choices=GRAD_ANSWERS,
+                   help="less: candidates' gradients on the model's own greedy answer (an unlabelled pool has no "
+                        "other), or on the pool's answers (an oracle upper bound)")
     g.add_argument("--ifd_max", type=float, default=d.ifd_max,
                    help="ifd: candidates with IFD above this are never selected (Cherry_LLM drops IFD > 1: "
                         "the prompt makes the answer harder, a sign of a mismatched pair)")
@@ -321,7 +370,7 @@ def score_config(args: argparse.Namespace, progress: bool = True) -> ScoreConfig
     """ScoreConfig from the (checked) flags; a flag that does not apply (None) keeps its default."""
     checks = {"model_max_length": (2, "BOS and at least one scored token"), "score_token_budget": (0, ""),
               "batch_size": (1, ""), "gen_max_new_tokens": (1, ""), "self_ask_positions": (1, ""),
-              "num_clusters": (1, "")}
+              "num_clusters": (1, ""), "grad_dim": (1, "")}
     for flag, (lo, why) in checks.items():
         v = getattr(args, flag)
         if v is not None and v < lo:
@@ -331,7 +380,8 @@ def score_config(args: argparse.Namespace, progress: bool = True) -> ScoreConfig
     given = {"max_length": args.model_max_length, "token_budget": args.score_token_budget,
              "batch_size": args.batch_size, "gen_max_new_tokens": args.gen_max_new_tokens,
              "self_ask_positions": args.self_ask_positions, "num_clusters": args.num_clusters,
-             "cluster_embedding": args.cluster_embedding, "ifd_max": args.ifd_max}
+             "cluster_embedding": args.cluster_embedding, "ifd_max": args.ifd_max, "grad_dim": args.grad_dim,
+             "grad_answers": args.grad_answers}
     return ScoreConfig(**{k: v for k, v in given.items() if v is not None}, progress=progress)
 
 

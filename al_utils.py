@@ -402,6 +402,8 @@ class ScoreConfig:
     num_clusters: int = 10  # cluster: KMeans clusters
     cluster_embedding: str = "tfidf"  # cluster: tfidf | hidden
     ifd_max: float = 1.0  # ifd: candidates above this are not selected (Cherry_LLM drops IFD > 1)
+    grad_dim: int = 8192  # less: dimensions of the projected gradients
+    grad_answers: str = "generated"  # less: candidate answers are the model's greedy ones, or the pool's
     progress: bool = True
 
     @property

@@ -285,6 +285,54 @@ def load_model(path: str, device: torch.device, config_path: str | None = None,
     return model
 
 
+def plain_replica(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as a plain module on this rank (itself on 1 process): under torchrun a full,
+    unsharded copy per rank, for work whose backward must not run FSDP's hooks (collectives)
+    while ranks make different numbers of calls. Every rank must call it."""
+    if world() == 1:
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    device = next(iter(sd.values())).device
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    plain.to_empty(device=device)
+    _reset_rotary(plain, device)
+    plain.load_state_dict(sd, strict=False)
+    if getattr(model.config, "tie_word_embeddings", False):
+        plain.tie_weights()
+    return plain.eval()
+
+
+def has_optimizer_state(path: str) -> bool:
+    """Whether a DCP checkpoint holds optimizer state (saved with --save_opt)."""
+    if checkpoint_kind(path) != "dcp":
+        return False
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return any(k.startswith("optim.") for k in FileSystemReader(path).read_metadata().state_dict_metadata)
+
+
+def adam_moments(model: torch.nn.Module, path: str, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (exp_avg, exp_avg_sq) as full CPU tensors, from the optimizer state saved in `path`
+    (an AdamW over the model's parameters, as train() builds it). Every rank must call it."""
+    from torch.distributed.tensor import DTensor
+
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay}])
+    load_dcp(model, path, opt)
+    params = dict(model.named_parameters())
+    out = {}
+    for name in names:
+        st = opt.state[params[name]]
+        m, v = (st[k].full_tensor() if isinstance(st[k], DTensor) else st[k] for k in ("exp_avg", "exp_avg_sq"))
+        out[name] = (m.detach().float().cpu(), v.detach().float().cpu())
+    return out
+
+
 def _with_tied(model: torch.nn.Module, sd: dict) -> dict:
     """HF files omit lm_head.weight when it is tied to the embeddings: fill it in."""
     if sd and getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in sd:

@@ -3,12 +3,14 @@
     torchrun --nproc_per_node=2 tests/dist_worker.py MODE MODEL POOL OUT
 MODE train: one optimizer step on a fixed global batch of 8 (grad_accum x ranks = 4 micro-batches
 of 2), then save a sharded checkpoint to OUT/ckpt and the step loss to OUT/train.json.
-MODE score: forward_ppl and rds of the first 60 pool records, sliced over ranks and gathered, to
+MODE score: forward_ppl, rds and less of the first 60 pool records, sliced over ranks and gathered, to
 OUT/score.json.
 """
 import json
 import os
 import sys
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import al_strategies as S  # noqa: E402
@@ -35,13 +37,14 @@ def run(mode: str, model_path: str, pool: str, out: str) -> None:
         if fsdp_utils.is_main():
             json.dump({"losses": stats["losses"], "steps": stats["steps"]}, open(os.path.join(out, "train.json"), "w"))
     else:
-        cfg = U.ScoreConfig(token_budget=1024, max_length=256, progress=False)
+        cfg = U.ScoreConfig(token_budget=1024, max_length=256, progress=False, gen_max_new_tokens=4, grad_dim=64)
         # rds's target: pool records 60..69 (not scored) in two groups by category parity
         target = Target(pool, records[60:70], [enc[i] for i in ids[60:70]], [str(j % 2) for j in range(10)])
-        sc = S.Scoring(model, tok, enc, {r["id"]: r for r in records}, cfg, None, target)
+        sc = S.Scoring(model, tok, enc, {r["id"]: r for r in records}, cfg, np.random.default_rng(0), target)
+        sc.grad_model = fsdp_utils.plain_replica(model)  # every rank, before the ranks' calls diverge
         out_rows = {}
         with fsdp_utils.full_params(model):
-            for name in ("forward_ppl", "rds"):
+            for name in ("forward_ppl", "rds", "less"):
                 out_rows[name] = S.score_candidates(name, ids[:60], sc, fsdp_utils.my_slice(60),
                                                     fsdp_utils.gather_lists)
         if fsdp_utils.is_main():

@@ -162,7 +162,7 @@ def test_typiclust_seed_and_guard_run(tiny_model, target_data, tmp_path):
     ("tau 0", "--max_similarity: must be in (0, 1]"),
     ("tau > 1", "--max_similarity: must be in (0, 1]"),
     ("target with another strategy", "--target_file: {d}/target.jsonl has no effect with --sampling_strategy "
-                                     "forward_ppl (only --sampling_strategy rds reads it); leave it out"),
+                                     "forward_ppl (only --sampling_strategy rds or less reads it); leave it out"),
 ])
 def test_bad_target_input(tiny_model, target_data, tmp_path, capsys, case, error):
     target, pool_t, d = target_data
@@ -185,3 +185,85 @@ def test_bad_target_input(tiny_model, target_data, tmp_path, capsys, case, error
     assert e.value.code == 2
     assert capsys.readouterr().err == "error: " + error.format(d=d) + "\n"
     assert not (tmp_path / "r").exists()
+
+
+def hand_grad(model, seq, start, names):
+    """The full per-example gradient of the mean answer NLL from autograd, restricted to `names`."""
+    model.zero_grad(set_to_none=True)
+    logits = model(input_ids=torch.tensor([seq])).logits[0]
+    torch.nn.functional.cross_entropy(logits[start - 1:-1], torch.tensor(seq[start:])).backward()
+    params = dict(model.named_parameters())
+    out = {n: params[n].grad.detach().clone() for n in names}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def test_less_features_equal_projected_autograd_gradients(setup):
+    model, tok, records, enc = setup
+    ids = list(records)[:6]
+    starts = [min(40, len(enc[i].prompt)) for i in ids]
+    seqs = [enc[i].prompt[:s] + enc[i].answer[:20] for i, s in zip(ids, starts)]
+    names = [n for n, _ in M.less_modules(model)]
+    assert names[:2] == ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.v_proj.weight"]
+    proj = M.projections(model, 48, seed=3)
+    assert M.kron_dims(48) == (6, 8) and M.kron_dims(8192) == (64, 128)
+    got = M.grad_features(model, seqs, starts, U.pad_id_of(tok), U.ScoreConfig(token_budget=512), proj)
+    R = [torch.kron(A, B) for A, B in proj]  # the explicit [out*in, 48] projection of each weight
+    for row, s, st in zip(got, seqs, starts):
+        g = hand_grad(model, s, st, names)
+        want = sum(g[n].reshape(-1) @ r for n, r in zip(names, R))
+        np.testing.assert_allclose(row, want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_less_adam_preconditioning_from_a_saved_optimizer_state(setup, tmp_path):
+    import copy
+
+    import fsdp_utils
+    from train_AL import TrainConfig, train
+
+    model, tok, records, enc = setup
+    trained = copy.deepcopy(model)
+    ex = [enc[i] for i in list(records)[:8]]
+    _, opt = train(trained, ex, TrainConfig(lr=1e-3, epochs=1, train_batch_size=2, grad_accum=2, max_length=128,
+                                            progress=False), U.pad_id_of(tok))
+    fsdp_utils.save_checkpoint(trained, tok, str(tmp_path / "ck"), {"round": 1}, opt)
+    assert fsdp_utils.has_optimizer_state(str(tmp_path / "ck"))
+    names = [n for n, _ in M.less_modules(trained)]
+    moments = fsdp_utils.adam_moments(fsdp_utils.load_model(str(tmp_path / "ck"), torch.device("cpu")),
+                                      str(tmp_path / "ck"), names)
+    params = dict(trained.named_parameters())
+    for n in names:  # the moments train() left
+        torch.testing.assert_close(moments[n][0], opt.state[params[n]]["exp_avg"])
+        torch.testing.assert_close(moments[n][1], opt.state[params[n]]["exp_avg_sq"])
+    seq, start = enc[ids0 := list(records)[9]].prompt[:30] + enc[ids0].answer[:10], 30
+    proj = M.projections(trained, 24, seed=1)
+    got = M.grad_features(trained, [seq], [start], U.pad_id_of(tok), U.ScoreConfig(), proj, moments, (0.9, 0.999))
+    g = hand_grad(trained, seq, start, names)
+    want = 0
+    for n, (A, B) in zip(names, proj):
+        m, v = moments[n]
+        gamma = (0.9 * m + 0.1 * g[n]) / torch.sqrt(0.999 * v + 0.001 * g[n] ** 2 + 1e-8)  # LESS's formula
+        want = want + gamma.reshape(-1) @ torch.kron(A, B)
+    np.testing.assert_allclose(got[0], want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_less_run_and_its_bad_input(tiny_model, target_data, tmp_path, capsys):
+    target, pool_t, d = target_data
+    base = ["--file_path", pool_t, "--init_checkpoint_path", tiny_model, "--model_path", str(tmp_path / "l"),
+            "--al_data_fraction", "60", "--sampling_strategy", "less", "--target_file", target, "--grad_dim", "64",
+            "--gen_max_new_tokens", "4", "--save_opt", *FLAGS]
+    acquisition_AL.main(base)
+    capsys.readouterr()
+    rows = [json.loads(line) for line in open(tmp_path / "l" / "rounds" / "1" / "scores.jsonl")]
+    held = sum(i in json.load(open(tmp_path / "l" / "state.json"))["heldout_ids"] for i in (100, 101, 102))
+    assert len(rows) == 103 - 10 - 30 - (3 - held)  # pool - held-out - seed set - copies of target records
+    assert all(-1 <= r["score"] <= 1 and 1 <= r["answer_tokens"] <= 4 for r in rows)
+    no_answers = write_jsonl(d / "noans.jsonl", [{"instruction": "a"}, {"instruction": "b"}])
+    for extra, error in (
+            (["--target_file", no_answers], f"{no_answers}:1: output: empty or missing (--sampling_strategy less "
+                                            "takes the target's gradients on its answers)"),
+            (["--grad_dim", "0"], "--grad_dim: must be >= 1")):
+        with pytest.raises(SystemExit):
+            acquisition_AL.run_cli(lambda extra=extra: acquisition_AL.main(
+                base[:5] + [str(tmp_path / "bad")] + base[6:] + extra))
+        assert capsys.readouterr().err == f"error: {error}\n" and not (tmp_path / "bad").exists()

@@ -1,0 +1,111 @@
+"""Cost of one scoring pass per candidate: rds and less against forward_ppl, side by side in one run.
+
+    python benchmarks/bench_targeted.py [--model models/tiny-llama] [--n 200] [--out benchmarks/results/targeted.md]
+    python benchmarks/bench_targeted.py --model models/SmolLM2-135M --n 48 --out benchmarks/results/targeted_smollm2.md
+
+Each strategy scores the same N pool prompts (a 30-example summarization target from the rest of the
+pool) in its own child process, so each peak RSS is its own; times are measured inside the child,
+after the model is loaded. less runs as in round >= 1 of the loop: greedy answers of up to
+--gen_max_new_tokens tokens, gradient features of the candidates with Adam preconditioning (moments
+of the right shapes), plain gradient features of the target, projected to --grad_dim.
+Writes a markdown table (README quotes it).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import al_similarity as M  # noqa: E402
+import al_strategies as S  # noqa: E402
+import fsdp_utils  # noqa: E402
+from al_utils import ScoreConfig, atomic_write_text, encode_records, generate, load_records, truncate_prompt  # noqa: E402
+
+
+def child(a: argparse.Namespace) -> None:
+    """One strategy's pass; prints a JSON line with seconds, breakdown and peak RSS (GiB)."""
+    torch.set_num_threads(a.threads)
+    tok = fsdp_utils.load_tokenizer(a.model)
+    model = fsdp_utils.load_model(a.model, torch.device("cpu"))
+    records = load_records(os.path.join(ROOT, "data", "dolly-1.5k.jsonl"))
+    pool, rest = records[: a.n], records[a.n:]
+    target_rows = [r for r in rest if r["category"] == "summarization"][:30]
+    enc = encode_records(tok, pool)
+    ids = [r["id"] for r in pool]
+    cfg = ScoreConfig(max_length=a.max_length, progress=False, gen_max_new_tokens=a.gen_max_new_tokens,
+                      grad_dim=a.grad_dim)
+    target = M.Target("target", target_rows, list(encode_records(tok, target_rows).values()), [""] * len(target_rows))
+    sc = S.Scoring(model, tok, enc, {r["id"]: r for r in pool}, cfg, np.random.default_rng(0), target)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    parts = {}
+    t0 = time.perf_counter()
+    if a.strategy != "less":
+        S.score_candidates(a.strategy, ids, sc)
+    else:
+        sc.moments = {n: (torch.zeros_like(m.weight), torch.full_like(m.weight, 1e-4))
+                      for n, m in M.less_modules(model)}
+        proj = M.projections(model, cfg.grad_dim, 0)
+        parts["projection matrices"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        prompts = [truncate_prompt(enc[i].prompt, cfg.max_length - 1) for i in ids]
+        gens = generate(model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id, tok.eos_token_id,
+                        cfg.max_rows, False)
+        parts["greedy answers"] = time.perf_counter() - t
+        t = time.perf_counter()
+        seqs = [p + (g or [tok.eos_token_id]) for p, (g, _) in zip(prompts, gens)]
+        M.grad_features(model, seqs, [len(p) for p in prompts], sc.pad_id, cfg, proj, sc.moments)
+        parts["candidate gradients (Adam)"] = time.perf_counter() - t
+        t = time.perf_counter()
+        M.grad_features(model, [e.prompt + e.answer for e in target.enc], [len(e.prompt) for e in target.enc],
+                        sc.pad_id, cfg, proj)
+        parts["target gradients"] = time.perf_counter() - t
+    total = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": total, "parts": parts, "peak_gib": peak / 2**20,
+                      "over_loaded_gib": (peak - rss0) / 2**20}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="models/tiny-llama")
+    p.add_argument("--n", type=int, default=200, help="pool prompts scored")
+    p.add_argument("--max_length", type=int, default=384)
+    p.add_argument("--gen_max_new_tokens", type=int, default=32)
+    p.add_argument("--grad_dim", type=int, default=8192)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="benchmarks/results/targeted.md")
+    p.add_argument("--strategy", default=None, help=argparse.SUPPRESS)  # the child's
+    a = p.parse_args()
+    if a.strategy:
+        return child(a)
+    res = {}
+    for s in ("forward_ppl", "rds", "less"):
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--strategy", s], capture_output=True,
+                             text=True, check=True).stdout
+        res[s] = json.loads(out.strip().splitlines()[-1])
+        print(f"{s}: {res[s]['seconds']:.1f}s", file=sys.stderr)
+    base = res["forward_ppl"]
+    lines = [f"# One scoring pass: rds and less vs forward_ppl ({os.path.basename(a.model.rstrip('/'))})", "",
+             f"{a.n} pool prompts of `data/dolly-1.5k.jsonl` (truncated at {a.max_length} tokens), model `{a.model}`, "
+             f"fp32 CPU, {a.threads} threads; less: {a.gen_max_new_tokens} greedy answer tokens, "
+             f"--grad_dim {a.grad_dim}, 30 target examples. Each strategy in its own process.", "",
+             "| strategy | seconds | x forward_ppl | peak RSS GiB | over the loaded model GiB | x forward_ppl |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for s, r in res.items():
+        lines.append(f"| {s} | {r['seconds']:.1f} | {r['seconds'] / base['seconds']:.2f}x | {r['peak_gib']:.2f} | "
+                     f"{r['over_loaded_gib']:.2f} | {r['peak_gib'] / base['peak_gib']:.2f}x |")
+    lines += ["", "less, where the time goes:", ""] + [f"- {k}: {v:.1f} s" for k, v in res["less"]["parts"].items()]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(a.out, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
