@@ -47,6 +47,7 @@ PICKS = ("top", "bottom", "uniform")
 CLUSTER_EMBEDDINGS = ("tfidf", "hidden")
 SEED_STRATEGIES = ("random", "typiclust")
 GRAD_ANSWERS = ("generated", "pool")
+LESS_GEN_ROWS = 16  # less's answers: a batch of max_rows (256) long prompts holds a KV cache of ~1 GB
 
 
 @dataclass
@@ -132,27 +133,33 @@ def _less(sc: Scoring, ids: list) -> list[dict]:
     gradients are Adam-preconditioned when the last round's moments exist (targets' never: LESS
     takes plain gradients for its validation set); their answers are the model's own greedy answer
     (at most --gen_max_new_tokens tokens) unless --grad_answers pool."""
-    cfg, model = sc.cfg, sc.grad_model or sc.model
-    proj = projections(model, cfg.grad_dim, int(sc.rng.integers(2**31 - 1)))
-    if cfg.grad_answers == "pool":
-        answers = [sc.enc[i].answer for i in ids]
-    else:
-        prompts = [truncate_prompt(sc.enc[i].prompt, cfg.max_length - 1) for i in ids]
-        gens = generate(sc.model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id, sc.tokenizer.eos_token_id,
-                        cfg.max_rows, cfg.progress, "less: answers")
-        answers = [toks or [sc.tokenizer.eos_token_id] for toks, _ in gens]
-
-    def features(pairs, moments):
-        pairs = [truncate_pair(p, a, cfg.max_length)[:2] for p, a in pairs]
-        X = grad_features(model, [p + a for p, a in pairs], [len(p) for p, _ in pairs], sc.pad_id, cfg, proj,
-                          moments, sc.betas)
-        return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-
-    X = features([(sc.enc[i].prompt, a) for i, a in zip(ids, answers)], sc.moments)
-    T = features([(e.prompt, e.answer) for e in sc.target.enc], None)
+    proj = projections(sc.grad_model or sc.model, sc.cfg.grad_dim, int(sc.rng.integers(2**31 - 1)))
+    answers = less_answers(sc, ids)
+    X = less_features(sc, proj, [(sc.enc[i].prompt, a) for i, a in zip(ids, answers)], sc.moments)
+    T = less_features(sc, proj, [(e.prompt, e.answer) for e in sc.target.enc], None)
     score, group = group_similarity(X, T, sc.target.groups)
     return [{"id": i, "score": float(v), "group": g, "answer_tokens": len(a)}
             for i, v, g, a in zip(ids, score, group, answers)]
+
+
+def less_answers(sc: Scoring, ids: Sequence) -> list[list[int]]:
+    """The answers candidates' gradients are taken on: the pool's, or the model's greedy ones."""
+    cfg = sc.cfg
+    if cfg.grad_answers == "pool":
+        return [sc.enc[i].answer for i in ids]
+    prompts = [truncate_prompt(sc.enc[i].prompt, cfg.max_length - 1) for i in ids]
+    gens = generate(sc.model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id, sc.tokenizer.eos_token_id,
+                    min(cfg.max_rows, LESS_GEN_ROWS), cfg.progress, "less: answers")
+    return [toks or [sc.tokenizer.eos_token_id] for toks, _ in gens]
+
+
+def less_features(sc: Scoring, proj: list, pairs: Sequence[tuple[list[int], list[int]]],
+                  moments: dict | None) -> np.ndarray:
+    """Unit gradient features of (prompt, answer) pairs, truncated like training (truncate_pair)."""
+    pairs = [truncate_pair(p, a, sc.cfg.max_length)[:2] for p, a in pairs]
+    X = grad_features(sc.grad_model or sc.model, [p + a for p, a in pairs], [len(p) for p, _ in pairs], sc.pad_id,
+                      sc.cfg, proj, moments, sc.betas)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 def _typiclust(sc: Scoring, ids: list) -> list[dict]:

@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 import al_similarity as M  # noqa: E402
 import al_strategies as S  # noqa: E402
 import fsdp_utils  # noqa: E402
-from al_utils import ScoreConfig, atomic_write_text, encode_records, generate, load_records, truncate_prompt  # noqa: E402
+from al_utils import ScoreConfig, atomic_write_text, encode_records, load_records  # noqa: E402
 
 
 def child(a: argparse.Namespace) -> None:
@@ -54,17 +54,13 @@ def child(a: argparse.Namespace) -> None:
         proj = M.projections(model, cfg.grad_dim, 0)
         parts["projection matrices"] = time.perf_counter() - t0
         t = time.perf_counter()
-        prompts = [truncate_prompt(enc[i].prompt, cfg.max_length - 1) for i in ids]
-        gens = generate(model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id, tok.eos_token_id,
-                        cfg.max_rows, False)
+        answers = S.less_answers(sc, ids)
         parts["greedy answers"] = time.perf_counter() - t
         t = time.perf_counter()
-        seqs = [p + (g or [tok.eos_token_id]) for p, (g, _) in zip(prompts, gens)]
-        M.grad_features(model, seqs, [len(p) for p in prompts], sc.pad_id, cfg, proj, sc.moments)
+        S.less_features(sc, proj, [(enc[i].prompt, ans) for i, ans in zip(ids, answers)], sc.moments)
         parts["candidate gradients (Adam)"] = time.perf_counter() - t
         t = time.perf_counter()
-        M.grad_features(model, [e.prompt + e.answer for e in target.enc], [len(e.prompt) for e in target.enc],
-                        sc.pad_id, cfg, proj)
+        S.less_features(sc, proj, [(e.prompt, e.answer) for e in target.enc], None)
         parts["target gradients"] = time.perf_counter() - t
     total = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Several strategies x several seeds on the same pool and base model, each run straight to the
 # largest budget (its rounds are the learning curve: 50, 100, ... labelled), then report_AL.py.
-# About 31 minutes on 2 cores with the defaults (2 seeds); edit the variables for other settings.
+# About 31 minutes on 2 idle cores with the defaults (2 seeds; 46 with other work on them); edit the variables.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 POOL="${POOL:-data/dolly-1.5k.jsonl}"
 MODEL="${MODEL:-models/tiny-llama}"
