@@ -413,7 +413,7 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max_similarity", type=float, default=None, metavar="TAU",
                    help="diversity guard (any strategy): skip a candidate whose prompt embedding has cosine >= TAU "
                         "with a labelled or already picked example, and go on down the strategy's order")
-    g = p.add_argument_group("target (rds: what the model should get good at)")
+    g = p.add_argument_group("target (rds, less: what the model should get good at)")
     g.add_argument("--target_file", default=None,
                    help="examples of the wanted behaviour (.json/.jsonl/.csv like a pool; answers optional); pool "
                         "records with the same instruction and input are never selected")
