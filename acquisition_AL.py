@@ -149,7 +149,9 @@ def check_numbers(args: argparse.Namespace) -> tuple[ScoreConfig, SelectConfig]:
 def load_pool(args: argparse.Namespace, annotate: bool, prior: dict | None) -> tuple[list[dict], int]:
     """The pool's records and the budget in examples."""
     needs_answers = strategy(args.sampling_strategy).answers or args.grad_answers == "pool"
-    if annotate and needs_answers:
+    if annotate and args.grad_answers == "pool":
+        why = "--grad_answers pool takes gradients on the pool's answers; the default takes the model's own"
+    elif annotate and needs_answers:
         why = f"--sampling_strategy {args.sampling_strategy} scores answers; pick a prompt-only strategy"
     elif annotate and args.heldout_size:
         why = "--heldout_size measures answer loss on the pool's own answers"

@@ -259,10 +259,14 @@ def test_less_run_and_its_bad_input(tiny_model, target_data, tmp_path, capsys):
     assert len(rows) == 103 - 10 - 30 - (3 - held)  # pool - held-out - seed set - copies of target records
     assert all(-1 <= r["score"] <= 1 and 1 <= r["answer_tokens"] <= 4 for r in rows)
     no_answers = write_jsonl(d / "noans.jsonl", [{"instruction": "a"}, {"instruction": "b"}])
+    unlabelled = write_jsonl(d / "unlabelled.jsonl", [{"instruction": f"q{k}"} for k in range(80)])
     for extra, error in (
             (["--target_file", no_answers], f"{no_answers}:1: output: empty or missing (--sampling_strategy less "
                                             "takes the target's gradients on its answers)"),
-            (["--grad_dim", "0"], "--grad_dim: must be >= 1")):
+            (["--grad_dim", "0"], "--grad_dim: must be >= 1"),
+            (["--grad_answers", "pool", "--file_path", unlabelled, "--annotate_out", str(tmp_path / "b.jsonl")],
+             f"{unlabelled}:1: output: empty or missing (--grad_answers pool takes gradients on the pool's answers; "
+             "the default takes the model's own)")):
         with pytest.raises(SystemExit):
             acquisition_AL.run_cli(lambda extra=extra: acquisition_AL.main(
                 base[:5] + [str(tmp_path / "bad")] + base[6:] + extra))
