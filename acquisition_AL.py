@@ -413,6 +413,11 @@ def resume_rounds(run: Run) -> None:
 # one round: select, (export for annotators), train, finish
 
 
+def round_strategy(run: Run, rnd: int) -> str:
+    """Round 0 picks the seed set by --seed_strategy, later rounds by --sampling_strategy."""
+    return run.sel.seed_strategy if rnd == 0 else run.sel.strategy
+
+
 def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
     """The round's picks ({id, bucket, score}, selection order) and its candidates' scores; reuses
     a selection made before an interruption. No picks: nothing left to select."""
@@ -424,7 +429,7 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
     if fsdp_utils.broadcast(os.path.isfile(sel_file)):
         return read_jsonl(sel_file), read_jsonl(scores_file) if os.path.isfile(scores_file) else []
     scores: list[dict] = []
-    sel = run.sel if rnd > 0 else dataclasses.replace(run.sel, strategy=run.sel.seed_strategy)
+    sel = dataclasses.replace(run.sel, strategy=round_strategy(run, rnd))
     if rnd == 0 and sel.strategy == "random":  # the seed set: the first n of the seeded order
         picked = [{"id": i, "bucket": None, "score": None} for i in remaining[:n]]
     else:
@@ -537,7 +542,7 @@ def finish_round(run: Run, rnd: int, picked: list[dict], scores: list[dict], tst
     n_labelled = len(run.labelled)
     metrics = {"round": rnd, "labelled": n_labelled, "selected": len(picked), "train": tstats,
                "heldout_loss": held, "heldout_examples": len(run.heldout), "candidates_scored": len(scores),
-               "candidates_ruled_out": len(scores) - len(allowed(scores, run.args.sampling_strategy, run.scfg)),
+               "candidates_ruled_out": len(scores) - len(allowed(scores, round_strategy(run, rnd), run.scfg)),
                "skipped_as_similar": sum(bool(r.get("skipped_similar")) for r in scores),
                "score_stats": describe(sc), "seconds": seconds}
     run.state["rounds_done"] = rnd
