@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from al_utils import Encoded, InputError, ScoreConfig, encode_records, load_records, read_rows
+from al_utils import Encoded, InputError, ScoreConfig, encode_records, load_records, read_rows, right_pad
 
 
 @torch.no_grad()
@@ -30,12 +30,9 @@ def embed(model, seqs: Sequence[Sequence[int]], pad_id: int, cfg: ScoreConfig) -
     model.eval()
     dev = next(model.parameters()).device
     for idx in cfg.batches([len(s) for s in seqs]):
-        L = max(len(seqs[i]) for i in idx)
-        x = torch.full((len(idx), L), pad_id, dtype=torch.long)
-        m = torch.zeros((len(idx), L))
-        for b, i in enumerate(idx):
-            x[b, : len(seqs[i])] = torch.tensor(list(seqs[i]))
-            m[b, 1: len(seqs[i])] = 1  # after BOS
+        x, m = right_pad([seqs[i] for i in idx], pad_id)
+        m = m.float()
+        m[:, 0] = 0  # after BOS
         h = model.model(input_ids=x.to(dev)).last_hidden_state.float().cpu()
         v = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
         out[idx] = torch.nn.functional.normalize(v, dim=-1).numpy()
@@ -211,12 +208,11 @@ def grad_features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], p
     small = dataclasses.replace(cfg, token_budget=max(1, cfg.token_budget // GRAD_BUDGET_SHARE)) \
         if cfg.token_budget else cfg
     for idx in small.batches([len(s) for s in seqs]):
-        B, L = len(idx), max(len(seqs[i]) for i in idx)
-        ids = torch.full((B, L), pad_id, dtype=torch.long)
-        tgt = torch.full((B, L), -100, dtype=torch.long)
+        B = len(idx)
+        ids, _ = right_pad([seqs[i] for i in idx], pad_id)
+        tgt = torch.full_like(ids, -100)  # position t predicts token t + 1
         for b, i in enumerate(idx):
-            ids[b, : len(seqs[i])] = torch.tensor(list(seqs[i]))
-            tgt[b, starts[i] - 1: len(seqs[i]) - 1] = torch.tensor(list(seqs[i][starts[i]:]))
+            tgt[b, starts[i] - 1: len(seqs[i]) - 1] = ids[b, starts[i]: len(seqs[i])]
         seen: dict = {}  # module -> (its input, its output) in this forward
         hooks = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__(m, (a[0].detach(), o)))
                  for _, m in mods]

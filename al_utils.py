@@ -535,6 +535,18 @@ def answer_nll(model, encoded: Sequence[Encoded], pad_id: int, max_len: int, cfg
     return float(s.sum() / c.sum()), float(np.mean(s / c))
 
 
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask (training, embeddings, gradients): under causal attention
+    a real token never sees the pads after it."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.tensor(list(s))
+        mask[b, : len(s)] = 1
+    return ids, mask
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and attention mask: generation appends on the right, so every row's last
     real token must sit in the last column."""

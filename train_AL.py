@@ -29,6 +29,7 @@ from al_utils import (
     encode_records,
     load_records,
     pad_id_of,
+    right_pad,
     run_cli,
     truncate_pair,
 )
@@ -95,15 +96,10 @@ def lr_at(step: int, total: int, warmup: int) -> float:
 
 def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
     """Right-padded input ids, attention mask and labels (-100 on prompt and padding)."""
-    L = max(len(p) + len(a) for p, a in examples)
-    ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), L), dtype=torch.long)
-    labels = torch.full((len(examples), L), -100, dtype=torch.long)
+    ids, mask = right_pad([p + a for p, a in examples], pad_id)
+    labels = torch.full_like(ids, -100)
     for b, (p, a) in enumerate(examples):
-        n = len(p) + len(a)
-        ids[b, :n] = torch.tensor(p + a)
-        mask[b, :n] = 1
-        labels[b, len(p):n] = torch.tensor(a)
+        labels[b, len(p): len(p) + len(a)] = torch.tensor(a)
     return ids, mask, labels
 
 
