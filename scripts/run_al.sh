@@ -41,4 +41,6 @@ for budget in $BUDGETS; do
     --seed "$SEED" --threads "$THREADS" $EVAL_FLAGS
   prev="$run"
 done
-echo "elapsed: $(( $(date +%s) - start ))s; runs in $OUT/RUN_<budget>, AlpacaEval outputs + metrics in $OUT/eval/"
+evals=""
+if [ "$EVAL_ITEMS" != 0 ]; then evals=", AlpacaEval outputs + metrics in $OUT/eval/"; fi
+echo "elapsed: $(( $(date +%s) - start ))s; runs in $OUT/RUN_<budget>$evals"
