@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import math
 import os
 import shutil
 import subprocess
@@ -44,9 +45,11 @@ from al_strategies import (
     allowed,
     candidates,
     check_flag_use,
+    fill_to_cost,
     score_candidates,
     score_config,
     select,
+    select_by_cost,
     selection_config,
     strategy,
 )
@@ -57,6 +60,7 @@ from al_utils import (
     add_common_args,
     add_save_opt_args,
     answer_nll,
+    answer_words,
     atomic_savefig,
     atomic_write_json,
     atomic_write_jsonl,
@@ -78,6 +82,7 @@ from al_utils import (
 from train_AL import add_train_args, train, train_config
 
 RNG_SHUFFLE, RNG_FRACTION, RNG_SELECT, RNG_SCORE = 0, 1, 2, 3
+BUDGET_UNITS = ("examples", "answer_words")
 ANNOTATION = "annotation (real annotators instead of the pool's answers)"
 
 
@@ -88,7 +93,16 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--init_checkpoint_path", required=True, help="base model (HF folder or sharded)")
     g.add_argument("--heldout_size", type=int, default=0,
                    help="examples drawn (seeded) before the seed set, never selected, for held-out loss")
-    g.add_argument("--num_acquisition_samples", type=int, default=1000, help="examples labelled per round")
+    g.add_argument("--num_acquisition_samples", type=int, default=1000,
+                   help="examples labelled per round (answer words per round with --budget_unit answer_words)")
+    g.add_argument("--budget_unit", default="examples", choices=BUDGET_UNITS,
+                   help="what --al_data_fraction and --num_acquisition_samples count: examples, or the words of "
+                        "their answers (annotators are paid by the answer): a batch then takes the strategy's picks "
+                        "in selection order until the next would exceed its words")
+    g.add_argument("--test_file", default=None,
+                   help="examples (.json/.jsonl/.csv with answers) whose answer NLL under each round's model goes "
+                        "into metrics.json as test_loss, e.g. the target task's test set; pool records with the "
+                        "same instruction and input are never selected")
     g.add_argument("--warm_start", action="store_true",
                    help="train each round from the previous round's weights (default: from the base)")
     rt = add_common_args(p)
@@ -161,20 +175,26 @@ def load_pool(args: argparse.Namespace, annotate: bool, prior: dict | None) -> t
         why = f"--sampling_strategy {args.sampling_strategy} scores answers, and oracle labelling needs them"
     else:
         why = "oracle labelling takes answers from the pool; use --annotate_out for an unlabelled pool"
+    words = args.budget_unit == "answer_words"
+    if words and annotate:
+        raise InputError("--budget_unit: answer_words counts answers before they are labelled; with annotators "
+                         "they are not known then (use examples)")
     records = load_records(args.file_path, require_output=why)
-    n = len(records)
+    n = sum(answer_words(r["output"]) for r in records) if words else len(records)
+    unit = "answer words" if words else "examples"
     budget = int(args.al_data_fraction) if args.al_data_fraction > 1 else int(args.al_data_fraction * n)
     if budget < 1:
-        raise InputError(f"--al_data_fraction: {args.al_data_fraction} of {n} records is less than one example")
-    if budget + args.heldout_size > n:
+        raise InputError(f"--al_data_fraction: {args.al_data_fraction} of {n} {unit} is less than one")
+    if not words and budget + args.heldout_size > n:
         raise InputError(f"--al_data_fraction: budget {budget} + held-out {args.heldout_size} exceeds the pool "
                          f"({n} records in {args.file_path})")
     if budget < args.num_acquisition_samples:
         raise InputError(f"--al_data_fraction: budget {budget} is below the seed set "
                          f"(--num_acquisition_samples {args.num_acquisition_samples})")
-    done = prior["round_log"][-1]["labelled"] if args.resume and prior and prior["round_log"] else 0
+    last = prior["round_log"][-1] if args.resume and prior and prior["round_log"] else {}
+    done = last.get("answer_words" if words else "labelled", 0)
     if budget < done:
-        raise InputError(f"--al_data_fraction: budget {budget} is below the {done} examples "
+        raise InputError(f"--al_data_fraction: budget {budget} is below the {done} {unit} "
                          f"{args.model_path} has already labelled")
     return records, budget
 
@@ -208,8 +228,9 @@ def run_flags(args: argparse.Namespace, pool_hash: str, annotate: bool) -> dict:
     flags = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
     flags["file_path"] = pool_hash  # the pool's content matters, not where it lives
     flags["labels_from"] = "annotators" if annotate else "pool"
-    if args.target_file:  # by content, like the pool
-        flags["target_file"] = file_sha256(args.target_file)
+    for f in ("target_file", "test_file"):  # by content, like the pool
+        if getattr(args, f):
+            flags[f] = file_sha256(getattr(args, f))
     return flags
 
 
@@ -274,6 +295,7 @@ class Run:
     sel: SelectConfig
     device: torch.device
     target: Target | None = None
+    test: list = field(default_factory=list)  # Encoded --test_file examples
     labelled: list = field(default_factory=list)  # in selection order
     model: Any = None  # the current round's model, once loaded
     model_source: str = ""  # where the last finished round's model is
@@ -297,6 +319,25 @@ class Run:
 
     def record(self, i) -> dict:
         return {**self.by_id[i], "output": self.labels[i]} if self.annotate else self.by_id[i]
+
+    def answer_loss(self, encoded: list) -> float | None:
+        """Token-weighted answer NLL of the current model (held-out slice, --test_file), or None."""
+        if not encoded:
+            return None
+        with fsdp_utils.full_params(self.model):
+            return answer_nll(self.model, encoded, pad_id_of(self.tok), self.args.train_max_length, self.scfg,
+                              fsdp_utils.my_slice(len(encoded)), fsdp_utils.gather_lists)[0]
+
+    def words(self, i) -> int:
+        return answer_words(self.record(i)["output"])
+
+    def spent(self) -> int:
+        """The budget used so far, in --budget_unit."""
+        return sum(map(self.words, self.labelled)) if self.words_budget else len(self.labelled)
+
+    @property
+    def words_budget(self) -> bool:
+        return self.args.budget_unit == "answer_words"
 
 
 def take_lock(paths: RunPaths):
@@ -355,6 +396,8 @@ def open_run(args: argparse.Namespace) -> Run:
     target = load_target(args.target_file, args.target_group_field, tok, needs_answers=(
         f"--sampling_strategy {args.sampling_strategy} takes the target's gradients on its answers"
         if strategy(args.sampling_strategy).grads else "")) if args.target_file else None
+    test = load_records(args.test_file, require_output="--test_file measures the loss on its answers") \
+        if args.test_file else []
     pool_hash = file_sha256(args.file_path)
     flags = run_flags(args, pool_hash, annotate)
     check_run_dir(args, paths, prior, flags)
@@ -374,7 +417,7 @@ def open_run(args: argparse.Namespace) -> Run:
     # records equal to a target record are left out after the held-out slice is drawn, so a run
     # with a target keeps the held-out slice (and, unless it hits one, the seed set) of one without
     perm = [records[i]["id"] for i in round_rng(args.seed, 0, RNG_SHUFFLE).permutation(len(records))]
-    keys = target_keys(target)
+    keys = target_keys(target) | {(r["instruction"], r["input"]) for r in test}
     order = [i for i in perm[args.heldout_size:] if (by_id[i]["instruction"], by_id[i]["input"]) not in keys]
     state = read_state(paths.run) or {  # read again: a chained run's state was just seeded
         "version": 1, "flags": flags, "pool_sha256": pool_hash, "heldout_ids": perm[: args.heldout_size],
@@ -383,14 +426,17 @@ def open_run(args: argparse.Namespace) -> Run:
     enc = encode_records(tok, records)  # prompts (+ the pool's answers, if any: oracle labels, held-out)
     state["excluded_as_target"] = len(perm) - args.heldout_size - len(order)
     run = Run(args, paths, state, by_id, order, perm[: args.heldout_size], labels, annotate, tok, enc, budget,
-              scfg, sel, device, target, model_source=state.get("model_source", paths.ckpt), lock=lock)
+              scfg, sel, device, target, list(encode_records(tok, test).values()),
+              model_source=state.get("model_source", paths.ckpt), lock=lock)
     if annotate and labels:  # the annotators' answers, never the pool's, are what training sees
         enc.update(encode_records(tok, [run.record(i) for i in labels]))
     if summary:
         run.log(summary)
-    if target and state["rounds_done"] < 0:
-        run.log(f"target {args.target_file}: {len(target.records)} examples in {len(set(target.groups))} group(s); "
-                f"{state['excluded_as_target']} pool records equal to one are never selected")
+    if (target or test) and state["rounds_done"] < 0:
+        what = [f"target {args.target_file}: {len(target.records)} examples in {len(set(target.groups))} group(s)"
+                ] if target else []
+        what += [f"test {args.test_file}: {len(test)} examples"] if test else []
+        run.log("; ".join(what) + f"; {state['excluded_as_target']} pool records equal to one are never selected")
     resume_rounds(run)
     return run
 
@@ -424,23 +470,28 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
     sel_file, scores_file = run.paths.round_file(rnd, "selected.jsonl"), run.paths.round_file(rnd, "scores.jsonl")
     taken = set(run.labelled)
     remaining = [i for i in run.order if i not in taken]
-    n = min(run.args.num_acquisition_samples, run.budget - len(run.labelled))
+    n = want = min(run.args.num_acquisition_samples, run.budget - run.spent())  # examples, or answer words
     # rank 0 decides what is on disk, so every rank takes the same branch (same collectives)
     if fsdp_utils.broadcast(os.path.isfile(sel_file)):
         return read_jsonl(sel_file), read_jsonl(scores_file) if os.path.isfile(scores_file) else []
     scores: list[dict] = []
     sel = dataclasses.replace(run.sel, strategy=round_strategy(run, rnd))
     if rnd == 0 and sel.strategy == "random":  # the seed set: the first n of the seeded order
-        picked = [{"id": i, "bucket": None, "score": None} for i in remaining[:n]]
+        picked = [{"id": i, "bucket": None, "score": None} for i in remaining]
+        picked = fill_to_cost(picked, want, run.words) if run.words_budget else picked[:n]
     else:
         cands = candidates(remaining, run.sel.fraction, round_rng(run.args.seed, rnd, RNG_FRACTION)) \
             if rnd > 0 else remaining
+        if run.words_budget and cands:  # examples the strategy picks first: the words over the mean answer
+            n = math.ceil(want / np.mean([run.words(i) for i in cands]))
         if len(cands) < n:
             run.log(f"warning: round {rnd}: only {len(cands)} candidates for {n} slots")
-        scores, keep = score_round(run, rnd, sel.strategy, cands, n)
+        scores, keep_of = score_round(run, rnd, sel.strategy, cands, n)
         kill_point("scoring", rnd)
-        picked, skipped = fsdp_utils.broadcast(select(scores, n, rnd, sel, run.scfg,
-                                                      round_rng(run.args.seed, rnd, RNG_SELECT), keep))
+        rng_of = lambda: round_rng(run.args.seed, rnd, RNG_SELECT)  # noqa: E731
+        picked, skipped = fsdp_utils.broadcast(
+            select_by_cost(scores, n, want, run.words, rnd, sel, run.scfg, rng_of, keep_of) if run.words_budget
+            else select(scores, n, rnd, sel, run.scfg, rng_of(), keep_of() if keep_of else None))
         skipped = set(skipped)
         for r in scores:
             if r["id"] in skipped:
@@ -458,8 +509,9 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
 
 
 def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[list[dict], Any]:
-    """Every candidate's score under the last round's model, data-parallel over the ranks, and the
-    --max_similarity guard over the candidates' and the labelled set's embeddings (or None)."""
+    """Every candidate's score under the last round's model, data-parallel over the ranks, and a
+    maker of the --max_similarity guard over the candidates' and the labelled set's embeddings
+    (or None)."""
     if not cands:
         return [], None
     tau = run.sel.max_similarity
@@ -478,7 +530,8 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
             return rows, None
         ids = cands + run.labelled
         vecs = fsdp_utils.gather_lists(sc.prompt_vectors(ids[fsdp_utils.my_slice(len(ids))]).tolist())
-    return rows, similarity_guard(dict(zip(ids, np.array(vecs, dtype=np.float32))), run.labelled, tau)
+    emb = dict(zip(ids, np.array(vecs, dtype=np.float32)))
+    return rows, lambda: similarity_guard(emb, run.labelled, tau)
 
 
 def export_for_annotators(run: Run, rnd: int, picked: list[dict]) -> bool:
@@ -532,23 +585,22 @@ def train_round(run: Run, rnd: int) -> dict:
 def finish_round(run: Run, rnd: int, picked: list[dict], scores: list[dict], tstats: dict,
                  seconds: dict) -> None:
     """Held-out loss, metrics, the selected set, and state.json last: it marks the round done."""
-    held = None
-    if run.heldout:
-        with fsdp_utils.full_params(run.model):
-            held = answer_nll(run.model, [run.enc[i] for i in run.heldout], pad_id_of(run.tok),
-                              run.args.train_max_length, run.scfg, fsdp_utils.my_slice(len(run.heldout)),
-                              fsdp_utils.gather_lists)[0]
+    held, test = run.answer_loss([run.enc[i] for i in run.heldout]), run.answer_loss(run.test)
     sc = np.array([r["score"] for r in scores])
     n_labelled = len(run.labelled)
-    metrics = {"round": rnd, "labelled": n_labelled, "selected": len(picked), "train": tstats,
-               "heldout_loss": held, "heldout_examples": len(run.heldout), "candidates_scored": len(scores),
+    cost = {"answer_tokens": sum(len(run.enc[i].answer) - 1 for i in run.labelled),  # EOS is not written
+            "answer_words": sum(map(run.words, run.labelled))}
+    metrics = {"round": rnd, "labelled": n_labelled, **cost, "selected": len(picked), "train": tstats,
+               "heldout_loss": held, "heldout_examples": len(run.heldout), "test_loss": test,
+               "test_examples": len(run.test), "candidates_scored": len(scores),
                "candidates_ruled_out": len(scores) - len(allowed(scores, round_strategy(run, rnd), run.scfg)),
                "skipped_as_similar": sum(bool(r.get("skipped_similar")) for r in scores),
                "score_stats": describe(sc), "seconds": seconds}
     run.state["rounds_done"] = rnd
     run.state.pop("in_round", None)
     run.state["round_log"] = [x for x in run.state["round_log"] if x["round"] < rnd] + [
-        {"round": rnd, "labelled": n_labelled, "train_loss": tstats["train_loss"], "heldout_loss": held}]
+        {"round": rnd, "labelled": n_labelled, **cost, "train_loss": tstats["train_loss"], "heldout_loss": held,
+         "test_loss": test}]
     if run.main:
         atomic_write_json(run.paths.round_file(rnd, "metrics.json"), metrics)
         selected = [run.record(i) for i in run.labelled]
@@ -556,9 +608,11 @@ def finish_round(run: Run, rnd: int, picked: list[dict], scores: list[dict], tst
         if run.args.save_file_name:
             atomic_write_json(run.args.save_file_name, selected)
     run.save_state()
-    held_s = f"{held:.4f}" if held is not None else "n/a"
-    run.log(f"round {rnd} | labelled {n_labelled}/{run.budget} | scores {describe(sc)} | "
-            f"train loss {tstats['train_loss']:.4f} | held-out {held_s} | {seconds['total']:.1f}s")
+    losses = " | ".join(f"{k} {v:.4f}" for k, v in (("held-out", held), ("test", test)) if v is not None)
+    spent = f"{n_labelled} labelled, {cost['answer_words']}/{run.budget} answer words" if run.words_budget \
+        else f"labelled {n_labelled}/{run.budget}"
+    run.log(f"round {rnd} | {spent} | scores {describe(sc)} | train loss {tstats['train_loss']:.4f} | "
+            f"{losses or 'no held-out or test set'} | {seconds['total']:.1f}s")
 
 
 def plot_hist(scores: list[float], path: str, title: str) -> None:
@@ -581,13 +635,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run = open_run(args)
     rnd, waiting = run.state["rounds_done"] + 1, False
-    while len(run.labelled) < run.budget and (args.stop_after_round is None or rnd <= args.stop_after_round):
+    while run.spent() < run.budget and (args.stop_after_round is None or rnd <= args.stop_after_round):
         t0 = time.time()
         picked, scores = select_round(run, rnd)
         kill_point("selected", rnd)
         if not picked:
             why = "every candidate was skipped by --max_similarity" if any(r.get("skipped_similar") for r in scores) \
                 else "no candidate left to select"
+            if run.words_budget and len(run.labelled) < len(run.order):
+                why = f"the strategy's next pick does not fit the {run.budget - run.spent()} answer words left"
             run.log(f"round {rnd}: {why}; stopping at {len(run.labelled)} labelled")
             break
         waiting = export_for_annotators(run, rnd, picked)

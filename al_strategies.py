@@ -529,6 +529,34 @@ def select(rows: list[dict], n: int, rnd: int, cfg: SelectConfig, scfg: ScoreCon
     return [{"id": i, "bucket": b, "score": score_of[i]} for i, b in chosen], skipped
 
 
+def fill_to_cost(picked: list[dict], budget: int, cost: Callable[[Any], int]) -> list[dict]:
+    """The picks in selection order up to, not including, the first that would take the summed
+    cost past `budget` (a batch of --budget_unit answer_words)."""
+    out, total = [], 0
+    for r in picked:
+        total += cost(r["id"])
+        if total > budget:
+            break
+        out.append(r)
+    return out
+
+
+def select_by_cost(rows: list[dict], n: int, budget: int, cost: Callable[[Any], int], rnd: int,
+                   cfg: SelectConfig, scfg: ScoreConfig, rng_of: Callable[[], np.random.Generator],
+                   keep_of: Callable[[], Callable[[Any], bool]] | None = None) -> tuple[list[dict], list]:
+    """A batch worth `budget` (answer words): the strategy picks n examples (n = the budget over
+    the candidates' mean cost), doubling n while every pick fits and candidates remain, so its
+    stratification works on a count as usual; the batch is fill_to_cost of those picks. Each try
+    starts from a fresh rng and guard: the result depends only on the final n."""
+    while True:
+        n = max(1, min(n, len(rows)))
+        picked, skipped = select(rows, n, rnd, cfg, scfg, rng_of(), keep_of() if keep_of else None)
+        batch = fill_to_cost(picked, budget, cost)
+        if len(batch) < len(picked) or len(picked) < n or n == len(rows):
+            return batch, skipped
+        n *= 2
+
+
 def _choose(rows: list[dict], n: int, rnd: int, cfg: SelectConfig, rng: np.random.Generator) -> list:
     st = strategy(cfg.strategy)
     if not st.ranked:

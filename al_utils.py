@@ -337,6 +337,11 @@ class Encoded:
     instruction_len: int = 0  # tokens of the instruction alone, BOS included (as the original counted)
 
 
+def answer_words(text: str) -> int:
+    """What an annotator writes, counted in whitespace-separated words (comparable across tokenizers)."""
+    return len(text.split())
+
+
 def pad_id_of(tokenizer) -> int:
     """pad, else unk, else eos: padding is always masked, so any real id works (no vocab resize)."""
     for tid in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id):
