@@ -353,12 +353,14 @@ def pad_id_of(tokenizer) -> int:
 def encode_records(tokenizer, records: Sequence[dict]) -> dict[Any, Encoded]:
     """Tokenise prompt and prompt+answer once. The answer's ids are the tail of the joint
     tokenisation, so prompt + answer is exactly what the tokenizer makes of the whole text."""
+    if not records:  # (tokenizers refuse an empty batch)
+        return {}
     prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
     p_ids = tokenizer(prompts).input_ids
     ins_lens = [len(x) for x in tokenizer([r["instruction"] for r in records]).input_ids]
     with_answer = [i for i, r in enumerate(records) if r["output"]]
     fulls = tokenizer([prompts[i] + ANSWER_SEP + records[i]["output"] for i in with_answer]).input_ids \
-        if with_answer else []  # (tokenizers refuse an empty batch)
+        if with_answer else []
     full_of = dict(zip(with_answer, fulls))
     out = {}
     for i, r in enumerate(records):
