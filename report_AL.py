@@ -1,142 +1,329 @@
-"""Learning curves of AL runs: held-out loss against labelled budget, one line per strategy with a
-band over seeds, a markdown table, and how much budget random selection needs to match each strategy.
+r"""Learning curves of AL runs and whether each strategy beats random, with confidence intervals
+over seeds: the mean curve, the paired difference to random, the budget ratio and the area under
+the curve, against labelled examples or against annotation cost (answer tokens or words).
 
     python report_AL.py runs/compare/*/ --out reports/compare
+    python report_AL.py runs/targeted/default/summarization/*/ --metric test --x answer_words --out reports/t
 
 Each argument is a run directory (the largest budget of a chain: its state.json holds every round).
-Writes <out>.png (curves), <out>.md (table) and, with --hist, <out>_hist_<run>.png (score histograms
-per round with the bucket edges marked, like the original's --plot_ppl_hist).
+Writes <out>.png (curves; difference to random with 95 % bands), <out>.md (tables) and, with --hist,
+<out>_hist_<run>.png (score histograms per round with the bucket edges, like --plot_ppl_hist).
+
+Statistics (over seeds; a strategy's run is paired with the random run of the same seed: same seed
+set, same held-out and test slices):
+- paired difference: strategy minus random at the strategy's x (random's same-seed curve linearly
+  interpolated there; outside random's range it is not defined), mean with a 95 % t interval;
+- budget ratio: the x at which random's mean curve (linearly interpolated) first reaches the
+  strategy's mean value, over the strategy's x; "> r" when random never gets there within the
+  budgets run, "<= r" when random's first point is already there; 95 % percentile interval from
+  2,000 bootstrap resamples of the paired seeds;
+- AUC: the mean of a run's values over the rounds past the seed set (round 0 is the same seeded set
+  for every arm that starts from random), and the paired difference of it, each with a t interval.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from al_strategies import bucket_sizes, k_for_round
 from al_utils import InputError, atomic_savefig, atomic_write_text, read_jsonl, read_state, run_cli, run_paths
 
+METRICS = {"heldout": "held-out answer NLL", "test": "test answer NLL"}
+XS = {"examples": ("labelled", "labelled examples"), "answer_tokens": ("answer_tokens", "answer tokens labelled"),
+      "answer_words": ("answer_words", "answer words labelled")}
+BOOTSTRAPS = 2000
+
+
+@dataclass
+class Curve:
+    """One run: its arm, seed and (x, value) per round, rounds in order."""
+    name: str
+    seed: int
+    x: np.ndarray
+    y: np.ndarray
+    minutes: float | None  # wall time of its rounds (metrics.json), when recorded
+
 
 def label(flags: dict) -> str:
-    """Strategy name, with stratification/pick where they matter (not for random or unranked ones)."""
+    """Strategy name, with stratification/pick where they matter, the seed-set rule and the guard."""
     s = flags["sampling_strategy"]
-    if s == "random" or flags.get("stratification_strategy") is None:
-        return s
-    return f"{s} {flags['stratification_strategy']}/{flags['pick_samples_from']}"
+    if s != "random" and flags.get("stratification_strategy") is not None:
+        s += f" {flags['stratification_strategy']}/{flags['pick_samples_from']}"
+    if flags.get("seed_strategy", "random") != "random":
+        s += f" seed={flags['seed_strategy']}"
+    if flags.get("max_similarity") is not None:
+        s += f" tau={flags['max_similarity']}"
+    return s
 
 
-def read_runs(runs: list[str]) -> list[tuple[str, int, dict[int, float]]]:
-    """(strategy label, seed, labelled count -> held-out loss) of each run directory."""
+def read_runs(runs: list[str], metric: str, x: str) -> list[Curve]:
+    field, (xfield, _) = f"{metric}_loss", XS[x]
     out = []
     for run in runs:
         f = run_paths(run).state
         state = read_state(run)
         if state is None:
             raise InputError(f"{f}: file: no run state here")
-        curve = {}
+        xs, ys = [], []
         for r in state["round_log"]:
-            if r["heldout_loss"] is None:
-                raise InputError(f"{f}: heldout_loss: run has no held-out slice (use --heldout_size)")
-            curve[r["labelled"]] = r["heldout_loss"]
-        out.append((label(state["flags"]), state["flags"]["seed"], curve))
+            if r.get(field) is None:
+                why = "--heldout_size" if metric == "heldout" else "--test_file"
+                raise InputError(f"{f}: {field}: round {r['round']} has none (the run needs {why})")
+            if xfield not in r:
+                raise InputError(f"{f}: {xfield}: not recorded (the run predates it; use --x examples)")
+            xs.append(r[xfield])
+            ys.append(r[field])
+        out.append(Curve(label(state["flags"]), state["flags"]["seed"], np.array(xs, float), np.array(ys, float),
+                         run_minutes(run, len(xs))))
     return out
 
 
-def load_curves(rows: list[tuple[str, int, dict[int, float]]]) -> dict[str, dict[int, list[float]]]:
-    """strategy label -> labelled count -> held-out losses (one per seed)."""
-    curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for name, _, curve in rows:
-        for b, v in curve.items():
-            curves[name][b].append(v)
-    return curves
+def run_minutes(run: str, rounds: int) -> float | None:
+    paths, total = run_paths(run), 0.0
+    for r in range(rounds):
+        f = paths.round_file(r, "metrics.json")
+        if not os.path.isfile(f):
+            return None
+        with open(f) as fh:
+            total += json.load(fh)["seconds"]["total"]
+    return total / 60
 
 
-def paired_diffs(rows: list[tuple[str, int, dict[int, float]]]) -> dict[str, dict[int, list[float]]]:
-    """strategy label -> labelled count -> (strategy - random) held-out loss, one per seed that has
-    both. Same seed = same seed set and same held-out slice, so the slice-to-slice spread cancels."""
-    rand = {seed: c for name, seed, c in rows if name == "random"}
-    diffs: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for name, seed, curve in rows:
-        if name != "random" and seed in rand:
-            for b, v in curve.items():
-                if b in rand[seed]:
-                    diffs[name][b].append(v - rand[seed][b])
-    return diffs
+def by_arm(curves: list[Curve]) -> dict[str, list[Curve]]:
+    """arm -> its runs by seed, random first then the others by name."""
+    arms: dict[str, list[Curve]] = defaultdict(list)
+    for c in curves:
+        arms[c.name].append(c)
+    return {k: sorted(arms[k], key=lambda c: c.seed) for k in sorted(arms, key=lambda s: (s != "random", s))}
 
 
-def paired_table(diffs: dict[str, dict[int, list[float]]]) -> str:
-    if not diffs:
-        return "(no strategy has a random run with the same seed)"
-    return md_table(diffs, "seeds", lambda s: str(max(len(v) for v in diffs[s].values())), "+.4f")
+# ----------------------------------------------------------------------------------------------
+# statistics
 
 
-def _mean_std(v: list[float] | None, fmt: str = ".4f") -> str:
-    if not v:
-        return ""
-    if len(v) == 1:  # a single seed has no spread to show
-        return format(v[0], fmt)
-    return f"{format(float(np.mean(v)), fmt)} ± {np.std(v):.4f}"
+def t_interval(v) -> tuple[float, float, float]:
+    """(mean, low, high) of a 95 % t interval; low = high = mean for a single value."""
+    v = np.asarray(v, float)
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, m, m
+    h = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return m, m - h, m + h
 
 
-def random_match(curves: dict, strategy: str) -> str:
-    """Smallest budget at which random's mean loss reaches the strategy's at its smallest budget
-    past the seed set (round 0 is the same seeded set for every strategy, so it cannot differ)."""
-    if "random" not in curves:
-        return "n/a (no random runs)"
-    budgets = sorted(curves[strategy])
-    b0 = budgets[1] if len(budgets) > 1 else budgets[0]
-    target = float(np.mean(curves[strategy][b0]))
-    for b in sorted(curves["random"]):
-        if np.mean(curves["random"][b]) <= target:
-            return str(b)
-    return f"> {max(curves['random'])}"
+def interp(x: np.ndarray, y: np.ndarray, at: float) -> float:
+    """y at `at` on the piecewise-linear curve (x increasing); NaN outside its range."""
+    if at < x[0] - 1e-9 or at > x[-1] + 1e-9:
+        return float("nan")
+    return float(np.interp(at, x, y))
 
 
-def table(curves: dict) -> str:
-    return md_table(curves, "random needs", lambda s: "" if s == "random" else random_match(curves, s))
+def reach(x: np.ndarray, y: np.ndarray, v: float) -> float:
+    """The smallest x at which the piecewise-linear curve reaches v (goes to or below it); 0 when
+    it starts there (only a bound: x[0] or less), inf when it never does."""
+    if y[0] <= v:
+        return 0.0
+    for i in range(1, len(x)):
+        if y[i] <= v:
+            return float(x[i - 1] + (y[i - 1] - v) / (y[i - 1] - y[i]) * (x[i] - x[i - 1]))
+    return float("inf")
 
 
-def md_table(data: dict[str, dict[int, list[float]]], last: str, last_cell: Callable[[str], str],
-             fmt: str = ".4f") -> str:
-    """One row per strategy (random first): mean ± std over seeds at each budget, then `last`."""
-    budgets = sorted({b for c in data.values() for b in c})
-    lines = ["| strategy | " + " | ".join(str(b) for b in budgets) + f" | {last} |",
-             "|---|" + "---:|" * (len(budgets) + 1)]
-    for s in sorted(data, key=lambda s: (s != "random", s)):
-        cells = [_mean_std(data[s].get(b), fmt) for b in budgets]
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {last_cell(s)} |")
+def mean_curve(runs: list[Curve], idx=None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean x and mean value per round over the runs (rounds every run has)."""
+    runs = [runs[i] for i in idx] if idx is not None else runs
+    n = min(len(c.x) for c in runs)
+    return np.mean([c.x[:n] for c in runs], 0), np.mean([c.y[:n] for c in runs], 0)
+
+
+def pairs(arm: list[Curve], rand: list[Curve]) -> list[tuple[Curve, Curve]]:
+    by_seed = {c.seed: c for c in rand}
+    return [(c, by_seed[c.seed]) for c in arm if c.seed in by_seed]
+
+
+def paired_diffs(arm: list[Curve], rand: list[Curve]) -> np.ndarray:
+    """[seeds, rounds] strategy minus the same-seed random run interpolated at the strategy's x."""
+    ps = pairs(arm, rand)
+    n = min(len(a.x) for a, _ in ps)
+    return np.array([[a.y[r] - interp(b.x, b.y, a.x[r]) for r in range(n)] for a, b in ps])
+
+
+def budget_ratio(arm: list[Curve], rand: list[Curve], r: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    """(ratio, low, high) at round r: random's mean curve reaching the strategy's mean value."""
+    ps = [(a, b) for a, b in pairs(arm, rand) if len(a.x) > r]
+
+    def ratio(idx) -> float:
+        sx, sy = np.mean([ps[i][0].x[r] for i in idx]), np.mean([ps[i][0].y[r] for i in idx])
+        rx, ry = mean_curve([ps[i][1] for i in idx])
+        return reach(rx, ry, sy) / sx
+
+    point = ratio(range(len(ps)))
+    if len(ps) < 2:
+        return point, point, point
+    boot = [ratio(rng.integers(0, len(ps), len(ps))) for _ in range(BOOTSTRAPS)]
+    # order statistics, not interpolation: the bounds may be the infinite "never" or the 0 "at once"
+    return point, float(np.percentile(boot, 2.5, method="lower")), float(np.percentile(boot, 97.5, method="higher"))
+
+
+def fmt_ratio(v: float, first: float, last: float) -> str:
+    """A ratio, or the bound it is: random beyond its last point, or already there at its first."""
+    if np.isinf(v):
+        return f"> {last:.2f}"
+    if v == 0:
+        return f"<= {first:.2f}"
+    return f"{v:.2f}"
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+
+
+def fmt_ci(m: float, lo: float, hi: float, sign: bool = False, star: bool = False) -> str:
+    if np.isnan(m):
+        return "n/a"
+    f = "+.4f" if sign else ".4f"
+    if hi - lo < 1e-9:  # one seed, or seeds that agree: no interval to show
+        return format(m, f)
+    mark = "*" if star and (hi < 0 or lo > 0) else ""
+    return f"{format(m, f)} [{format(lo, f)}, {format(hi, f)}]{mark}"
+
+
+def columns(arms: dict[str, list[Curve]], x: str) -> list[str]:
+    """Round headers: the budget where every run has the same x at that round, else the round."""
+    n = max(len(c.x) for cs in arms.values() for c in cs)
+    out = []
+    for r in range(n):
+        vals = {c.x[r] for cs in arms.values() for c in cs if len(c.x) > r}
+        out.append(f"{int(vals.pop())}" if len(vals) == 1 and x == "examples" else f"round {r}")
+    return out
+
+
+def header(cols: list[str], *last: str) -> list[str]:
+    return ["| strategy | " + " | ".join(cols + list(last)) + " |", "|---|" + "---:|" * (len(cols) + len(last))]
+
+
+def curves_table(arms: dict[str, list[Curve]], cols: list[str]) -> str:
+    lines = header(cols, "AUC (rounds >= 1)", "seeds", "minutes/run")
+    for name, cs in arms.items():
+        n = min(len(c.y) for c in cs)
+        cells = [fmt_ci(*t_interval([c.y[r] for c in cs])) for r in range(n)] + [""] * (len(cols) - n)
+        auc = fmt_ci(*t_interval([c.y[1:n].mean() for c in cs])) if n > 1 else ""
+        mins = [c.minutes for c in cs if c.minutes is not None]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {auc} | {len(cs)} | "
+                     + (f"{np.mean(mins):.1f}" if mins else "") + " |")
     return "\n".join(lines)
 
 
-def plot(curves: dict, diffs: dict, path: str) -> None:
-    """Left: held-out loss per strategy (band: std over seeds). Right, when random runs share seeds
-    with the others: each strategy minus random of the same seed, which the slice spread does not blur."""
+def x_table(arms: dict[str, list[Curve]], cols: list[str]) -> str:
+    lines = header(cols)
+    for name, cs in arms.items():
+        n = min(len(c.x) for c in cs)
+        cells = [f"{np.mean([c.x[r] for c in cs]):.0f}" for r in range(n)]
+        lines.append(f"| {name} | " + " | ".join(cells + [""] * (len(cols) - n)) + " |")
+    return "\n".join(lines)
+
+
+def diff_table(arms: dict[str, list[Curve]], cols: list[str]) -> str:
+    lines = header(cols, "AUC diff (rounds >= 1)", "seeds")
+    for name, cs in arms.items():
+        if name == "random" or not pairs(cs, arms["random"]):
+            continue
+        d = paired_diffs(cs, arms["random"])
+        cells = [fmt_ci(*t_interval(col[~np.isnan(col)]), sign=True, star=True) if (~np.isnan(col)).any()
+                 else "n/a" for col in d.T]
+        auc = fmt_ci(*t_interval(np.nanmean(d[:, 1:], 1)), sign=True, star=True) if d.shape[1] > 1 else ""
+        lines.append(f"| {name} | " + " | ".join(cells + [""] * (len(cols) - len(cells))) + f" | {auc} | {len(d)} |")
+    return "\n".join(lines)
+
+
+def ratio_table(arms: dict[str, list[Curve]], cols: list[str]) -> str:
+    lines = header(cols[1:])
+    rng = np.random.default_rng(0)
+    rand = arms["random"]
+    for name, cs in arms.items():
+        if name == "random" or not pairs(cs, rand):
+            continue
+        rx, _ = mean_curve(rand)
+        cells = []
+        for r in range(1, min(len(c.x) for c in cs)):
+            v, lo, hi = budget_ratio(cs, rand, r, rng)
+            sx = np.mean([a.x[r] for a, _ in pairs(cs, rand)])
+            first, last = rx[0] / sx, rx[-1] / sx
+            cells.append(fmt_ratio(v, first, last) + (f" [{fmt_ratio(lo, first, last)}, {fmt_ratio(hi, first, last)}]"
+                                                       if lo != hi or len(cs) > 1 else ""))
+        lines.append(f"| {name} | " + " | ".join(cells + [""] * (len(cols) - 1 - len(cells))) + " |")
+    return "\n".join(lines)
+
+
+def report(arms: dict[str, list[Curve]], metric: str, x: str) -> str:
+    cols = columns(arms, x)
+    seeds = sorted({c.seed for cs in arms.values() for c in cs})
+    out = [f"# {METRICS[metric]} by {XS[x][1]} (seeds {', '.join(map(str, seeds))})", "",
+           "Mean over seeds [95 % t interval]; AUC = mean over the rounds past the seed set.", "",
+           curves_table(arms, cols)]
+    if x != "examples":
+        out += ["", f"Mean {XS[x][1]} at each round:", "", x_table(arms, cols)]
+    if "random" not in arms:
+        return "\n".join(out + ["", "(no random runs: no paired statistics)", ""])
+    out += ["", "## Paired difference to random of the same seed (strategy - random; negative: better)", "",
+            "At the strategy's x, random's same-seed curve interpolated there; mean [95 % t interval] over seeds; "
+            "* = the interval excludes 0.", "", diff_table(arms, cols), "",
+            "## Budget ratio: what random needs to match the strategy, over what the strategy used", "",
+            f"x at which random's mean curve reaches the strategy's mean {METRICS[metric]}, divided by the "
+            "strategy's x (2.00 = random needs twice the labels); [95 % bootstrap interval over seeds]; "
+            "'> r': random does not get there within its budgets; '<= r': random's first point is already there.",
+            "", ratio_table(arms, cols), ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# figures
+
+
+def plot(arms: dict[str, list[Curve]], metric: str, x: str, path: str) -> None:
+    """Left: mean curve per strategy with its 95 % band. Right (with random runs): each strategy
+    minus random of the same seed, with the 95 % band of that paired difference."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 if diffs else 1, figsize=(12 if diffs else 7, 4.5), squeeze=False)
-    panels = [(axes[0][0], curves, "held-out answer NLL (lower is better)")]
-    if diffs:
-        panels.append((axes[0][1], diffs, "minus random, same seed (below 0: better)"))
-        axes[0][1].axhline(0, color="gray", linestyle="--", linewidth=1)
-    order = sorted(curves, key=lambda s: (s != "random", s))
-    color = {s: f"C{i}" for i, s in enumerate(order)}  # a strategy keeps its colour in both panels
-    for ax, data, ylabel in panels:
-        for s in [s for s in order if s in data]:
-            b = sorted(data[s])
-            m = np.array([np.mean(data[s][x]) for x in b])
-            sd = np.array([np.std(data[s][x]) for x in b])
-            ax.plot(b, m, marker="o", label=s, color=color[s], linestyle="--" if s == "random" else "-")
-            ax.fill_between(b, m - sd, m + sd, color=color[s], alpha=0.2)
-        ax.set_xlabel("labelled examples")
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
+    paired = "random" in arms and len(arms) > 1
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(13 if paired else 7, 4.8), squeeze=False)
+    color = {s: f"C{i}" for i, s in enumerate(arms)}
+    ax = axes[0][0]
+    for name, cs in arms.items():
+        n = min(len(c.y) for c in cs)
+        mx = np.mean([c.x[:n] for c in cs], 0)
+        m, lo, hi = np.array([t_interval([c.y[r] for c in cs]) for r in range(n)]).T
+        ax.plot(mx, m, marker="o", label=name, color=color[name], linestyle="--" if name == "random" else "-")
+        ax.fill_between(mx, lo, hi, color=color[name], alpha=0.15)
+    ax.set_ylabel(f"{METRICS[metric]} (lower is better)")
+    panels = [ax]
+    if paired:
+        ax = axes[0][1]
+        ax.axhline(0, color="gray", linestyle="--", linewidth=1)
+        for name, cs in arms.items():
+            if name == "random" or not pairs(cs, arms["random"]):
+                continue
+            d = paired_diffs(cs, arms["random"])
+            mx = np.mean([a.x[: d.shape[1]] for a, _ in pairs(cs, arms["random"])], 0)
+            ok = ~np.isnan(d).any(0)
+            m, lo, hi = np.array([t_interval(d[:, r]) for r in np.flatnonzero(ok)]).T
+            ax.plot(mx[ok], m, marker="o", label=name, color=color[name])
+            ax.fill_between(mx[ok], lo, hi, color=color[name], alpha=0.15)
+        ax.set_ylabel("minus random, same seed (below 0: better)")
+        panels.append(ax)
+    for ax in panels:
+        ax.set_xlabel(XS[x][1])
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
@@ -173,19 +360,18 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (largest budget of each chain)")
     p.add_argument("--out", default="reports/al", help="output path stem (.png, .md)")
+    p.add_argument("--metric", default="heldout", choices=METRICS,
+                   help="heldout: loss on the pool's held-out slice; test: on the runs' --test_file")
+    p.add_argument("--x", default="examples", choices=XS,
+                   help="the budget axis: labelled examples, or the cumulative length of their answers "
+                        "(tokens of the run's tokenizer; words to compare models with different tokenizers)")
     p.add_argument("--hist", action="store_true", help="also plot per-round score histograms of each run")
     args = p.parse_args(argv)
     runs = [run_paths(r).run for r in args.runs]
-    rows = read_runs(runs)
-    curves, diffs = load_curves(rows), paired_diffs(rows)
+    arms = by_arm(read_runs(runs, args.metric, args.x))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    plot(curves, diffs, args.out + ".png")
-    text = ("# Held-out answer NLL by labelled budget (mean ± std over seeds, where there are several)\n\n"
-            + table(curves) +
-            "\n\n'random needs': the smallest budget at which random selection's mean reaches the strategy's "
-            "loss at its first budget past the seed set.\n\n"
-            "## Difference to random with the same seed (negative: the strategy is better)\n\n"
-            + paired_table(diffs) + "\n")
+    plot(arms, args.metric, args.x, args.out + ".png")
+    text = report(arms, args.metric, args.x)
     atomic_write_text(args.out + ".md", text)
     if args.hist:
         for run in runs:

@@ -1,46 +1,114 @@
-"""report_AL.py on hand-made run directories: the table's numbers are the inputs' numbers."""
+"""report_AL.py on hand-made run directories: every number in the tables is worked out by hand
+from the inputs (t quantiles: t(0.975, 1) = 12.7062, t(0.975, 2) = 4.30265)."""
 import json
 import os
 
+import numpy as np
+import pytest
+
 import report_AL
+from al_utils import InputError
 
 FLAGS = {"stratification_strategy": "bucket", "pick_samples_from": "top", "num_k": 2, "decay_k": False}
 
 
-def fake_run(root, name, strategy, seed, losses):
+def fake_run(root, name, strategy, seed, losses, tokens=None, metric="heldout", flags=None):
     d = root / name
     (d / "rounds" / "1").mkdir(parents=True)
-    log = [{"round": i, "labelled": 50 * (i + 1), "train_loss": 0.0, "heldout_loss": v} for i, v in enumerate(losses)]
-    json.dump({"flags": {**FLAGS, "sampling_strategy": strategy, "seed": seed}, "round_log": log},
-              open(d / "state.json", "w"))
+    tokens = tokens or [100 * (i + 1) for i in range(len(losses))]
+    log = [{"round": i, "labelled": 50 * (i + 1), "answer_tokens": t, "answer_words": t // 2, "train_loss": 0.0,
+            "heldout_loss": v if metric == "heldout" else None, "test_loss": v if metric == "test" else None}
+           for i, (v, t) in enumerate(zip(losses, tokens))]
+    fl = {**FLAGS, "sampling_strategy": strategy, "seed": seed, **(flags or {})}
+    json.dump({"flags": fl, "round_log": log}, open(d / "state.json", "w"))
     with open(d / "rounds" / "1" / "scores.jsonl", "w") as f:
         for i in range(10):
             f.write(json.dumps({"id": i, "score": float(i)}) + "\n")
     return str(d)
 
 
-def test_table_plot_and_random_match(tmp_path):
-    runs = [fake_run(tmp_path, "r1", "random", 1, [3.0, 2.8, 2.6]),
-            fake_run(tmp_path, "r2", "random", 2, [3.2, 3.0, 2.4]),
-            fake_run(tmp_path, "a1", "forward_ppl", 1, [2.9, 2.5, 2.3])]
+def row(md, name):
+    return next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
+
+
+def rows(md, name):
+    return [line for line in md.splitlines() if line.startswith(f"| {name} |")]
+
+
+def test_paired_ci_ratio_and_auc_by_hand(tmp_path):
+    rand = [3.0, 2.8, 2.6]  # every random seed the same: its mean curve is exact
+    runs = [fake_run(tmp_path, f"r{s}", "random", s, rand) for s in (1, 2, 3)]
+    d1 = np.array([-0.1, -0.15, -0.18])  # paired differences at 100; at 150 all -0.2
+    runs += [fake_run(tmp_path, f"a{s}", "forward_ppl", s, [3.0, 2.8 + d, 2.4]) for s, d in zip((1, 2, 3), d1)]
+    runs.append(fake_run(tmp_path, "u4", "forward_ppl", 4, [9.0, 9.0, 9.0]))  # no random seed 4: not paired
     out = str(tmp_path / "rep" / "al")
     report_AL.main([*runs, "--out", out, "--hist"])
     md = open(out + ".md").read()
-    assert "| random | 3.1000 ± 0.1000 | 2.9000 ± 0.1000 | 2.5000 ± 0.1000 |  |" in md
-    # forward_ppl reaches 2.5 at 100 examples (first budget past the seed set); random's mean at 150
-    assert "| forward_ppl bucket/top | 2.9000 | 2.5000 | 2.3000 | 150 |" in md
-    # paired with random seed 1 only (same seed set and held-out slice): 2.9-3.0, 2.5-2.8, 2.3-2.6
-    assert "| forward_ppl bucket/top | -0.1000 | -0.3000 | -0.3000 | 1 |" in md
+    diff, ratio = rows(md, "forward_ppl bucket/top")[1:]
+    h = 4.30265 * d1.std(ddof=1) / np.sqrt(3)
+    assert diff.split(" | ")[2] == f"{d1.mean():+.4f} [{d1.mean() - h:+.4f}, {d1.mean() + h:+.4f}]*"  # excludes 0
+    assert diff.split(" | ")[3] == "-0.2000"  # no spread: the interval is the point
+    auc = (d1 - 0.2) / 2  # paired AUC over rounds 1, 2 per seed
+    h = 4.30265 * auc.std(ddof=1) / np.sqrt(3)
+    assert diff.split(" | ")[4] == f"{auc.mean():+.4f} [{auc.mean() - h:+.4f}, {auc.mean() + h:+.4f}]*"
+    # ratio at 100: the mean 2.6567 is reached by random's mean curve at 100 + 0.1433 / 0.2 * 50;
+    # a resample's mean lies between 2.70 (at 125: 1.25) and 2.62 (at 145: 1.45)
+    at = 100 - d1.mean() / 0.2 * 50
+    assert ratio.split(" | ")[1] == f"{at / 100:.2f} [1.25, 1.45]"
+    # at 150: 2.4 is below random's last point in every resample
+    assert ratio.split(" | ")[2] == "> 1.00 [> 1.00, > 1.00] |"
+    # the curves table: the unpaired seed 4 counts there, as a seed of its arm
+    assert row(md, "random").endswith("| 3.0000 | 2.8000 | 2.6000 | 2.7000 | 3 |  |")
+    assert rows(md, "forward_ppl bucket/top")[0].split(" | ")[-2] == "4"
     assert os.path.getsize(out + ".png") > 1000 and os.path.getsize(out + "_hist_a1.png") > 1000
 
 
-def test_paired_difference_over_seeds(tmp_path):
-    """Each strategy run is compared with the random run of its own seed; unpaired seeds are ignored."""
-    runs = [fake_run(tmp_path, "r1", "random", 1, [3.0, 2.8, 2.6]),
-            fake_run(tmp_path, "r2", "random", 2, [3.2, 3.0, 2.4]),
-            fake_run(tmp_path, "a1", "forward_ppl", 1, [3.0, 2.7, 2.3]),
-            fake_run(tmp_path, "a2", "forward_ppl", 2, [3.2, 2.7, 2.5]),
-            fake_run(tmp_path, "a3", "forward_ppl", 3, [9.0, 9.0, 9.0])]  # no random seed 3
-    table = report_AL.paired_table(report_AL.paired_diffs(report_AL.read_runs(runs)))
-    # seed 1: 0, -0.1, -0.3; seed 2: 0, -0.3, +0.1
-    assert "| forward_ppl bucket/top | +0.0000 ± 0.0000 | -0.2000 ± 0.1000 | -0.1000 ± 0.2000 | 2 |" in table
+def test_bounds_when_one_curve_never_reaches_the_other(tmp_path):
+    runs = [fake_run(tmp_path, f"r{s}", "random", s, [3.0, 2.9, 2.8]) for s in (1, 2)]
+    runs += [fake_run(tmp_path, f"w{s}", "ifd", s, [3.0, 3.1, 3.2]) for s in (1, 2)]  # worse than the seed set
+    runs += [fake_run(tmp_path, f"b{s}", "cluster", s, [3.0, 2.0, 1.0], flags={"stratification_strategy": None})
+             for s in (1, 2)]  # better than random ever gets
+    md = report_AL.report(report_AL.by_arm(report_AL.read_runs(runs, "heldout", "examples")), "heldout", "examples")
+    # random's first point (50) is already below the worse strategy: a bound, 50/100 and 50/150
+    worse = rows(md, "ifd bucket/top")[2].split(" | ")[1:]
+    assert worse == ["<= 0.50 [<= 0.50, <= 0.50]", "<= 0.33 [<= 0.33, <= 0.33] |"]
+    # random never reaches the better one within its last budget (150): > 150/100, > 150/150
+    assert rows(md, "cluster")[2] == "| cluster | > 1.50 [> 1.50, > 1.50] | > 1.00 [> 1.00, > 1.00] |"
+
+
+def test_answer_token_axis_interpolates_random_at_the_strategys_cost(tmp_path):
+    runs = [fake_run(tmp_path, f"r{s}", "random", s, [3.0, 2.8, 2.6], tokens=[100, 200, 300]) for s in (1, 2)]
+    # long answers: 150 tokens per example; at 150 tokens random (interpolated) is at 2.9
+    runs += [fake_run(tmp_path, f"l{s}", "instruction_length", s, [2.95, 2.75 + 0.01 * s, 2.5],
+                      tokens=[150, 250, 450]) for s in (1, 2)]
+    out = str(tmp_path / "tok")
+    report_AL.main([*runs, "--x", "answer_tokens", "--out", out])
+    md = open(out + ".md").read()
+    curves, cost, diff, ratio = rows(md, "instruction_length bucket/top")
+    assert "| round 0 | round 1 | round 2 |" in md  # x differs across arms: columns are rounds
+    assert cost == "| instruction_length bucket/top | 150 | 250 | 450 |"
+    # diffs: 2.95 - 2.9; (2.76, 2.77) - 2.7 (random at 250 tokens); 450 is past random's 300: n/a
+    h = 12.7062 * np.std([0.06, 0.07], ddof=1) / np.sqrt(2)
+    cells = diff.split(" | ")
+    assert cells[1] == "+0.0500" and cells[2] == f"+0.0650 [{0.065 - h:+.4f}, {0.065 + h:+.4f}]*" and cells[3] == "n/a"
+    # ratio at round 1: mean 2.765 -> random reaches it at 100 + 0.235/0.2*100 = 217.5 tokens; / 250
+    assert ratio.split(" | ")[1].startswith(f"{217.5 / 250:.2f} [")
+
+
+def test_wrong_metric_or_axis_is_one_line(tmp_path):
+    run = fake_run(tmp_path, "r1", "random", 1, [3.0, 2.9])
+    with pytest.raises(InputError, match=r"state.json: test_loss: round 0 has none \(the run needs --test_file\)"):
+        report_AL.read_runs([run], "test", "examples")
+    state = json.load(open(tmp_path / "r1" / "state.json"))
+    for r in state["round_log"]:
+        del r["answer_words"]
+    json.dump(state, open(tmp_path / "r1" / "state.json", "w"))
+    with pytest.raises(InputError, match="answer_words: not recorded"):
+        report_AL.read_runs([run], "heldout", "answer_words")
+
+
+def test_labels_tell_seed_set_and_guard_apart():
+    base = {"sampling_strategy": "rds", "stratification_strategy": "greedy", "pick_samples_from": "top"}
+    assert report_AL.label(base) == "rds greedy/top"
+    assert report_AL.label({**base, "seed_strategy": "typiclust"}) == "rds greedy/top seed=typiclust"
+    assert report_AL.label({**base, "max_similarity": 0.99}) == "rds greedy/top tau=0.99"
