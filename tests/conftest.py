@@ -1,4 +1,5 @@
 """Shared fixtures: a 200-record slice of the embedded pool and a tiny Llama built from it."""
+import glob
 import json
 import os
 import sys
@@ -41,6 +42,19 @@ def loaded(tiny_model):
     tok = fsdp_utils.load_tokenizer(tiny_model)
     model = fsdp_utils.load_model(tiny_model, torch.device("cpu")).eval()
     return model, tok
+
+
+def outputs(path) -> dict:
+    """What 'same result' compares, file by file: the selected set, every round's scores and
+    selections, and every round's metrics (training and held-out numbers; timings aside)."""
+    files = [os.path.join(path, "selected.json")]
+    files += sorted(glob.glob(os.path.join(path, "rounds", "*", "s*.jsonl")))
+    out = {os.path.relpath(f, path): open(f).read() for f in files}
+    for f in sorted(glob.glob(os.path.join(path, "rounds", "*", "metrics.json"))):
+        m = json.load(open(f))
+        m.pop("seconds"), m["train"].pop("seconds")
+        out[os.path.relpath(f, path)] = m
+    return out
 
 
 def write_jsonl(path, rows) -> str:

@@ -13,7 +13,7 @@ import torch
 import acquisition_AL
 import al_utils as U
 import fsdp_utils
-from conftest import ROOT, hand_answer_nll
+from conftest import ROOT, hand_answer_nll, outputs
 
 COMMON = ["--num_acquisition_samples", "50", "--stratification_strategy", "bucket", "--num_k", "3",
           "--pick_samples_from", "top", "--heldout_size", "20", "--epochs", "1", "--grad_accum", "4",
@@ -24,19 +24,6 @@ COMMON = ["--num_acquisition_samples", "50", "--stratification_strategy", "bucke
 def run(pool, model, path, budget, *extra):
     acquisition_AL.main(["--file_path", pool, "--init_checkpoint_path", model, "--model_path", str(path),
                          "--al_data_fraction", str(budget), *COMMON, *extra])
-
-
-def outputs(path) -> dict:
-    """What 'same result' compares, file by file: the selected set, every round's scores and
-    selections, and every round's metrics (training and held-out numbers; timings aside)."""
-    files = [os.path.join(path, "selected.json")]
-    files += sorted(glob.glob(os.path.join(path, "rounds", "*", "s*.jsonl")))
-    out = {os.path.relpath(f, path): open(f).read() for f in files}
-    for f in sorted(glob.glob(os.path.join(path, "rounds", "*", "metrics.json"))):
-        m = json.load(open(f))
-        m.pop("seconds"), m["train"].pop("seconds")
-        out[os.path.relpath(f, path)] = m
-    return out
 
 
 @pytest.fixture(scope="module")
