@@ -235,9 +235,11 @@ def run_flags(args: argparse.Namespace, pool_hash: str, annotate: bool) -> dict:
 
 
 def check_same(state: dict, flags: dict, where: str) -> None:
-    old = state["flags"]
+    """Refuse a changed run flag. A flag the run's state does not know was added after it was made:
+    at its default (or unused, None) it is what that run did, so a run made before stays resumable."""
+    old, p = state["flags"], parser()
     diff = [f"{k}: {old.get(k)!r} -> {flags.get(k)!r}" for k in sorted(set(old) | set(flags))
-            if old.get(k) != flags.get(k)]
+            if old.get(k) != flags.get(k) and not (k not in old and flags[k] in (None, p.get_default(k)))]
     if diff:
         raise InputError(f"--resume: {where}: flags or pool differ from the run being resumed: " + "; ".join(diff))
 

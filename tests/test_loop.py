@@ -105,6 +105,22 @@ def test_existing_run_and_changed_flags_refused(full_run, pool, tiny_model, caps
     assert e.value.code == 2 and "seed: 42 -> 1" in err
 
 
+def test_run_made_before_a_flag_existed_still_resumes(full_run, pool, tiny_model, tmp_path, capsys):
+    """A flag added later is absent from an older run's state: at its default it is no change."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(full_run, old)
+    shutil.copytree(f"{full_run}_sharded", f"{old}_sharded")
+    state = json.load(open(old / "state.json"))
+    del state["flags"]["test_file"], state["flags"]["budget_unit"]
+    json.dump(state, open(old / "state.json", "w"))
+    run(pool, tiny_model, old, 150, "--resume")  # nothing left to do, and no refusal
+    with pytest.raises(SystemExit) as e:
+        acquisition_AL.run_cli(lambda: run(pool, tiny_model, old, 20000, "--resume", "--budget_unit", "answer_words"))
+    assert e.value.code == 2 and "budget_unit: None -> 'answer_words'" in capsys.readouterr().err
+
+
 def test_model_free_strategy_grows_labelled_set(pool, tiny_model, tmp_path):
     # the original replaced the labelled set with `random` and looped forever
     run(pool, tiny_model, tmp_path / "rand", 120, "--sampling_strategy", "random")
