@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Several strategies x several seeds on the same pool and base model, each run straight to the
 # largest budget (its rounds are the learning curve: 50, 100, ... labelled), then report_AL.py.
-# About 31 minutes on 2 idle cores with the defaults (2 seeds; 46 with other work on them); edit the variables.
+# Edit the variables; SEEDS may be split over several calls (same OUT): a finished run returns at once,
+# interrupted ones resume, and each call reports the runs it was given.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 POOL="${POOL:-data/dolly-1.5k.jsonl}"
 MODEL="${MODEL:-models/tiny-llama}"
 OUT="${OUT:-runs/compare}"
 MAX_BUDGET="${MAX_BUDGET:-300}"
 PER_ROUND="${PER_ROUND:-50}"
-SEEDS="${SEEDS:-42 43}"                            # 3 seeds: about 45 minutes
+SEEDS="${SEEDS:-42 43 44 45 46}"
 # name:strategy:stratification:pick
 CONFIGS="${CONFIGS:-random:random:greedy:top ppl_top:forward_ppl:bucket:top ppl_bottom:forward_ppl:bucket:bottom ifd:ifd:bucket:top cluster:cluster:greedy:top}"
 TRAIN_FLAGS="${TRAIN_FLAGS:---lr 1e-3 --epochs 1 --train_batch_size 4 --grad_accum 2 --train_max_length 384 --model_max_length 384}"

@@ -33,7 +33,7 @@ case "$PART" in
           "rds_guard=--sampling_strategy rds $TGT --max_similarity 0.99")
     ;;
   smollm2)
-    MODEL="${MODEL:-models/SmolLM2-135M_sharded}"
+    MODEL="${MODEL:-models/SmolLM2-135M}"
     TARGETS="${TARGETS:-summarization}"
     MAX_BUDGET="${MAX_BUDGET:-150}" PER_ROUND="${PER_ROUND:-25}" THREADS="${THREADS:-2}"
     # lighter than the default part, the same for every arm: 1 epoch, 256 tokens, a quarter of the
@@ -42,10 +42,7 @@ case "$PART" in
     ARMS=("random=--sampling_strategy random"
           "rds=--sampling_strategy rds $TGT"
           "less=--sampling_strategy less $TGT --save_opt")
-    if [ ! -f "$MODEL/.metadata" ]; then
-      bash scripts/get_smollm2.sh models/SmolLM2-135M
-      "$PY" convert_hf_to_fsdp.py --load_path models/SmolLM2-135M --save_path "$MODEL"
-    fi
+    if [ ! -f "$MODEL/config.json" ]; then bash scripts/get_smollm2.sh "$MODEL"; fi
     ;;
   *) echo "usage: bash scripts/targeted.sh default|smollm2" >&2; exit 2 ;;
 esac
