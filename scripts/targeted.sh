@@ -7,7 +7,7 @@
 #   (a) summarization: 30 Dolly summarization records are the target, 50 others the test set, both
 #       removed from the pool (56 stay in it among 1,366 others); (b) alpaca_eval: 100 AlpacaEval
 #       instructions with reference answers are the target, 300 others the test set; pool = Dolly.
-# Every run also measures the untargeted held-out loss (100 pool records, drawn by the seed).
+# Every run also measures the untargeted held-out loss (100 pool records, 50 on SmolLM2, drawn by the seed).
 # Then report_AL.py per target on the test loss, against examples and against answer words, and the
 # copies the README quotes in benchmarks/results/targeted_<part>_<target>*.{md,png}.
 # The default part runs its two targets side by side, one thread each (TARGETS/THREADS to change).
@@ -20,7 +20,7 @@ case "$PART" in
   default)
     MODEL="${MODEL:-models/tiny-llama}"
     TARGETS="${TARGETS:-summarization alpaca_eval}"
-    MAX_BUDGET="${MAX_BUDGET:-250}" PER_ROUND="${PER_ROUND:-50}" THREADS="${THREADS:-1}"
+    MAX_BUDGET="${MAX_BUDGET:-250}" PER_ROUND="${PER_ROUND:-50}" THREADS="${THREADS:-1}" HELDOUT="${HELDOUT:-100}"
     # compare_strategies.sh's training; half of the remaining pool scored per round (every arm)
     TRAIN_FLAGS="${TRAIN_FLAGS:---lr 1e-3 --epochs 1 --train_batch_size 4 --grad_accum 2 --train_max_length 384 --model_max_length 384 --cluster_data_fraction 0.5}"
     # name=flags; rds_guard's TAU 0.99 is the median nearest-neighbour cosine of pool prompts under the
@@ -35,7 +35,7 @@ case "$PART" in
   smollm2)
     MODEL="${MODEL:-models/SmolLM2-135M}"
     TARGETS="${TARGETS:-summarization}"
-    MAX_BUDGET="${MAX_BUDGET:-150}" PER_ROUND="${PER_ROUND:-25}" THREADS="${THREADS:-2}"
+    MAX_BUDGET="${MAX_BUDGET:-150}" PER_ROUND="${PER_ROUND:-25}" THREADS="${THREADS:-2}" HELDOUT="${HELDOUT:-50}"
     # lighter than the default part, the same for every arm: 1 epoch, 256 tokens, a quarter of the
     # remaining pool scored per round
     TRAIN_FLAGS="${TRAIN_FLAGS:---lr 5e-5 --epochs 1 --train_batch_size 4 --grad_accum 2 --train_max_length 256 --model_max_length 256 --cluster_data_fraction 0.25}"
@@ -68,7 +68,7 @@ one_target() {  # all arms x seeds of one target, then its reports
       echo "[$target] $name seed $seed" >&2
       # shellcheck disable=SC2086
       "$PY" acquisition_AL.py --file_path "$pool" --init_checkpoint_path "$MODEL" --test_file "$data/test.jsonl" \
-        --al_data_fraction "$MAX_BUDGET" --num_acquisition_samples "$PER_ROUND" --heldout_size 100 --seed "$seed" \
+        --al_data_fraction "$MAX_BUDGET" --num_acquisition_samples "$PER_ROUND" --heldout_size "$HELDOUT" --seed "$seed" \
         --threads "$THREADS" --no_progress $TRAIN_FLAGS ${flags//@DATA/$data} --model_path "$run" "${resume[@]}" \
         2>> "$dir.log"
     done
