@@ -244,6 +244,15 @@ def check_same(state: dict, flags: dict, where: str) -> None:
         raise InputError(f"--resume: {where}: flags or pool differ from the run being resumed: " + "; ".join(diff))
 
 
+def check_world(state: dict, where: str) -> None:
+    """Training batches are split over the ranks, so a run continues only with the world size it
+    started with (its results are reproducible for one world size; see design.md)."""
+    w, was = fsdp_utils.world(), state.get("world_size")
+    if was is not None and was != w:
+        raise InputError(f"--resume: {where}: the run was started with {was} process(es) and is resumed with {w}; "
+                         f"resume it with {was} (torchrun --nproc_per_node/--nnodes), or start a new run")
+
+
 def check_run_dir(args: argparse.Namespace, paths: RunPaths, prior: dict | None, flags: dict) -> None:
     """Read-only checks of the run directory, whose state is `prior` (every rank, before any work)."""
     if prior is not None:
@@ -251,9 +260,11 @@ def check_run_dir(args: argparse.Namespace, paths: RunPaths, prior: dict | None,
             raise InputError(f"--model_path: {paths.run}: run exists; pass --resume to continue or --overwrite")
         if args.resume:
             check_same(prior, flags, paths.state)
+            check_world(prior, paths.state)
     elif args.resume and args.resume_checkpoint_path:
         prev = run_of_checkpoint(args.resume_checkpoint_path)
         check_same(read_state(prev.run), flags, prev.state)
+        check_world(read_state(prev.run), prev.state)
 
 
 def pending_labels(args: argparse.Namespace, paths: RunPaths, prior: dict | None, by_id: dict,
@@ -423,7 +434,8 @@ def open_run(args: argparse.Namespace) -> Run:
     order = [i for i in perm[args.heldout_size:] if (by_id[i]["instruction"], by_id[i]["input"]) not in keys]
     state = read_state(paths.run) or {  # read again: a chained run's state was just seeded
         "version": 1, "flags": flags, "pool_sha256": pool_hash, "heldout_ids": perm[: args.heldout_size],
-        "rounds_done": -1, "rng": "numpy default_rng([seed, round, purpose]) per draw", "round_log": []}
+        "rounds_done": -1, "rng": "numpy default_rng([seed, round, purpose]) per draw", "round_log": [],
+        "world_size": fsdp_utils.world()}
     state.update(budget=budget, **provenance())
     enc = encode_records(tok, records)  # prompts (+ the pool's answers, if any: oracle labels, held-out)
     state["excluded_as_target"] = len(perm) - args.heldout_size - len(order)

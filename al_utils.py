@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -35,8 +36,12 @@ class InputError(Exception):
     """Bad input found before any work: printed as one `error: ...` line, exit code 2."""
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def run_cli(main: Callable[[], Any]) -> None:
-    """Run a script's main(); an InputError becomes one clear line on stderr and exit code 2."""
+    """Run a script's main(); an InputError becomes one clear line on stderr and exit code 2, a
+    full disk (or quota) one line naming the file and exit code 1."""
     try:
         main()
     except InputError as e:
@@ -44,6 +49,13 @@ def run_cli(main: Callable[[], Any]) -> None:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        # every write is temp + rename, so what is on disk is the last complete version of each file
+        print(f"error: {e.filename or '(a file)'}: {e.strerror} ({errno.errorcode[e.errno]}); nothing was left "
+              "half-written: free space, then run again with --resume", file=sys.stderr)
+        sys.exit(1)
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -57,9 +69,11 @@ def atomic_write_text(path: str, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write() or fsync() names no file
+            raise OSError(e.errno, e.strerror, path) from e
         raise
 
 
@@ -188,8 +202,10 @@ def check_common_args(args: argparse.Namespace) -> None:
 
 def kill_point(name: str, rnd: int) -> None:
     """Crash-safety test hook: with AL_KILL_AT=<name>:<round> in the environment the process
-    SIGKILLs itself here (points: scoring, selected, training, checkpoint_save)."""
-    if os.environ.get("AL_KILL_AT") == f"{name}:{rnd}":
+    SIGKILLs itself here (points: scoring, selected, training, checkpoint_save); with
+    AL_KILL_RANK=<r> only that rank of a torchrun launch does."""
+    if os.environ.get("AL_KILL_AT") == f"{name}:{rnd}" and \
+            os.environ.get("AL_KILL_RANK", os.environ.get("RANK", "0")) == os.environ.get("RANK", "0"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -17,13 +17,12 @@ import sys
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from tqdm import tqdm
 
 from al_utils import InputError, atomic_dir, run_cli
-from fsdp_utils import copy_meta
+from fsdp_utils import copy_meta, safe_reader
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError(f"--save_path: {args.save_path}: exists; remove it first")
     with open(os.path.join(cfg_dir, "config.json")) as f:
         tied = json.load(f).get("tie_word_embeddings", False)
-    meta = FileSystemReader(args.load_path).read_metadata()
+    try:  # a crafted .metadata is refused before anything in it runs
+        meta = safe_reader(args.load_path).read_metadata()
+    except InputError as e:
+        raise InputError(f"--load_path: {e}") from None
     keys = [k for k, m in meta.state_dict_metadata.items()
             if k.startswith("model.") and isinstance(m, TensorStorageMetadata)]
     if tied:  # HF keeps one copy of a tied embedding
@@ -63,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         for g, group in enumerate(groups):
             m = meta.state_dict_metadata
             sd = {k: torch.empty(m[k].size, dtype=m[k].properties.dtype) for k in group}
-            dcp.load(sd, checkpoint_id=args.load_path, planner=DefaultLoadPlanner(allow_partial_load=True),
-                     no_dist=True)
+            dcp.load(sd, storage_reader=safe_reader(args.load_path),  # (metadata checked above)
+                     planner=DefaultLoadPlanner(allow_partial_load=True), no_dist=True)
             name = "model.safetensors" if len(groups) == 1 else f"model-{g + 1:05d}-of-{len(groups):05d}.safetensors"
             out = {k.removeprefix("model."): t for k, t in sd.items()}
             save_file(out, os.path.join(tmp, name), metadata={"format": "pt"})

@@ -20,18 +20,17 @@ import sys
 
 import torch.distributed.checkpoint as dcp
 from safetensors import safe_open
-from torch.distributed.checkpoint import FileSystemReader
 from tqdm import tqdm
 
 from al_utils import InputError, atomic_dir, run_cli
-from fsdp_utils import check_model_dir, copy_meta
+from fsdp_utils import check_model_dir, copy_meta, safe_reader
 
 
 def merge_parts(root: str, parts: list[str]) -> None:
     """Write one .metadata for the part checkpoints under root, pointing into their files."""
     merged = None
     for part in parts:
-        md = FileSystemReader(os.path.join(root, part)).read_metadata()
+        md = safe_reader(os.path.join(root, part)).read_metadata()
         storage = {i: dataclasses.replace(s, relative_path=f"{part}/{s.relative_path}")
                    for i, s in md.storage_data.items()}
         if merged is None:

@@ -123,6 +123,53 @@ def copy_meta(src: str, dst: str) -> None:
             shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
 
 
+# what a torch.distributed.checkpoint .metadata pickle holds (checked on every checkpoint the suite
+# writes, model and optimizer state); anything else could be a payload that runs code on loading
+DCP_METADATA_CLASSES = {
+    ("torch.distributed.checkpoint.metadata", n) for n in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+    ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict")}
+
+
+def read_dcp_metadata(path: str):
+    """A DCP `.metadata` file, unpickled admitting only the classes DCP writes (and torch dtypes):
+    a crafted file is refused, naming the class, before anything in it runs."""
+    import io
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) in DCP_METADATA_CLASSES or (
+                    module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+                return super().find_class(module, name)
+            raise InputError(f"{path}: (pickle): refers to {module}.{name}, which torch.distributed.checkpoint "
+                             "never writes; not loading it (unpickling it could run code)")
+
+    with open(path, "rb") as f:
+        return Restricted(io.BytesIO(f.read())).load()
+
+
+def safe_reader(path: str):
+    """A DCP FileSystemReader whose metadata is read by read_dcp_metadata: every DCP load and every
+    metadata read goes through this, so any checkpoint flag may point at a downloaded folder."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            rank = kwargs.get("rank")
+            md = read_dcp_metadata(os.path.join(path, ".metadata" if rank is None else f"__{rank}.metadata"))
+            if getattr(md, "storage_meta", None) is None:
+                md.storage_meta = StorageMeta()
+            md.storage_meta.load_id = self.load_id
+            return md
+
+    return SafeReader(path)
+
+
 def check_model_dir(path: str, flag: str) -> None:
     """Fail early, naming the flag, when `path` is not a model folder."""
     if not os.path.isdir(path) or checkpoint_kind(path) is None:
@@ -135,10 +182,10 @@ def _stored_shapes(path: str, flag: str) -> dict[str, tuple]:
     short is reported here, before any work, instead of deep inside a load."""
     shapes = {}
     if checkpoint_kind(path) == "dcp":
-        from torch.distributed.checkpoint import FileSystemReader
-
         try:
-            md = FileSystemReader(path).read_metadata()
+            md = safe_reader(path).read_metadata()
+        except InputError as e:
+            raise InputError(f"{flag}: {e}") from None
         except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
             raise InputError(f"{flag}: {path}/.metadata: unreadable ({type(e).__name__}): "
                              "truncated or corrupt?") from None
@@ -310,9 +357,7 @@ def has_optimizer_state(path: str) -> bool:
     """Whether a DCP checkpoint holds optimizer state (saved with --save_opt)."""
     if checkpoint_kind(path) != "dcp":
         return False
-    from torch.distributed.checkpoint import FileSystemReader
-
-    return any(k.startswith("optim.") for k in FileSystemReader(path).read_metadata().state_dict_metadata)
+    return any(k.startswith("optim.") for k in safe_reader(path).read_metadata().state_dict_metadata)
 
 
 def adam_moments(model: torch.nn.Module, path: str, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -349,7 +394,9 @@ def load_dcp(model: torch.nn.Module, path: str, optimizer: torch.optim.Optimizer
     state = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = get_optimizer_state_dict(model, optimizer)
-    dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
+    reader = safe_reader(path)
+    reader.read_metadata()  # a crafted file fails here with its one line (dcp.load would wrap the error)
+    dcp.load(state, storage_reader=reader, no_dist=not dist.is_initialized())
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, state["optim"])
 
@@ -397,14 +444,22 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, path: str, meta: dict,
         shutil.rmtree(tmp, ignore_errors=True)
     barrier()
     msd, osd = get_state_dict(model, optimizer or [])
-    dcp.save({"model": msd, **({"optim": osd} if optimizer is not None else {})}, checkpoint_id=tmp,
-             no_dist=not dist.is_initialized())
+    try:
+        dcp.save({"model": msd, **({"optim": osd} if optimizer is not None else {})}, checkpoint_id=tmp,
+                 no_dist=not dist.is_initialized())
+        if is_main():
+            model.config.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            with open(os.path.join(tmp, "al_checkpoint.json"), "w") as f:
+                json.dump(meta, f, indent=2)
+    except BaseException as e:  # e.g. a full disk: the old checkpoint stays; free what the new one took
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = write_error(e, path)
+        if err is e:
+            raise
+        raise err from e
     if is_main():
-        model.config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        with open(os.path.join(tmp, "al_checkpoint.json"), "w") as f:
-            json.dump(meta, f, indent=2)
         kill_point("checkpoint_save", meta.get("round", -1))
         old = tmp + ".old"
         if os.path.exists(path):
@@ -412,6 +467,17 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, path: str, meta: dict,
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     barrier()
+
+
+def write_error(e: BaseException, where: str) -> BaseException:
+    """The OSError under a failed checkpoint write (DCP wraps it per rank), naming a file; else e."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if isinstance(e, CheckpointException):
+        e = next((exc for exc, _ in e.failures.values() if isinstance(exc, OSError)), e)
+    if isinstance(e, OSError) and e.filename is None:
+        return OSError(e.errno, e.strerror, where)
+    return e
 
 
 def recover_checkpoint(path: str) -> None:

@@ -109,22 +109,81 @@ def test_hf_sharded_hf_round_trip(tiny_model, tmp_path, variant):
     assert torch.equal(m3.lm_head.weight, m1.lm_head.weight.float())
 
 
-def test_acquisition_two_ranks_equals_one_process(tiny_model, pool, tmp_path):
-    common = ["--file_path", pool, "--init_checkpoint_path", tiny_model, "--al_data_fraction", "100",
-              "--num_acquisition_samples", "50", "--stratification_strategy", "bucket", "--num_k", "3",
-              "--epochs", "1", "--train_batch_size", "2", "--train_max_length", "256", "--model_max_length", "256",
-              "--lr", "1e-3", "--heldout_size", "20", "--no_progress"]
-    torchrun("acquisition_AL.py", *common, "--grad_accum", "2", "--model_path", str(tmp_path / "two"))
-    acquisition_AL.main([*common, "--grad_accum", "4", "--threads", "2", "--model_path", str(tmp_path / "one")])
+ACQ = ["--al_data_fraction", "100", "--num_acquisition_samples", "50", "--stratification_strategy", "bucket",
+       "--num_k", "3", "--epochs", "1", "--train_batch_size", "2", "--train_max_length", "256",
+       "--model_max_length", "256", "--lr", "1e-3", "--heldout_size", "20", "--no_progress"]
+
+
+def acq(tiny_model, pool, path, *extra):
+    return ["acquisition_AL.py", "--file_path", pool, "--init_checkpoint_path", tiny_model, *ACQ,
+            "--model_path", str(path), *extra]
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tiny_model, pool, tmp_path_factory):
+    path = tmp_path_factory.mktemp("acq") / "two"
+    torchrun(*acq(tiny_model, pool, path, "--grad_accum", "2"))
+    return path
+
+
+def test_acquisition_two_ranks_equals_one_process(two_rank_run, tiny_model, pool, tmp_path):
+    acquisition_AL.main(acq(tiny_model, pool, tmp_path / "one", "--grad_accum", "4", "--threads", "2")[1:])
     for r in ("0", "1"):
-        ids = [[json.loads(line)["id"] for line in open(tmp_path / run / "rounds" / r / "selected.jsonl")]
-               for run in ("one", "two")]
+        ids = [[json.loads(line)["id"] for line in open(run / "rounds" / r / "selected.jsonl")]
+               for run in (tmp_path / "one", two_rank_run)]
         assert ids[0] == ids[1] and len(ids[0]) == 50
     s1 = U.read_jsonl(str(tmp_path / "one" / "rounds" / "1" / "scores.jsonl"))
-    s2 = U.read_jsonl(str(tmp_path / "two" / "rounds" / "1" / "scores.jsonl"))
+    s2 = U.read_jsonl(str(two_rank_run / "rounds" / "1" / "scores.jsonl"))
     assert [r["id"] for r in s1] == [r["id"] for r in s2]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(s1, s2)) < 1e-4
-    assert fsdp_utils.checkpoint_kind(str(tmp_path / "two_sharded")) == "dcp"
+    assert fsdp_utils.checkpoint_kind(f"{two_rank_run}_sharded") == "dcp"
+    # a 2-process run is not resumed by 1 process (training batches are split over the ranks)
+    with pytest.raises(U.InputError, match=r"started with 2 process\(es\) and is resumed with 1"):
+        acquisition_AL.main(acq(tiny_model, pool, two_rank_run, "--grad_accum", "2", "--resume")[1:])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def same_run(a, b) -> None:
+    """Same selections, scores and checkpoint weights (same world size: bitwise)."""
+    for f in ("selected.json", "rounds/0/selected.jsonl", "rounds/1/scores.jsonl", "rounds/1/selected.jsonl"):
+        assert open(a / f).read() == open(b / f).read(), f
+    pa, pb = params(f"{a}_sharded"), params(f"{b}_sharded")
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_two_nodes_equal_one_node(two_rank_run, tiny_model, pool, tmp_path):
+    """Two `torchrun --nnodes 2 --nproc_per_node 1` launches (node ranks 0 and 1, rendezvous on
+    localhost) run the acquisition the 1-node 2-rank launch ran."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={i}", f"--rdzv_endpoint=127.0.0.1:{port}",
+                               *acq(tiny_model, pool, tmp_path / "nodes", "--grad_accum", "2")],
+                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for i in (0, 1)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    same_run(tmp_path / "nodes", two_rank_run)
+
+
+def test_rank_killed_in_training_then_resumed(two_rank_run, tiny_model, pool, tmp_path):
+    """Rank 1 SIGKILLed while training round 1: torchrun stops rank 0 and fails; --resume under
+    2 ranks ends with the files of the uninterrupted 2-rank run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AL_KILL_AT": "training:1", "AL_KILL_RANK": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        *acq(tiny_model, pool, tmp_path / "killed", "--grad_accum", "2")],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "SIGKILL" in r.stderr
+    assert json.load(open(tmp_path / "killed" / "state.json"))["rounds_done"] == 0
+    torchrun(*acq(tiny_model, pool, tmp_path / "killed", "--grad_accum", "2", "--resume"))
+    same_run(tmp_path / "killed", two_rank_run)
 
 
 def test_crash_during_checkpoint_save(tiny_model, pool, tmp_path):

@@ -1,5 +1,6 @@
 """The acquisition loop end to end on a 200-record pool: growth, disjointness, resume, chaining."""
 import fcntl
+import gc
 import glob
 import json
 import os
@@ -173,3 +174,38 @@ def test_second_run_on_same_model_path_refused(pool, tiny_model, tmp_path, capsy
     assert first.returncode == 0
     with open(path / ".lock") as f:  # released at exit
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "state"])
+def test_full_disk_stops_with_one_line_and_resumes_identically(full_run, pool, tiny_model, tmp_path, capsys,
+                                                               monkeypatch, where):
+    """fsync (where a full disk shows: data is only known to be on disk once synced) fails with
+    ENOSPC for round 1's checkpoint files, or for its first state.json write."""
+    import errno
+
+    path = tmp_path / "full"
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        done = json.load(open(path / "state.json"))["rounds_done"] if (path / "state.json").exists() else -1
+        hit = ".full_sharded.tmp" in name if where == "checkpoint" else name.endswith("state.json")
+        if hit and done == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(SystemExit) as e:
+        U.run_cli(lambda: run(pool, tiny_model, path, 150))
+    err = capsys.readouterr().err.splitlines()[-1]
+    where_file = f"{path}_sharded" if where == "checkpoint" else f"{path}/state.json"
+    assert e.value.code == 1 and err == f"error: {where_file}: No space left on device (ENOSPC); nothing was left " \
+        "half-written: free space, then run again with --resume"
+    state = json.load(open(path / "state.json"))
+    assert state["rounds_done"] == 0 and fsdp_utils.checkpoint_meta(f"{path}_sharded")["round"] == 0
+    assert not glob.glob(str(tmp_path / ".*tmp*")) and not glob.glob(str(path / ".tmp-*"))  # nothing half-written
+    monkeypatch.setattr(os, "fsync", real_fsync)  # space freed
+    del e  # the traceback holds the failed run and its lock, which a real exit would release
+    gc.collect()
+    run(pool, tiny_model, path, 150, "--resume")
+    assert outputs(path) == outputs(full_run)

@@ -54,3 +54,64 @@ def test_weights_load_safely():
             assert "weights_only=True" in call, f"{f}: {call}"
         assert "trust_remote_code=True" not in src, f
         assert not re.search(r"\bpickle\.loads?\(", src), f  # DCP's own .metadata reader aside
+
+
+class Payload:
+    """Unpickling this runs a command: what a crafted .metadata can do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def crafted_checkpoint(tiny_model, tmp_path):
+    """A copy of a real sharded checkpoint whose .metadata runs code when unpickled."""
+    import pickle
+    import shutil
+
+    import convert_hf_to_fsdp
+
+    good = tmp_path / "good"
+    convert_hf_to_fsdp.main(["--load_path", tiny_model, "--save_path", str(good)])
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    marker = tmp_path / "pwned"
+    with open(bad / ".metadata", "wb") as f:
+        pickle.dump(Payload(str(marker)), f)
+    return good, bad, marker
+
+
+def test_crafted_metadata_is_refused_before_it_runs(tiny_model, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    import pytest
+    import torch
+
+    import convert_fsdp_to_hf
+    import fsdp_utils
+    from al_utils import InputError
+
+    good, bad, marker = crafted_checkpoint(tiny_model, tmp_path)
+    why = f"{bad}/.metadata: (pickle): refers to posix.system, which torch.distributed.checkpoint never writes; " \
+          "not loading it (unpickling it could run code)"
+    with pytest.raises(InputError) as e:
+        fsdp_utils.check_weights(str(bad), "--sharded_model")
+    assert str(e.value) == f"--sharded_model: {why}"
+    for call in (lambda: fsdp_utils.load_dcp(fsdp_utils.load_model(str(good), torch.device("cpu")), str(bad)),
+                 lambda: fsdp_utils.has_optimizer_state(str(bad))):
+        with pytest.raises(InputError, match="refers to posix.system"):
+            call()
+    with pytest.raises(InputError) as e:
+        convert_fsdp_to_hf.main(["--load_path", str(bad), "--save_path", str(tmp_path / "hf")])
+    assert str(e.value) == f"--load_path: {why}"
+    # the reproduction: eval on a downloaded sharded checkpoint
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "eval_generate.py"), "--sharded_model", str(bad),
+                        "--save_file_name", str(tmp_path / "o.json"), "--debug"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().endswith(why)
+    assert not marker.exists()  # nothing in the file ran
+    # what the suite writes still reads: model, and optimizer state (--save_opt) through train_AL
+    assert fsdp_utils.has_optimizer_state(str(good)) is False
+    fsdp_utils.load_dcp(fsdp_utils.load_model(str(good), torch.device("cpu")), str(good))
