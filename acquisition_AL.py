@@ -89,7 +89,9 @@ ANNOTATION = "annotation (real annotators instead of the pool's answers)"
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--file_path", default="data/dolly-1.5k.jsonl", help="pool (.json/.jsonl/.csv)")
+    g.add_argument("--file_path", default="data/dolly-1.5k.jsonl",
+                   help="pool: .json/.jsonl/.csv/.parquet, a save_to_disk folder [DIR:SPLIT] or hf:NAME[:SPLIT] "
+                        "from the local Hugging Face cache")
     g.add_argument("--init_checkpoint_path", required=True, help="base model (HF folder or sharded)")
     g.add_argument("--heldout_size", type=int, default=0,
                    help="examples drawn (seeded) before the seed set, never selected, for held-out loss")
@@ -100,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
                         "their answers (annotators are paid by the answer): a batch then takes the strategy's picks "
                         "in selection order until the next would exceed its words")
     g.add_argument("--test_file", default=None,
-                   help="examples (.json/.jsonl/.csv with answers) whose answer NLL under each round's model goes "
+                   help="examples (any pool format, with answers) whose answer NLL under each round's model goes "
                         "into metrics.json as test_loss, e.g. the target task's test set; pool records with the "
                         "same instruction and input are never selected")
     g.add_argument("--warm_start", action="store_true",

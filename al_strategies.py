@@ -415,7 +415,7 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
                         "with a labelled or already picked example, and go on down the strategy's order")
     g = p.add_argument_group("target (rds, less: what the model should get good at)")
     g.add_argument("--target_file", default=None,
-                   help="examples of the wanted behaviour (.json/.jsonl/.csv like a pool; answers optional); pool "
+                   help="examples of the wanted behaviour (any pool format; answers optional); pool "
                         "records with the same instruction and input are never selected")
     g.add_argument("--target_group_field", default=None,
                    help="a target column (e.g. category) splitting it into groups scored separately: a "

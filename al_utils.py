@@ -210,6 +210,11 @@ def kill_point(name: str, rnd: int) -> None:
 
 
 def file_sha256(path: str) -> str:
+    """A data source's content hash (what --resume compares): the file's bytes, or a dataset's files."""
+    from al_datasets import dataset_sha256, is_dataset_source
+
+    if is_dataset_source(path):
+        return dataset_sha256(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -228,7 +233,12 @@ ALIASES = {
 
 
 def read_rows(path: str) -> list[tuple[int, Any]]:
-    """(1-based line or element number, parsed value) for every record of a .json/.jsonl/.csv file."""
+    """(1-based line or element number, parsed value) for every record of a .json/.jsonl/.csv file,
+    or (1-based row, row) of a Hugging Face dataset source (al_datasets)."""
+    from al_datasets import dataset_rows, is_dataset_source
+
+    if is_dataset_source(path):
+        return dataset_rows(path)
     if not os.path.isfile(path):
         raise InputError(f"{path}: file: no such file")
     with open(path, "rb") as f:
@@ -270,7 +280,8 @@ def read_rows(path: str) -> list[tuple[int, Any]]:
         except csv.Error as e:
             raise InputError(f"{path}:{reader.line_num}: (csv): {e}") from None
         return rows
-    raise InputError(f"{path}: file: expected a .json, .jsonl or .csv file")
+    raise InputError(f"{path}: file: expected a .json, .jsonl, .csv or .parquet file, a save_to_disk folder or "
+                     "hf:NAME[:SPLIT]")
 
 
 def load_records(path: str, require_output: str = "") -> list[dict]:

@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--sharded_model", default=None, help="checkpoint to evaluate (sharded or HF folder)")
     g.add_argument("--model_path", default=None, help="the same, for a HF folder (either flag works)")
     g.add_argument("--file_path", default="alpaca_eval",
-                   help="'alpaca_eval' = the embedded 805 AlpacaEval instructions, or a .json/.jsonl/.csv pool")
+                   help="'alpaca_eval' = the embedded 805 AlpacaEval instructions, or a pool (any format "
+                        "acquisition_AL.py reads)")
     g.add_argument("--save_file_name", required=True, help="output JSON (parent folders are created)")
     g.add_argument("--generator", default=None, help="name in the output's generator field (default: model dir)")
     g.add_argument("--limit", type=int, default=None, help="only the first N instructions")

@@ -196,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
     g.add_argument("--init_checkpoint_path", required=True, help="model to start from (HF folder or sharded)")
-    g.add_argument("--data_path", required=True, help="labelled set (.json/.jsonl/.csv with instruction/input/output)")
+    g.add_argument("--data_path", required=True, help="labelled set with instruction/input/output (any pool format)")
     g.add_argument("--save_path", required=True, help="where the trained sharded checkpoint goes")
     runtime = add_common_args(p, seed_help="seed of the epoch order")
     add_save_opt_args(runtime, default=True)

@@ -25,3 +25,56 @@ def test_json_array_and_dolly_file(tmp_path):
     assert [r["id"] for r in load_records(str(p))] == [0, 1]
     recs = load_records(write_jsonl(tmp_path / "x.jsonl", [{"instruction": "i", "response": "r"}] * 3))
     assert [r["id"] for r in recs] == [0, 1, 2]
+
+
+def hf_copies(pool, tmp_path):
+    """The pool as a .parquet file and as save_to_disk folders (a Dataset, and a DatasetDict)."""
+    import datasets
+
+    ds = datasets.Dataset.from_list([json.loads(line) for line in open(pool)])
+    ds.to_parquet(str(tmp_path / "pool.parquet"))
+    ds.save_to_disk(str(tmp_path / "disk"))
+    datasets.DatasetDict({"train": ds.select(range(5)), "other": ds}).save_to_disk(str(tmp_path / "dict"))
+    return str(tmp_path / "pool.parquet"), str(tmp_path / "disk"), str(tmp_path / "dict")
+
+
+def test_parquet_and_save_to_disk_pools_select_the_same(pool, tiny_model, tmp_path):
+    import acquisition_AL
+
+    parquet, disk, dd = hf_copies(pool, tmp_path)
+    assert load_records(parquet) == load_records(disk) == load_records(pool) == load_records(f"{dd}:other")
+    assert len(load_records(dd)) == 5  # a DatasetDict without :SPLIT reads its train split
+    picks = []
+    for i, src in enumerate((pool, parquet, disk)):
+        acquisition_AL.main(["--file_path", src, "--init_checkpoint_path", tiny_model, "--model_path",
+                             str(tmp_path / f"r{i}"), "--al_data_fraction", "60", "--num_acquisition_samples", "30",
+                             "--stratification_strategy", "bucket", "--num_k", "3", "--heldout_size", "10",
+                             "--epochs", "1", "--grad_accum", "4", "--train_max_length", "128",
+                             "--model_max_length", "128", "--threads", "2", "--no_progress"])
+        picks.append([r["id"] for r in json.load(open(tmp_path / f"r{i}" / "selected.json"))])
+    assert picks[0] == picks[1] == picks[2] and len(picks[0]) == 60
+
+
+def test_dataset_source_errors(pool, tmp_path):
+    import datasets
+    import pytest
+
+    from al_utils import InputError, file_sha256
+
+    parquet, disk, dd = hf_copies(pool, tmp_path)
+    datasets.Dataset.from_list([{"question": "q", "answer": "a"}]).to_parquet(str(tmp_path / "cols.parquet"))
+    datasets.Dataset.from_list([{"instruction": 3}, {"instruction": 4}]).to_parquet(str(tmp_path / "t.parquet"))
+    cases = {str(tmp_path / "cols.parquet"): f"{tmp_path}/cols.parquet:1: instruction: missing (columns found: "
+                                             "question, answer)",
+             f"{dd}:nope": f"{dd}:nope: (dataset): no split 'nope' (splits: other, train); name one as {dd}:nope:SPLIT",
+             str(tmp_path / "none.parquet"): f"{tmp_path}/none.parquet: file: no such file"}
+    for src, err in cases.items():
+        with pytest.raises(InputError) as e:
+            load_records(src)
+        assert str(e.value) == err
+    with pytest.raises(InputError, match="t.parquet:1: instruction: expected a string, got int"):
+        load_records(str(tmp_path / "t.parquet"))
+    with pytest.raises(InputError, match=r"^hf:no-such/dataset: \(dataset\): not in the local Hugging Face cache"):
+        load_records("hf:no-such/dataset")
+    # --resume compares content: same data in another folder hashes the same, other data differently
+    assert file_sha256(disk) == file_sha256(f"{dd}:other") != file_sha256(dd)
