@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 import fsdp_utils
-from al_annotation import batch_rows, export_batch, import_labels, load_labels, save_labels
+from al_annotation import annotation_mode, export_for_annotators, load_labels, pending_labels, save_labels
+from al_scoring import ScoreConfig, answer_nll
 from al_similarity import Target, less_modules, load_target, similarity_guard, target_keys
 from al_strategies import (
     Scoring,
@@ -56,10 +57,8 @@ from al_strategies import (
 from al_utils import (
     InputError,
     RunPaths,
-    ScoreConfig,
     add_common_args,
     add_save_opt_args,
-    answer_nll,
     answer_words,
     atomic_savefig,
     atomic_write_json,
@@ -143,12 +142,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------------------------
 # checks before any work
-
-
-def annotation_mode(args: argparse.Namespace, prior: dict | None) -> bool:
-    """Answers from annotators: asked for now, or the run being resumed was started that way."""
-    return bool(args.annotate_out or args.labels) or bool(
-        prior and args.resume and prior["flags"].get("labels_from") == "annotators")
 
 
 def check_numbers(args: argparse.Namespace) -> tuple[ScoreConfig, SelectConfig]:
@@ -267,25 +260,6 @@ def check_run_dir(args: argparse.Namespace, paths: RunPaths, prior: dict | None,
         prev = run_of_checkpoint(args.resume_checkpoint_path)
         check_same(read_state(prev.run), flags, prev.state)
         check_world(read_state(prev.run), prev.state)
-
-
-def pending_labels(args: argparse.Namespace, paths: RunPaths, prior: dict | None, by_id: dict,
-                   labels: dict) -> tuple[dict, str]:
-    """--labels checked in full before anything changes: (new answers, the summary line)."""
-    if not args.labels:
-        return {}, ""
-    if prior is None:
-        raise InputError(f"--labels: {args.model_path}: no run there waiting for labels "
-                         "(start one with --annotate_out)")
-    rnd = prior["rounds_done"] + 1
-    sel = paths.round_file(rnd, "selected.jsonl")
-    if not os.path.isfile(sel):
-        raise InputError(f"--labels: {paths.run}: no batch is waiting for labels")
-    batch = [r["id"] for r in read_jsonl(sel)]
-    new, blank, again = import_labels(args.labels, batch, rnd, by_id, labels)
-    done = sum(i in labels or i in new for i in batch)
-    return new, (f"imported {len(new)} answers from {args.labels} ({again} already imported, {blank} left "
-                 f"blank); round {rnd}: {done} of {len(batch)} labelled")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -548,26 +522,6 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
         vecs = fsdp_utils.gather_lists(sc.prompt_vectors(ids[fsdp_utils.my_slice(len(ids))]).tolist())
     emb = dict(zip(ids, np.array(vecs, dtype=np.float32)))
     return rows, lambda: similarity_guard(emb, run.labelled, tau)
-
-
-def export_for_annotators(run: Run, rnd: int, picked: list[dict]) -> bool:
-    """Annotation mode: hand out the picks that have no answer yet and say so (True: stop here)."""
-    missing = [r for r in picked if run.annotate and r["id"] not in run.labels]
-    if not missing:
-        return False
-    rows = batch_rows(missing, run.by_id, rnd)
-    mine = run.paths.round_file(rnd, "to_annotate.jsonl")
-    dest = run.args.annotate_out or mine
-    run.state["in_round"] = {"round": rnd, "finished": "selection", "waiting_for_labels": len(missing),
-                             "batch": len(picked), "exported_to": dest}
-    if run.main:
-        export_batch(mine, rows)
-        if run.args.annotate_out:
-            export_batch(run.args.annotate_out, rows)
-        run.save_state()
-    run.log(f"waiting for labels: {len(missing)} of round {rnd}'s {len(picked)} examples are in {dest}; "
-            "fill their `output`, then run again with --labels FILE")
-    return True
 
 
 def train_round(run: Run, rnd: int) -> dict:

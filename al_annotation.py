@@ -7,12 +7,22 @@ are kept in <run>/labels.jsonl, the run's only source of answers in annotation m
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import os
 from typing import Any
 
-from al_utils import ALIASES, InputError, atomic_write_jsonl, atomic_write_text, read_jsonl, read_rows, run_paths
+from al_utils import (
+    ALIASES,
+    InputError,
+    RunPaths,
+    atomic_write_jsonl,
+    atomic_write_text,
+    read_jsonl,
+    read_rows,
+    run_paths,
+)
 
 EXPORT_FIELDS = ("id", "instruction", "input", "output", "round", "score", "bucket")
 
@@ -93,3 +103,52 @@ def import_labels(path: str, batch: list, rnd: int, records: dict, labels: dict)
         else:
             new[rid] = answer  # kept exactly as written
     return new, blank, again
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop's side: which runs take answers from annotators, the labels a call brings, the batch handed out
+
+
+def annotation_mode(args: argparse.Namespace, prior: dict | None) -> bool:
+    """Answers from annotators: asked for now, or the run being resumed was started that way."""
+    return bool(args.annotate_out or args.labels) or bool(
+        prior and args.resume and prior["flags"].get("labels_from") == "annotators")
+
+
+def pending_labels(args: argparse.Namespace, paths: RunPaths, prior: dict | None, by_id: dict,
+                   labels: dict) -> tuple[dict, str]:
+    """--labels checked in full before anything changes: (new answers, the summary line)."""
+    if not args.labels:
+        return {}, ""
+    if prior is None:
+        raise InputError(f"--labels: {args.model_path}: no run there waiting for labels "
+                         "(start one with --annotate_out)")
+    rnd = prior["rounds_done"] + 1
+    sel = paths.round_file(rnd, "selected.jsonl")
+    if not os.path.isfile(sel):
+        raise InputError(f"--labels: {paths.run}: no batch is waiting for labels")
+    batch = [r["id"] for r in read_jsonl(sel)]
+    new, blank, again = import_labels(args.labels, batch, rnd, by_id, labels)
+    done = sum(i in labels or i in new for i in batch)
+    return new, (f"imported {len(new)} answers from {args.labels} ({again} already imported, {blank} left "
+                 f"blank); round {rnd}: {done} of {len(batch)} labelled")
+
+
+def export_for_annotators(run: Any, rnd: int, picked: list[dict]) -> bool:
+    """Annotation mode: hand out the picks that have no answer yet and say so (True: stop here)."""
+    missing = [r for r in picked if run.annotate and r["id"] not in run.labels]
+    if not missing:
+        return False
+    rows = batch_rows(missing, run.by_id, rnd)
+    mine = run.paths.round_file(rnd, "to_annotate.jsonl")
+    dest = run.args.annotate_out or mine
+    run.state["in_round"] = {"round": rnd, "finished": "selection", "waiting_for_labels": len(missing),
+                             "batch": len(picked), "exported_to": dest}
+    if run.main:
+        export_batch(mine, rows)
+        if run.args.annotate_out:
+            export_batch(run.args.annotate_out, rows)
+        run.save_state()
+    run.log(f"waiting for labels: {len(missing)} of round {rnd}'s {len(picked)} examples are in {dest}; "
+            "fill their `output`, then run again with --labels FILE")
+    return True

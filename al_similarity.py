@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from al_utils import Encoded, InputError, ScoreConfig, encode_records, load_records, read_rows, right_pad
+from al_scoring import ScoreConfig, right_pad
+from al_utils import Encoded, InputError, encode_records, load_records, read_rows
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from al_scoring import ScoreConfig, generate, mean_nll, sequence_nll
 from al_similarity import (
     Target,
     embed,
@@ -26,18 +27,7 @@ from al_similarity import (
     typicality,
     typiclust_pick,
 )
-from al_utils import (
-    RESPONSE_MARKER,
-    InputError,
-    ScoreConfig,
-    format_prompt,
-    generate,
-    mean_nll,
-    pad_id_of,
-    sequence_nll,
-    truncate_pair,
-    truncate_prompt,
-)
+from al_utils import RESPONSE_MARKER, InputError, format_prompt, pad_id_of, truncate_pair, truncate_prompt
 
 SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
                      "Request: {instruction}")

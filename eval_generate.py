@@ -21,17 +21,15 @@ import time
 import numpy as np
 
 import fsdp_utils
+from al_scoring import ScoreConfig, answer_nll, generate
 from al_utils import (
     InputError,
-    ScoreConfig,
     add_common_args,
-    answer_nll,
     atomic_write_json,
     check_common_args,
     encode_records,
     file_sha256,
     format_prompt,
-    generate,
     load_records,
     pad_id_of,
     read_state,

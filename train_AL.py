@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import fsdp_utils
+from al_scoring import right_pad
 from al_utils import (
     Encoded,
     InputError,
@@ -29,7 +30,6 @@ from al_utils import (
     encode_records,
     load_records,
     pad_id_of,
-    right_pad,
     run_cli,
     truncate_pair,
 )

@@ -21,17 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fsdp_utils  # noqa: E402
-from al_utils import (  # noqa: E402
-    ScoreConfig,
-    atomic_write_text,
-    batch_nll,
-    encode_records,
-    load_records,
-    mean_nll,
-    pad_id_of,
-    sequence_nll,
-    truncate_prompt,
-)
+from al_scoring import ScoreConfig, batch_nll, mean_nll, sequence_nll  # noqa: E402
+from al_utils import atomic_write_text, encode_records, load_records, pad_id_of, truncate_prompt  # noqa: E402
 
 
 def original(model, seqs, pad):

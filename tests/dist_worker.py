@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import al_scoring as SC  # noqa: E402
 import al_strategies as S  # noqa: E402
 import al_utils as U  # noqa: E402
 import fsdp_utils  # noqa: E402
@@ -37,7 +38,7 @@ def run(mode: str, model_path: str, pool: str, out: str) -> None:
         if fsdp_utils.is_main():
             json.dump({"losses": stats["losses"], "steps": stats["steps"]}, open(os.path.join(out, "train.json"), "w"))
     else:
-        cfg = U.ScoreConfig(token_budget=1024, max_length=256, progress=False, gen_max_new_tokens=4, grad_dim=64)
+        cfg = SC.ScoreConfig(token_budget=1024, max_length=256, progress=False, gen_max_new_tokens=4, grad_dim=64)
         # rds's target: pool records 60..69 (not scored) in two groups by category parity
         target = Target(pool, records[60:70], [enc[i] for i in ids[60:70]], [str(j % 2) for j in range(10)])
         sc = S.Scoring(model, tok, enc, {r["id"]: r for r in records}, cfg, np.random.default_rng(0), target)

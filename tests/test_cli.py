@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import acquisition_AL
+import al_scoring as SC
 import al_utils as U
 import eval_generate
 import train_AL
@@ -85,7 +86,7 @@ def test_flags_that_do_not_apply_are_recorded_as_unused():
     # one flag set serves a loop over strategies: scoring-pass settings are accepted by model-free ones
     a = acquisition_AL.parse_args(BASE + ["--sampling_strategy", "random", "--model_max_length", "384"])
     assert (a.model_max_length, a.score_token_budget, a.batch_size) == (None, None, None)
-    assert U.ScoreConfig() == acquisition_AL.score_config(a, progress=True)
+    assert SC.ScoreConfig() == acquisition_AL.score_config(a, progress=True)
 
 
 @pytest.mark.parametrize("extra, error", [

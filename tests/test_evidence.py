@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import acquisition_AL
+import al_scoring as SC
 import al_strategies as S
 import al_utils as U
 import fsdp_utils
@@ -70,15 +71,15 @@ def test_fill_to_cost_and_the_doubling_of_n():
         return np.random.default_rng(0)
 
     # n = 1, 2, 4: the 4th pick (12 words) does not fit, so the batch is the first 3
-    picked, _ = S.select_by_cost(rows, 1, 10, cost, 1, cfg, U.ScoreConfig(), rng_of)
+    picked, _ = S.select_by_cost(rows, 1, 10, cost, 1, cfg, SC.ScoreConfig(), rng_of)
     assert [r["id"] for r in picked] == [0, 1, 2] and len(calls) == 3
     # everything fits: n grows to every candidate and stops there
-    picked, _ = S.select_by_cost(rows, 3, 100, cost, 1, cfg, U.ScoreConfig(), rng_of)
+    picked, _ = S.select_by_cost(rows, 3, 100, cost, 1, cfg, SC.ScoreConfig(), rng_of)
     assert len(picked) == 10
     # a seeded random pick: the batch is what select gives for the final n with a fresh rng
     ucfg = S.SelectConfig("forward_ppl", "greedy", "uniform")
-    picked, _ = S.select_by_cost(rows, 2, 7, cost, 1, ucfg, U.ScoreConfig(), lambda: np.random.default_rng(5))
-    full, _ = S.select(rows, 8, 1, ucfg, U.ScoreConfig(), np.random.default_rng(5))
+    picked, _ = S.select_by_cost(rows, 2, 7, cost, 1, ucfg, SC.ScoreConfig(), lambda: np.random.default_rng(5))
+    full, _ = S.select(rows, 8, 1, ucfg, SC.ScoreConfig(), np.random.default_rng(5))
     assert picked == S.fill_to_cost(full, 7, cost) and sum(cost(r["id"]) for r in picked) <= 7
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import al_scoring as SC
 import al_strategies as S
 import al_utils as U
 from conftest import NO_INPUT, hand_ids, keep_tail, prompt_text
@@ -20,7 +21,7 @@ def setup(loaded, pool):
 
 def scoring(setup, **cfg) -> S.Scoring:
     model, tok, records, enc = setup
-    return S.Scoring(model, tok, enc, records, U.ScoreConfig(**{"progress": False, **cfg}), np.random.default_rng(0))
+    return S.Scoring(model, tok, enc, records, SC.ScoreConfig(**{"progress": False, **cfg}), np.random.default_rng(0))
 
 
 def hand_nll(model, ids, start):
@@ -49,9 +50,9 @@ def test_forward_ppl_matches_hand_computation(setup):
     want = [hand_nll(model, keep_tail(p, 128), 1) for p in prompts]
     np.testing.assert_allclose(got, want, atol=1e-5)
     # the same without the shared-prefix cache, and with fixed-size batches
-    s, c = U.sequence_nll(model, [keep_tail(p, 128) for p in prompts], [1] * len(ids), U.pad_id_of(tok),
-                          U.ScoreConfig(token_budget=0, batch_size=3, progress=False), prefix_cache=False)
-    np.testing.assert_allclose(U.mean_nll(s, c), want, atol=1e-5)
+    s, c = SC.sequence_nll(model, [keep_tail(p, 128) for p in prompts], [1] * len(ids), U.pad_id_of(tok),
+                          SC.ScoreConfig(token_budget=0, batch_size=3, progress=False), prefix_cache=False)
+    np.testing.assert_allclose(SC.mean_nll(s, c), want, atol=1e-5)
 
 
 def test_row_alone_equals_row_in_padded_batch(setup):
@@ -59,9 +60,9 @@ def test_row_alone_equals_row_in_padded_batch(setup):
     ids = list(records)[:12]
     seqs = [enc[i].prompt for i in ids]
     pad = U.pad_id_of(tok)
-    batch_s, batch_c = U.batch_nll(model, seqs, [1] * len(seqs), pad)
+    batch_s, batch_c = SC.batch_nll(model, seqs, [1] * len(seqs), pad)
     for b, s in enumerate(seqs):
-        alone_s, alone_c = U.batch_nll(model, [s], [1], pad)
+        alone_s, alone_c = SC.batch_nll(model, [s], [1], pad)
         assert alone_c[0] == batch_c[b] == len(s) - 1
         assert abs(alone_s[0] / alone_c[0] - batch_s[b] / batch_c[b]) < 1e-5
 
@@ -71,11 +72,11 @@ def test_prefix_cache_path(setup, monkeypatch, start):
     """Force the shared-prefix KV cache on rows of different lengths (padding + cache), with
     targets starting before and after the prefix ends."""
     model, tok, records, enc = setup
-    monkeypatch.setattr(U, "PREFIX_MIN_SAVED_TOKENS", 0)
+    monkeypatch.setattr(SC, "PREFIX_MIN_SAVED_TOKENS", 0)
     rows = [enc[i].prompt + enc[i].answer for i in list(records)[:40] if not records[i]["input"]][:6]
     rows = [r[:200] for r in rows]
-    assert len({len(r) for r in rows}) > 1 and U._common_prefix(rows) >= 20
-    s, c = U.batch_nll(model, rows, [start] * len(rows), U.pad_id_of(tok))
+    assert len({len(r) for r in rows}) > 1 and SC._common_prefix(rows) >= 20
+    s, c = SC.batch_nll(model, rows, [start] * len(rows), U.pad_id_of(tok))
     want = [hand_nll(model, r, start) for r in rows]
     np.testing.assert_allclose((s / c).numpy(), want, atol=1e-5)
     assert c.tolist() == [len(r) - start for r in rows]
@@ -108,13 +109,13 @@ def test_answer_strategies_cover_the_same_answer_tokens(setup):
 
 def test_ifd_above_max_is_never_selected():
     rows = [{"id": i, "score": s} for i, s in enumerate([0.5, 1.2, 0.9, 1.0, 3.0, 0.7])]
-    scfg = U.ScoreConfig(ifd_max=1.0)
+    scfg = SC.ScoreConfig(ifd_max=1.0)
     cfg = S.SelectConfig(strategy="ifd", stratification="greedy", pick="top")
     got, skipped = S.select(rows, 3, 1, cfg, scfg, np.random.default_rng(0))
     assert [r["id"] for r in got] == [3, 2, 5] and skipped == []  # 1.0, 0.9, 0.7: 3.0 and 1.2 are ruled out
     assert len(S.allowed(rows, "ifd", scfg)) == 4
     assert len(S.allowed(rows, "forward_ppl", scfg)) == 6  # only ifd has the rule
-    assert S.select(rows, 3, 1, cfg, U.ScoreConfig(ifd_max=0.1), np.random.default_rng(0)) == ([], [])
+    assert S.select(rows, 3, 1, cfg, SC.ScoreConfig(ifd_max=0.1), np.random.default_rng(0)) == ([], [])
 
 
 def manual_greedy(model, prompt, n, eos):
@@ -232,7 +233,7 @@ def test_model_free_and_compound_keys(setup):
     rows = S.score_candidates("instruction_length", ids, scoring(setup))
     lengths = [len(tok(records[i]["instruction"]).input_ids) for i in ids]
     assert [r["score"] for r in rows] == [-n for n in lengths]
-    rows = S.score_candidates("random", ids, S.Scoring(None, tok, enc, records, U.ScoreConfig(),
+    rows = S.score_candidates("random", ids, S.Scoring(None, tok, enc, records, SC.ScoreConfig(),
                                                        np.random.default_rng(7)))
     assert [r["score"] for r in rows] == np.random.default_rng(7).random(30).tolist()
     rows = S.score_candidates("length_and_ppl", ids, scoring(setup, max_length=4096))
@@ -251,7 +252,7 @@ def test_cluster_tfidf_finds_the_topics(setup):
             for t, words in topics.items() for k in range(4)]
     by_id = {r["id"]: r for r in recs}
     enc = U.encode_records(tok, recs)
-    sc = S.Scoring(model, tok, enc, by_id, U.ScoreConfig(num_clusters=3, progress=False), np.random.default_rng(0))
+    sc = S.Scoring(model, tok, enc, by_id, SC.ScoreConfig(num_clusters=3, progress=False), np.random.default_rng(0))
     rows = S.score_candidates("cluster", list(by_id), sc)
     groups = {}
     for r in rows:

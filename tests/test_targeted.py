@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import acquisition_AL
+import al_scoring as SC
 import al_similarity as M
 import al_strategies as S
 import al_utils as U
@@ -33,8 +34,8 @@ def test_embeddings_are_mean_pooled_after_bos_and_batch_independent(setup):
     ids = list(records)[:12]
     seqs = [keep_tail(tok(prompt_text(records[i])).input_ids, 96) for i in ids]
     want = np.stack([hand_vector(model, s) for s in seqs])
-    for cfg in (U.ScoreConfig(token_budget=512), U.ScoreConfig(token_budget=0, batch_size=1),
-                U.ScoreConfig(token_budget=0, batch_size=5)):
+    for cfg in (SC.ScoreConfig(token_budget=512), SC.ScoreConfig(token_budget=0, batch_size=1),
+                SC.ScoreConfig(token_budget=0, batch_size=5)):
         np.testing.assert_allclose(M.embed(model, seqs, U.pad_id_of(tok), cfg), want, atol=1e-5)
 
 
@@ -54,7 +55,7 @@ def test_rds_equals_hand_cosines(setup, tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", target_rows)
     target = M.load_target(path, "category", tok)
     ids = list(records)[:10]
-    sc = S.Scoring(model, tok, enc, records, U.ScoreConfig(progress=False, max_length=4096), None, target)
+    sc = S.Scoring(model, tok, enc, records, SC.ScoreConfig(progress=False, max_length=4096), None, target)
     rows = S.score_candidates("rds", ids, sc)
     T = np.stack([hand_vector(model, tok(prompt_text({**r, "input": ""})).input_ids) for r in target_rows])
     for row, i in zip(rows, ids):
@@ -86,11 +87,11 @@ def test_similarity_guard_skips_exactly_the_close_ones():
     rows = [{"id": i, "score": s} for i, s in (("a", 5), ("b", 4), ("c", 3), ("d", 2), ("e", 1))]
     keep = M.similarity_guard(emb, ["L"], tau=0.9)
     cfg = S.SelectConfig(strategy="forward_ppl", stratification="greedy", pick="top")
-    picked, skipped = S.select(rows, 3, 1, cfg, U.ScoreConfig(), np.random.default_rng(0), keep)
+    picked, skipped = S.select(rows, 3, 1, cfg, SC.ScoreConfig(), np.random.default_rng(0), keep)
     # a is close to the labelled L, c to the picked b; d (cos 0.71 to both) and e are kept
     assert [r["id"] for r in picked] == ["b", "d", "e"] and skipped == ["a", "c"]
     # without the guard: the top 3
-    assert [r["id"] for r in S.select(rows, 3, 1, cfg, U.ScoreConfig(), np.random.default_rng(0))[0]] == \
+    assert [r["id"] for r in S.select(rows, 3, 1, cfg, SC.ScoreConfig(), np.random.default_rng(0))[0]] == \
         ["a", "b", "c"]
 
 
@@ -207,7 +208,7 @@ def test_less_features_equal_projected_autograd_gradients(setup):
     assert names[:2] == ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.v_proj.weight"]
     proj = M.projections(model, 48, seed=3)
     assert M.kron_dims(48) == (6, 8) and M.kron_dims(8192) == (64, 128)
-    got = M.grad_features(model, seqs, starts, U.pad_id_of(tok), U.ScoreConfig(token_budget=512), proj)
+    got = M.grad_features(model, seqs, starts, U.pad_id_of(tok), SC.ScoreConfig(token_budget=512), proj)
     R = [torch.kron(A, B) for A, B in proj]  # the explicit [out*in, 48] projection of each weight
     for row, s, st in zip(got, seqs, starts):
         g = hand_grad(model, s, st, names)
@@ -237,7 +238,7 @@ def test_less_adam_preconditioning_from_a_saved_optimizer_state(setup, tmp_path)
         torch.testing.assert_close(moments[n][1], opt.state[params[n]]["exp_avg_sq"])
     seq, start = enc[ids0 := list(records)[9]].prompt[:30] + enc[ids0].answer[:10], 30
     proj = M.projections(trained, 24, seed=1)
-    got = M.grad_features(trained, [seq], [start], U.pad_id_of(tok), U.ScoreConfig(), proj, moments, (0.9, 0.999))
+    got = M.grad_features(trained, [seq], [start], U.pad_id_of(tok), SC.ScoreConfig(), proj, moments, (0.9, 0.999))
     g = hand_grad(trained, seq, start, names)
     want = 0
     for n, (A, B) in zip(names, proj):

@@ -1,0 +1,218 @@
+"""Per-example loss scoring and generation over token ids: length-sorted batches under a token
+budget, masked NLL sums with a shared-prefix cache, answer NLL (held-out and test loss), padding,
+and batched generation with per-row caps. Every strategy, the loop's losses and evaluation use these.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from al_utils import Encoded, truncate_pair
+
+
+@dataclass
+class ScoreConfig:
+    """Scoring settings. These defaults are the flags' defaults: al_strategies.add_score_args builds
+    the flags from them and score_config checks them."""
+    max_length: int = 1024  # --model_max_length: scored sequences are cut to this (truncate_prompt)
+    token_budget: int = 2048  # --score_token_budget: tokens per length-sorted batch; 0 = fixed rows
+    batch_size: int = 4  # --batch_size: rows per batch when token_budget is 0
+    gen_max_new_tokens: int = 32  # generation_ppl: tokens generated
+    self_ask_positions: int = 3  # self_ask: generated positions read
+    num_clusters: int = 10  # cluster: KMeans clusters
+    cluster_embedding: str = "tfidf"  # cluster: tfidf | hidden
+    ifd_max: float = 1.0  # ifd: candidates above this are not selected (Cherry_LLM drops IFD > 1)
+    grad_dim: int = 8192  # less: dimensions of the projected gradients
+    grad_answers: str = "generated"  # less: candidate answers are the model's greedy ones, or the pool's
+    progress: bool = True
+
+    @property
+    def max_rows(self) -> int:  # rows per batch (scoring and generation)
+        return MAX_BATCH_ROWS if self.token_budget else self.batch_size
+
+    def batches(self, lengths: Sequence[int], groups: Sequence[int] | None = None) -> list[list[int]]:
+        return make_batches(lengths, self.token_budget or sys.maxsize, self.max_rows, groups)
+
+
+# a token budget alone would let thousands of 2-token rows into one batch: cap the rows too
+MAX_BATCH_ROWS = 256
+
+
+def make_batches(lengths: Sequence[int], token_budget: int, max_rows: int,
+                 groups: Sequence[int] | None = None) -> list[list[int]]:
+    """Group row indices sorted by (group, length) so each padded batch holds <= token_budget
+    tokens and <= max_rows rows; rows of one group (one template variant) share their prefix."""
+    groups = groups if groups is not None else [0] * len(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: (groups[i], lengths[i], i))
+    batches, cur = [], []
+    for i in order:
+        if cur and ((len(cur) + 1) * lengths[i] > token_budget or len(cur) >= max_rows
+                    or groups[i] != groups[cur[-1]]):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+PREFIX_MIN_SAVED_TOKENS = 128
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for j in range(n):
+        if any(s[j] != first[j] for s in seqs):
+            return j
+    return n
+
+
+@torch.no_grad()
+def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int,
+              prefix_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count of NLL over targets seqs[b][starts[b]:] for one batch (starts >= 1).
+
+    The batch's shared token prefix (the alpaca template) is run once and its KV cache reused
+    by every row: same numbers, less compute. Rows are right-padded and only their own
+    targets count, so a row's score does not depend on its batch-mates.
+    """
+    dev = next(model.parameters()).device
+    B, lens = len(seqs), [len(s) for s in seqs]
+    P = min(_common_prefix(seqs), min(lens) - 1) if prefix_cache else 0
+    # the prefix's own forward call costs about what ~128 tokens of compute do (tiny model, CPU):
+    # take the cache only when it saves more than that
+    if P < 2 or (B - 1) * P < PREFIX_MIN_SAVED_TOKENS:
+        P = 0
+    sums = torch.zeros(B, dtype=torch.float64)
+    counts = torch.tensor([max(0, n - s) for n, s in zip(lens, starts)], dtype=torch.float64)
+    cache = None
+    if P:
+        pre = torch.tensor([list(seqs[0][:P])], device=dev)
+        out = model(input_ids=pre, use_cache=True)
+        pre_logits = out.logits[0].float()  # [P, V]: position t-1 predicts token t
+        pre_nll = F.cross_entropy(pre_logits[:-1], pre[0, 1:], reduction="none").double().cpu()
+        csum = torch.cat([torch.zeros(1, dtype=torch.float64), pre_nll.cumsum(0)])  # csum[t] = sum over targets 1..t
+        for b, s in enumerate(starts):
+            if s < P:
+                sums[b] += csum[P - 1] - csum[max(s, 1) - 1]
+        # the first token after the prefix is predicted by the prefix's last position
+        nxt = torch.tensor([s[P] for s in seqs], device=dev)
+        first = F.cross_entropy(pre_logits[-1:].expand(B, -1), nxt, reduction="none").double().cpu()
+        sums += torch.where(torch.tensor(starts) <= P, first, torch.zeros_like(first))
+        cache = out.cache
+        cache.batch_repeat_interleave(B)
+    S = max(lens) - P
+    ids = torch.full((B, S), pad_id, dtype=torch.long)
+    tgt = torch.full((B, S), -100, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        row = torch.tensor(s[P:], dtype=torch.long)
+        ids[b, : len(row)] = row
+        lo = max(starts[b], P + 1)  # first target predicted by the suffix logits
+        if lo < len(s):
+            tgt[b, lo - P - 1: len(s) - P - 1] = torch.tensor(s[lo:], dtype=torch.long)
+    pos = torch.arange(P, P + S).unsqueeze(0).expand(B, -1)
+    # Right padding under causal attention: a real token never sees the pads after it, so no
+    # padding mask is needed (pads' own outputs are never scored). Without a mask, attention
+    # takes its causal fast path, which is what makes padded batches cheap on CPU.
+    logits = model(input_ids=ids.to(dev), position_ids=pos.to(dev),
+                   cache=cache, use_cache=cache is not None).logits.float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.to(dev).reshape(-1),
+                          ignore_index=-100, reduction="none").view(B, S)
+    sums += nll.double().sum(1).cpu()
+    return sums, counts
+
+
+def sequence_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,
+                 desc: str = "scoring", prefix_cache: bool = True,
+                 groups: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (sum, count) of NLL over seqs[i][starts[i]:], batched by length and token budget."""
+    sums, counts = np.zeros(len(seqs)), np.zeros(len(seqs))
+    was_training = model.training
+    model.eval()
+    with tqdm(total=len(seqs), desc=desc, disable=not cfg.progress, file=sys.stderr, leave=False) as bar:
+        for idx in cfg.batches([len(s) for s in seqs], groups):
+            s, c = batch_nll(model, [seqs[i] for i in idx], [starts[i] for i in idx], pad_id, prefix_cache)
+            sums[idx], counts[idx] = s.numpy(), c.numpy()
+            bar.update(len(idx))
+    model.train(was_training)
+    return sums, counts
+
+
+def mean_nll(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+
+
+def answer_nll(model, encoded: Sequence[Encoded], pad_id: int, max_len: int, cfg: ScoreConfig,
+               part: slice = slice(None), gather: Callable[[list], list] = lambda x: x) -> tuple[float, float]:
+    """Mean NLL of the answers given their prompts (truncated as in training): token-weighted,
+    and the mean of per-example means. Data-parallel like score_candidates: this process scores
+    encoded[part] and `gather` concatenates every rank's share."""
+    pairs = [truncate_pair(e.prompt, e.answer, max_len) for e in encoded[part]]
+    s, c = sequence_nll(model, [p + a for p, a, _ in pairs], [len(p) for p, _, _ in pairs], pad_id, cfg,
+                        desc="answer NLL")
+    s, c = np.array(gather(s.tolist())), np.array(gather(c.tolist()))
+    return float(s.sum() / c.sum()), float(np.mean(s / c))
+
+
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask (training, embeddings, gradients): under causal attention
+    a real token never sees the pads after it."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.tensor(list(s))
+        mask[b, : len(s)] = 1
+    return ids, mask
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask: generation appends on the right, so every row's last
+    real token must sit in the last column."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, L - len(s):] = torch.tensor(list(s))
+        mask[b, L - len(s):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pad_id: int, eos_id: int,
+             batch_size: int, progress: bool = True, desc: str = "generating", sampling: dict | None = None,
+             seed: int = 0, with_logits: bool = False) -> list[tuple[list[int], torch.Tensor | None]]:
+    """Batched KV-cache decoding (scoring and evaluation), left-padded, batched in length order,
+    returned in input order: per prompt (generated ids up to and including EOS, the raw logits
+    [n, V] that produced them when with_logits).
+
+    Row i stops at EOS or after max_new[i] tokens, whatever its batch-mates do, so greedy output
+    does not depend on the batch size or the rank count. `sampling` (generate()'s temperature,
+    top_p) samples instead of greedy, seeded per batch from `seed`."""
+    dev = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    results: list = [None] * len(prompts)
+    model.eval()
+    kw = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
+    for k in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, file=sys.stderr, leave=False):
+        idx = order[k: k + batch_size]
+        ids, mask = left_pad([prompts[i] for i in idx], pad_id)
+        L = ids.size(1)
+        torch.manual_seed(seed + k)
+        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                             max_new_tokens=max(max_new[i] for i in idx), pad_token_id=pad_id, eos_token_id=eos_id,
+                             output_logits=with_logits, return_dict_in_generate=True, **kw)
+        gen = out.sequences[:, L:].cpu()
+        logits = torch.stack(out.logits, 1).float().cpu() if with_logits else None  # [B, T, V]
+        for b, i in enumerate(idx):
+            row = gen[b, : max_new[i]].tolist()
+            n = row.index(eos_id) + 1 if eos_id in row else len(row)
+            results[i] = (row[:n], logits[b, :n] if with_logits else None)
+    return results
