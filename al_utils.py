@@ -282,8 +282,47 @@ def read_rows(path: str) -> list[tuple[int, Any]]:
                      "hf:NAME[:SPLIT]")
 
 
+# conversation columns: name -> (role key, text key, role spellings -> user | assistant | system)
+CONVERSATIONS = {
+    "messages": ("role", "content", {"user": "user", "assistant": "assistant", "system": "system"}),
+    "conversations": ("from", "value", {"human": "user", "user": "user", "gpt": "assistant",
+                                        "assistant": "assistant", "system": "system"}),
+}
+
+
+def single_turn(row: dict, where: str, require_output: str) -> dict | None:
+    """instruction/input/output of a `messages` ([{role, content}]) or ShareGPT `conversations`
+    ([{from, value}]) row, or None when it has neither. The alpaca template holds one user turn and
+    the answer after it; the answer may be left empty (an unlabelled pool) unless it is required."""
+    col = next((c for c in CONVERSATIONS if c in row), None)
+    if col is None:
+        return None
+    key, text, roles = CONVERSATIONS[col]
+    turns = row[col]
+    if not isinstance(turns, list) or not turns:
+        raise InputError(f"{where}: {col}: expected a non-empty list of turns")
+    seq = []
+    for k, t in enumerate(turns, 1):
+        if not isinstance(t, dict) or key not in t or not isinstance(t.get(text), str):
+            raise InputError(f"{where}: {col}: turn {k}: expected an object with {key!r} and a string {text!r}")
+        if t[key] not in roles:
+            raise InputError(f"{where}: {col}: turn {k}: unknown {key} {t[key]!r} (known: {', '.join(roles)})")
+        if not t[text].strip() and not (k == len(turns) > 1 and roles[t[key]] == "assistant"):
+            raise InputError(f"{where}: {col}: turn {k}: empty {text}")
+        seq.append((roles[t[key]], t[text]))
+    kinds = [r for r, _ in seq]
+    if kinds not in (["user"], ["user", "assistant"]):
+        raise InputError(f"{where}: {col}: turns {' -> '.join(kinds)}; the alpaca template holds one user turn "
+                         "and its answer (multi-turn and system turns need a chat template)")
+    answer = seq[1][1] if len(seq) == 2 else ""
+    if require_output and not answer.strip():
+        raise InputError(f"{where}: {col}: no assistant answer after the user turn ({require_output})")
+    return {"instruction": seq[0][1], "input": "", "output": answer}
+
+
 def load_records(path: str, require_output: str = "") -> list[dict]:
-    """Load a pool as records {id, instruction, input, output, ...extra columns}.
+    """Load a pool as records {id, instruction, input, output, ...extra columns}; a row without an
+    instruction column may be a single-turn conversation (`messages` or ShareGPT `conversations`).
 
     `id` is the row's own id if it has one, else its 0-based position in the file (records only,
     so the first record of a .jsonl is 0 even after blank lines). Extra columns are carried through.
@@ -297,7 +336,12 @@ def load_records(path: str, require_output: str = "") -> list[dict]:
             raise InputError(f"{where}: (record): expected a JSON object, got {type(row).__name__}")
         rec: dict[str, Any] = {}
         used: set[str] = set()
+        has_instruction = any(n in row for n in ALIASES["instruction"])
+        conversation = None if has_instruction else single_turn(row, where, require_output)
         for field, names in ALIASES.items():
+            if conversation is not None:  # the conversation column itself is kept as it came
+                rec = conversation
+                break
             name = next((n for n in names if n in row), None)
             if name is None:
                 if field == "instruction":

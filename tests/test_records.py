@@ -78,3 +78,38 @@ def test_dataset_source_errors(pool, tmp_path):
         load_records("hf:no-such/dataset")
     # --resume compares content: same data in another folder hashes the same, other data differently
     assert file_sha256(disk) == file_sha256(f"{dd}:other") != file_sha256(dd)
+
+
+def test_single_turn_conversations(tmp_path):
+    import pytest
+
+    from al_utils import InputError
+
+    msgs = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    share = [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "Blue."}]
+    p = write_jsonl(tmp_path / "c.jsonl", [{"messages": msgs}, {"conversations": share, "id": "s"},
+                                           {"messages": msgs[:1]}])
+    got = load_records(p)
+    assert [(r["id"], r["instruction"], r["input"], r["output"]) for r in got] == [
+        (0, "Name a colour.", "", "Blue."), ("s", "Name a colour.", "", "Blue."), (2, "Name a colour.", "", "")]
+    assert got[0]["messages"] == msgs and got[1]["conversations"] == share  # kept as they came
+    bad = {
+        "role": ([{"role": "bot", "content": "x"}],
+                 "messages: turn 1: unknown role 'bot' (known: user, assistant, system)"),
+        "empty": ([{"role": "user", "content": " "}, {"role": "assistant", "content": "a"}],
+                  "messages: turn 1: empty content"),
+        "multi": (msgs + msgs, "messages: turns user -> assistant -> user -> assistant; the alpaca template holds "
+                               "one user turn and its answer (multi-turn and system turns need a chat template)"),
+        "system": ([{"role": "system", "content": "Be brief."}, *msgs],
+                   "messages: turns system -> user -> assistant; the alpaca template"),
+        "shape": (["hi"], "messages: turn 1: expected an object with 'role' and a string 'content'"),
+    }
+    for name, (turns, err) in bad.items():
+        f = write_jsonl(tmp_path / f"{name}.jsonl", [{"messages": msgs}, {"messages": turns}])
+        with pytest.raises(InputError) as e:
+            load_records(f)
+        assert str(e.value).startswith(f"{f}:2: {err}"), str(e.value)
+    with pytest.raises(InputError) as e:  # oracle labelling needs the answer
+        load_records(p, require_output="oracle labelling takes answers from the pool")
+    assert str(e.value) == (f"{p}:3: messages: no assistant answer after the user turn (oracle labelling takes "
+                            "answers from the pool)")
