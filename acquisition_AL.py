@@ -64,6 +64,7 @@ from al_utils import (
     atomic_write_json,
     atomic_write_jsonl,
     check_common_args,
+    check_template,
     describe,
     encode_records,
     file_sha256,
@@ -209,6 +210,7 @@ def check_models(args: argparse.Namespace):
         fsdp_utils.check_weights(args.resume_checkpoint_path, "--resume_checkpoint_path", run_cfg)
     tok = fsdp_utils.load_tokenizer(run_cfg)
     pad_id_of(tok)
+    check_template(tok, args.prompt_template, run_cfg)
     if tok.eos_token_id is None:
         raise InputError(f"{run_cfg}: tokenizer: has no eos token (answers must end with one)")
     st = strategy(args.sampling_strategy)
@@ -382,9 +384,9 @@ def open_run(args: argparse.Namespace) -> Run:
     scfg, sel = check_numbers(args)
     records, budget = load_pool(args, annotate, prior)
     tok = check_models(args)
-    target = load_target(args.target_file, args.target_group_field, tok, needs_answers=(
-        f"--sampling_strategy {args.sampling_strategy} takes the target's gradients on its answers"
-        if strategy(args.sampling_strategy).grads else "")) if args.target_file else None
+    grads = f"--sampling_strategy {args.sampling_strategy} takes the target's gradients on its answers"
+    target = load_target(args.target_file, args.target_group_field, tok, grads if strategy(args.sampling_strategy).grads
+                         else "", args.prompt_template) if args.target_file else None
     test = load_records(args.test_file, require_output="--test_file measures the loss on its answers") \
         if args.test_file else []
     pool_hash = file_sha256(args.file_path)
@@ -413,13 +415,14 @@ def open_run(args: argparse.Namespace) -> Run:
         "rounds_done": -1, "rng": "numpy default_rng([seed, round, purpose]) per draw", "round_log": [],
         "world_size": fsdp_utils.world()}
     state.update(budget=budget, **provenance())
-    enc = encode_records(tok, records)  # prompts (+ the pool's answers, if any: oracle labels, held-out)
+    # prompts (+ the pool's answers, if any: oracle labels, held-out)
+    enc = encode_records(tok, records, args.prompt_template)
     state["excluded_as_target"] = len(perm) - args.heldout_size - len(order)
     run = Run(args, paths, state, by_id, order, perm[: args.heldout_size], labels, annotate, tok, enc, budget,
-              scfg, sel, device, target, list(encode_records(tok, test).values()),
+              scfg, sel, device, target, list(encode_records(tok, test, args.prompt_template).values()),
               model_source=state.get("model_source", paths.ckpt), lock=lock)
     if annotate and labels:  # the annotators' answers, never the pool's, are what training sees
-        enc.update(encode_records(tok, [run.record(i) for i in labels]))
+        enc.update(encode_records(tok, [run.record(i) for i in labels], args.prompt_template))
     if summary:
         run.log(summary)
     if (target or test) and state["rounds_done"] < 0:
@@ -508,7 +511,7 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
     if run.model is None and (strategy(name).model or tau is not None):
         run.model = run.load(run.model_source if rnd > 0 else run.args.init_checkpoint_path)
     sc = Scoring(run.model, run.tok, run.enc, run.by_id, run.scfg, round_rng(run.args.seed, rnd, RNG_SCORE),
-                 run.target, run.labelled, n)
+                 run.target, run.labelled, n, template=run.args.prompt_template)
     if strategy(name).grads:  # LESS: Adam moments of the last round (with --save_opt), a plain model copy
         if rnd > 0 and fsdp_utils.has_optimizer_state(run.model_source):
             sc.moments = fsdp_utils.adam_moments(run.model, run.model_source, [k for k, _ in less_modules(run.model)])

@@ -60,7 +60,7 @@ class Target:
         return out
 
 
-def load_target(path: str, group_field: str | None, tok, needs_answers: str = "") -> Target:
+def load_target(path: str, group_field: str | None, tok, needs_answers: str = "", template: str = "alpaca") -> Target:
     """Read and check a target file like a pool; `needs_answers` (the reason) makes a record
     without an answer an error. Every group needs 2 examples for a mean similarity."""
     records = load_records(path, require_output=needs_answers)
@@ -77,7 +77,7 @@ def load_target(path: str, group_field: str | None, tok, needs_answers: str = ""
         if n < 2:
             where = f"group {g!r} of --target_group_field {group_field}" if group_field else "the target"
             raise InputError(f"{path}: (records): {where} has {n} example; a mean similarity needs at least 2")
-    enc = encode_records(tok, records)
+    enc = encode_records(tok, records, template)
     return Target(path, records, [enc[r["id"]] for r in records], groups)
 
 

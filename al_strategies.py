@@ -27,7 +27,7 @@ from al_similarity import (
     typicality,
     typiclust_pick,
 )
-from al_utils import RESPONSE_MARKER, InputError, format_prompt, pad_id_of, truncate_pair, truncate_prompt
+from al_utils import InputError, pad_id_of, prompt_ids, response_marker_ids, truncate_pair, truncate_prompt
 
 SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
                      "Request: {instruction}")
@@ -56,6 +56,7 @@ class Scoring:
     grad_model: Any = None  # less: a plain (unsharded) copy of the model for per-example gradients
     moments: dict | None = None  # less: the previous round's Adam moments of the LESS_MODULES weights
     betas: tuple[float, float] = (0.9, 0.999)  # less: the Adam betas those moments were made with
+    template: str = "alpaca"  # --prompt_template: how ifd's direct pass and self_ask's question are formatted
 
     @property
     def pad_id(self) -> int:
@@ -187,10 +188,9 @@ def _cluster_labels(sc: Scoring, rows: list[dict]) -> None:
 
 def answer_losses(sc: Scoring, ids: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """(L(answer | prompt), L(answer)) over the same answer tokens: the mean NLL of the answer after
-    its (truncated) prompt, and after BOS + "### Response:" alone (Cherry_LLM's direct pass)."""
-    tok = sc.tokenizer
-    marker = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + \
-        tok(RESPONSE_MARKER, add_special_tokens=False).input_ids
+    its (truncated) prompt, and after BOS + "### Response:" alone (Cherry_LLM's direct pass; with
+    --prompt_template chat after the first token + the assistant-turn header)."""
+    marker = response_marker_ids(sc.tokenizer, sc.template)
     cond, cond_starts, direct = [], [], []
     for i in ids:
         p, a, _ = truncate_pair(sc.enc[i].prompt, sc.enc[i].answer, sc.cfg.max_length)
@@ -254,8 +254,8 @@ def _self_ask(sc: Scoring, ids: list) -> list[dict]:
     for i in ids:
         r = sc.records[i]
         q = r["instruction"] + ("\n" + r["input"] if r["input"].strip() else "")
-        prompts.append(truncate_prompt(sc.tokenizer(format_prompt(SELF_ASK_TEMPLATE.format(instruction=q))).input_ids,
-                                       sc.cfg.max_length))
+        question = {"instruction": SELF_ASK_TEMPLATE.format(instruction=q), "input": ""}
+        prompts.append(truncate_prompt(prompt_ids(sc.tokenizer, [question], sc.template)[0], sc.cfg.max_length))
     n = sc.cfg.self_ask_positions
     gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.tokenizer.eos_token_id, sc.cfg.max_rows,
                     sc.cfg.progress, "scoring self_ask", with_logits=True)

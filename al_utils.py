@@ -161,12 +161,15 @@ RUNTIME = "run control (may change between a run and its --resume: not part of w
 
 
 def add_common_args(p: argparse.ArgumentParser, seed_help: str = "seed of every random draw") -> Any:
-    """--model_config_path and --seed (part of what a run is), --threads and --no_progress (how it
-    runs), defined once for every script. Returns the runtime group for the script's own
+    """--model_config_path, --prompt_template and --seed (part of what a run is), --threads and
+    --no_progress (how it runs), defined once for every script. Returns the runtime group for the script's own
     runtime flags: runtime_flags() reads it back."""
-    g = p.add_argument_group("model and seed")
+    g = p.add_argument_group("model, prompt template and seed")
     g.add_argument("--model_config_path", default=None,
                    help="HF folder with config + tokenizer (default: the checkpoint's own)")
+    g.add_argument("--prompt_template", default="alpaca", choices=TEMPLATES,
+                   help="alpaca: the original's instruction template; chat: the tokenizer's own chat template "
+                        "(user turn = instruction + input, assistant turn = answer)")
     g.add_argument("--seed", type=int, default=42, help=seed_help)
     rt = p.add_argument_group(RUNTIME)
     rt.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -388,10 +391,52 @@ RESPONSE_MARKER = "### Response:"  # ends every prompt; IFD's direct pass scores
 ANSWER_SEP = " "  # the answer follows "### Response:" after a single space and ends with EOS
 
 
+TEMPLATES = ("alpaca", "chat")
+
+
 def format_prompt(instruction: str, input: str = "") -> str:
     if input.strip():
         return PROMPT_INPUT.format(instruction=instruction, input=input)
     return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def user_turn(r: dict) -> dict:
+    """--prompt_template chat: the user turn is the instruction, then the input after a blank line."""
+    return {"role": "user", "content": r["instruction"] + ("\n\n" + r["input"] if r["input"].strip() else "")}
+
+
+def check_template(tokenizer, template: str, where: str) -> None:
+    if template == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise InputError(f"{where}: tokenizer: has no chat template (--prompt_template chat formats prompts with "
+                         "the tokenizer's own; use --prompt_template alpaca)")
+
+
+def _chat_ids(tokenizer, conversations: list[list[dict]], generation_prompt: bool) -> list[list[int]]:
+    return [list(x) for x in tokenizer.apply_chat_template(conversations, add_generation_prompt=generation_prompt,
+                                                           tokenize=True)["input_ids"]]
+
+
+def prompt_ids(tokenizer, records: Sequence[dict], template: str = "alpaca") -> list[list[int]]:
+    """Each record's prompt ids: BOS + the alpaca prompt, or the tokenizer's chat template applied
+    to the user turn with the assistant's turn opened (add_generation_prompt)."""
+    if not records:
+        return []
+    if template == "chat":
+        return _chat_ids(tokenizer, [[user_turn(r)] for r in records], True)
+    return tokenizer([format_prompt(r["instruction"], r["input"]) for r in records]).input_ids
+
+
+def response_marker_ids(tokenizer, template: str = "alpaca") -> list[int]:
+    """What IFD's direct pass puts before the answer: BOS + "### Response:" (Cherry_LLM), or with
+    chat the first token and the assistant-turn header the template opens (found on ids: the
+    generation prompt minus the prompt without it)."""
+    if template == "chat":
+        r = {"instruction": "x", "input": ""}
+        with_gen = _chat_ids(tokenizer, [[user_turn(r)]], True)[0]
+        without = _chat_ids(tokenizer, [[user_turn(r)]], False)[0]
+        return with_gen[:1] + with_gen[len(without):]
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + \
+        tokenizer(RESPONSE_MARKER, add_special_tokens=False).input_ids
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,11 +464,13 @@ def pad_id_of(tokenizer) -> int:
     raise InputError(f"{tokenizer.name_or_path}: tokenizer: has none of pad/unk/eos tokens")
 
 
-def encode_records(tokenizer, records: Sequence[dict]) -> dict[Any, Encoded]:
+def encode_records(tokenizer, records: Sequence[dict], template: str = "alpaca") -> dict[Any, Encoded]:
     """Tokenise prompt and prompt+answer once. The answer's ids are the tail of the joint
     tokenisation, so prompt + answer is exactly what the tokenizer makes of the whole text."""
     if not records:  # (tokenizers refuse an empty batch)
         return {}
+    if template == "chat":
+        return _encode_chat(tokenizer, records)
     prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
     p_ids = tokenizer(prompts).input_ids
     ins_lens = [len(x) for x in tokenizer([r["instruction"] for r in records]).input_ids]
@@ -442,6 +489,31 @@ def encode_records(tokenizer, records: Sequence[dict]) -> dict[Any, Encoded]:
                 answer = tokenizer(ANSWER_SEP + r["output"], add_special_tokens=False).input_ids
             answer = answer + [tokenizer.eos_token_id]
         out[r["id"]] = Encoded(p_ids[i], answer, int(bool(r["input"].strip())), ins_lens[i])
+    return out
+
+
+def _encode_chat(tokenizer, records: Sequence[dict]) -> dict[Any, Encoded]:
+    """--prompt_template chat: the prompt is the rendered user turn with the assistant's turn opened;
+    the answer is the rest of the rendered conversation with the answer (its text and the template's
+    end-of-turn tokens). The boundary is found on token ids: the full conversation must begin with
+    the prompt's ids, never re-tokenised from text pieces."""
+    p_ids = prompt_ids(tokenizer, records, "chat")
+    ins_lens = [len(x) for x in tokenizer([r["instruction"] for r in records]).input_ids]
+    with_answer = [i for i, r in enumerate(records) if r["output"]]
+    fulls = _chat_ids(tokenizer, [[user_turn(records[i]), {"role": "assistant", "content": records[i]["output"]}]
+                                  for i in with_answer], False) if with_answer else []
+    full_of = dict(zip(with_answer, fulls))
+    out = {}
+    for i, r in enumerate(records):
+        answer: list[int] = []
+        if i in full_of:
+            p, full = p_ids[i], full_of[i]
+            if full[: len(p)] != p:
+                raise InputError(f"{tokenizer.name_or_path}: chat template: record {r['id']!r}: the conversation "
+                                 "with its answer does not begin with the prompt's tokens (the template renders the "
+                                 "user turn differently once an answer follows); use --prompt_template alpaca")
+            answer = full[len(p):]
+        out[r["id"]] = Encoded(p_ids[i], answer, 0, ins_lens[i])
     return out
 
 

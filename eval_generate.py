@@ -27,11 +27,12 @@ from al_utils import (
     add_common_args,
     atomic_write_json,
     check_common_args,
+    check_template,
     encode_records,
     file_sha256,
-    format_prompt,
     load_records,
     pad_id_of,
+    prompt_ids,
     read_state,
     run_cli,
     run_paths,
@@ -89,8 +90,9 @@ def generate_answers(model, tok, prompts: list[list[int]], args: argparse.Namesp
     return [g[:-1] if g and g[-1] == tok.eos_token_id else g for g, _ in gens]
 
 
-def answer_nll_of(model, tok, records: list[dict], context: int, progress: bool) -> tuple[float, float]:
-    enc = encode_records(tok, records)
+def answer_nll_of(model, tok, records: list[dict], context: int, progress: bool,
+                  template: str = "alpaca") -> tuple[float, float]:
+    enc = encode_records(tok, records, template)
     return answer_nll(model, [enc[r["id"]] for r in records], pad_id_of(tok), context, ScoreConfig(progress=progress),
                       fsdp_utils.my_slice(len(records)), fsdp_utils.gather_lists)
 
@@ -107,7 +109,7 @@ def heldout_records(run: str, pool: str) -> list[dict]:
 
 
 def metrics(model, tok, records: list[dict], outputs: list[str], gen_ids: list[list[int]],
-            context: int, progress: bool) -> dict:
+            context: int, progress: bool, template: str = "alpaca") -> dict:
     """Reference NLL (token-weighted and per-example mean), ROUGE-L F1 vs the references, lengths."""
     from rouge_score import rouge_scorer
 
@@ -119,7 +121,7 @@ def metrics(model, tok, records: list[dict], outputs: list[str], gen_ids: list[l
     if not with_ref:
         return res
     res["reference_nll"], res["reference_nll_per_example"] = answer_nll_of(model, tok, [records[i] for i in with_ref],
-                                                                             context, progress)
+                                                                             context, progress, template)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     res["rougeL_f1"] = float(np.mean([scorer.score(records[i]["output"], outputs[i])["rougeL"].fmeasure
                                       for i in with_ref]))
@@ -142,10 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     progress = not args.no_progress and fsdp_utils.is_main()
     t0 = time.time()
     tok = fsdp_utils.load_tokenizer(args.model_config_path or model_dir)
+    check_template(tok, args.prompt_template, args.model_config_path or model_dir)
     model = fsdp_utils.load_model(model_dir, device, args.model_config_path)
     # prompts keep room for at least one new token
-    prompts = [truncate_prompt(tok(format_prompt(r["instruction"], r["input"])).input_ids,
-                               args.model_context_length - 1) for r in records]
+    prompts = [truncate_prompt(p, args.model_context_length - 1)
+               for p in prompt_ids(tok, records, args.prompt_template)]
     sl = fsdp_utils.my_slice(len(prompts))
     with fsdp_utils.full_params(model):
         gen = fsdp_utils.gather_lists(generate_answers(model, tok, prompts[sl], args, progress))
@@ -153,9 +156,11 @@ def main(argv: list[str] | None = None) -> None:
         generator = args.generator or os.path.basename(model_dir.rstrip("/"))
         rows = [{"instruction": r["instruction"], "output": t, "generator": generator,
                  "dataset": r.get("dataset", os.path.basename(path))} for r, t in zip(records, texts)]
-        m = metrics(model, tok, records, texts, gen, args.model_context_length, progress) if args.metrics else None
+        m = metrics(model, tok, records, texts, gen, args.model_context_length, progress, args.prompt_template) \
+            if args.metrics else None
         if m is not None and heldout is not None:
-            m["heldout_loss"] = answer_nll_of(model, tok, heldout, args.model_context_length, progress)[0]
+            m["heldout_loss"] = answer_nll_of(model, tok, heldout, args.model_context_length, progress,
+                                              args.prompt_template)[0]
             m["heldout_examples"] = len(heldout)
     if fsdp_utils.is_main():
         atomic_write_json(args.save_file_name, rows)

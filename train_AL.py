@@ -27,6 +27,7 @@ from al_utils import (
     add_common_args,
     add_save_opt_args,
     check_common_args,
+    check_template,
     encode_records,
     load_records,
     pad_id_of,
@@ -213,9 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     device = fsdp_utils.setup(args.threads)
     torch.manual_seed(args.seed)
     tok = fsdp_utils.load_tokenizer(args.model_config_path or args.init_checkpoint_path)
+    check_template(tok, args.prompt_template, args.model_config_path or args.init_checkpoint_path)
     model = fsdp_utils.load_model(args.init_checkpoint_path, device, args.model_config_path,
                                   args.activation_checkpointing)
-    enc = encode_records(tok, records)
+    enc = encode_records(tok, records, args.prompt_template)
     stats, opt = train(model, [enc[r["id"]] for r in records], cfg, pad_id_of(tok))
     meta = {"trained_on": args.data_path, "train": {k: v for k, v in stats.items() if k not in ("losses", "lrs")}}
     fsdp_utils.save_checkpoint(model, tok, args.save_path, meta, opt if args.save_opt else None)

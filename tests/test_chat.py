@@ -1,0 +1,122 @@
+"""--prompt_template chat on the tiny model with a hand-written chat template: prompt and answer
+ids against a hand-built sequence, the training loss mask token by token, prompt scoring by hand,
+batched generation, and the one-line refusals."""
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import acquisition_AL
+import al_strategies as S
+import al_utils as U
+import eval_generate
+import fsdp_utils
+import train_AL
+from al_scoring import ScoreConfig
+
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '[' + m['role'] + ']\n' + m['content'] + eos_token }}"
+            "{% endfor %}{% if add_generation_prompt %}{{ '[assistant]\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_model(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("chat") / "tiny-chat"
+    shutil.copytree(tiny_model, path)
+    tok = fsdp_utils.load_tokenizer(str(path))
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def setup(chat_model, pool):
+    tok = fsdp_utils.load_tokenizer(chat_model)
+    model = fsdp_utils.load_model(chat_model, torch.device("cpu")).eval()
+    records = U.load_records(pool)[:12]
+    return model, tok, records
+
+
+def hand(tok, r):
+    """The template written out as text, tokenised without added specials: (prompt ids, full ids)."""
+    user = r["instruction"] + ("\n\n" + r["input"] if r["input"].strip() else "")
+    prompt = f"<s>[user]\n{user}</s>[assistant]\n"
+    return (tok(prompt, add_special_tokens=False).input_ids,
+            tok(prompt + r["output"] + "</s>", add_special_tokens=False).input_ids)
+
+
+def test_prompt_answer_and_loss_mask_token_by_token(setup):
+    model, tok, records = setup
+    enc = U.encode_records(tok, records, "chat")
+    assert any(r["input"].strip() for r in records) and any(not r["input"].strip() for r in records)
+    for r in records:
+        p, full = hand(tok, r)
+        e = enc[r["id"]]
+        assert e.prompt == p and e.prompt + e.answer == full
+        assert e.answer[-1] == tok.eos_token_id  # the template's end of turn is part of the answer
+    # training's labels: -100 on every prompt token and on padding, the token itself on the answer
+    rows = [(enc[r["id"]].prompt, enc[r["id"]].answer) for r in records[:3]]
+    ids, mask, labels = train_AL.collate(rows, U.pad_id_of(tok))
+    for b, r in enumerate(records[:3]):
+        p, full = hand(tok, r)
+        assert labels[b].tolist() == [-100] * len(p) + full[len(p):] + [-100] * (ids.shape[1] - len(full))
+
+
+def test_prompt_scoring_and_answer_nll_by_hand(setup):
+    model, tok, records = setup
+    enc = U.encode_records(tok, records, "chat")
+    sc = S.Scoring(model, tok, enc, {r["id"]: r for r in records}, ScoreConfig(progress=False, max_length=4096), None,
+                   template="chat")
+    rows = S.score_candidates("forward_ppl", [r["id"] for r in records], sc)
+    for row, r in zip(rows, records):
+        p, _ = hand(tok, r)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p])).logits[0]
+        want = F.cross_entropy(logits[:-1], torch.tensor(p[1:])).item()  # every prompt token after the first
+        assert abs(row["score"] - want) < 1e-5
+    # ifd's direct pass: the answer after the first token + the assistant header "[assistant]\n"
+    with_gen, without = (tok(t, add_special_tokens=False).input_ids for t in ("<s>[user]\nx</s>[assistant]\n",
+                                                                              "<s>[user]\nx</s>"))
+    assert U.response_marker_ids(tok, "chat") == [tok.bos_token_id] + with_gen[len(without):]
+
+
+def test_batched_generation_equals_one_at_a_time(setup):
+    model, tok, records = setup
+    model = copy.deepcopy(model)  # EOS pushed down, so rows talk to their caps (the tiny model says EOS at once)
+    eos = tok.eos_token_id
+    model.lm_head.register_forward_hook(lambda m, i, o: o.index_add(-1, torch.tensor([eos]),
+                                                                    torch.full_like(o[..., :1], -20.0)))
+    prompts = U.prompt_ids(tok, records[:6], "chat")
+    args = eval_generate.parse_args(["--save_file_name", "x.json", "--greedy", "--max_new_tokens", "8",
+                                     "--prompt_template", "chat"])
+    out = {}
+    for bs in (1, 6):
+        args.batch_size = bs
+        out[bs] = eval_generate.generate_answers(model, tok, prompts, args, progress=False)
+    assert out[1] == out[6] and all(len(g) == 8 for g in out[1])
+
+
+def test_chat_run_records_its_template_and_refuses_another_on_resume(chat_model, pool, tmp_path):
+    argv = ["--file_path", pool, "--init_checkpoint_path", chat_model, "--model_path", str(tmp_path / "r"),
+            "--al_data_fraction", "40", "--num_acquisition_samples", "20", "--heldout_size", "10",
+            "--epochs", "1", "--grad_accum", "4", "--train_max_length", "128", "--model_max_length", "128",
+            "--threads", "2", "--no_progress"]
+    acquisition_AL.main([*argv, "--prompt_template", "chat"])
+    state = json.load(open(tmp_path / "r" / "state.json"))
+    assert state["flags"]["prompt_template"] == "chat" and np.isfinite(state["round_log"][-1]["heldout_loss"])
+    with pytest.raises(U.InputError, match="prompt_template: 'chat' -> 'alpaca'"):
+        acquisition_AL.main([*argv, "--al_data_fraction", "60", "--resume"])
+
+
+def test_tokenizer_without_chat_template_is_one_line(tiny_model, pool, tmp_path, capsys):
+    argv = ["--file_path", pool, "--init_checkpoint_path", tiny_model, "--model_path", str(tmp_path / "r"),
+            "--al_data_fraction", "40", "--num_acquisition_samples", "20", "--prompt_template", "chat"]
+    with pytest.raises(SystemExit) as e:
+        U.run_cli(lambda: acquisition_AL.main(argv))
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"error: {tiny_model}: tokenizer: has no chat template (--prompt_template "
+                                       "chat formats prompts with the tokenizer's own; use --prompt_template alpaca)\n")
+    assert not (tmp_path / "r").exists()
