@@ -15,6 +15,7 @@ from typing import Any
 
 from al_utils import (
     ALIASES,
+    CONVERSATIONS,
     InputError,
     RunPaths,
     atomic_write_jsonl,
@@ -28,9 +29,38 @@ EXPORT_FIELDS = ("id", "instruction", "input", "output", "round", "score", "buck
 
 
 def batch_rows(picked: list[dict], records: dict, rnd: int) -> list[dict]:
-    """What annotators get for each picked id: the prompt, an empty answer and why it was picked."""
-    return [{"id": p["id"], "instruction": records[p["id"]]["instruction"], "input": records[p["id"]]["input"],
-             "output": "", "round": rnd, "score": p["score"], "bucket": p["bucket"]} for p in picked]
+    """What annotators get for each picked id: the prompt, an empty answer and why it was picked;
+    a conversation record also its conversation, the final assistant turn left empty to fill in."""
+    rows = []
+    for p in picked:
+        r = records[p["id"]]
+        row = {"id": p["id"], "instruction": r["instruction"], "input": r["input"], "output": "", "round": rnd,
+               "score": p["score"], "bucket": p["bucket"]}
+        col = next((c for c in CONVERSATIONS if c in r), None)
+        if col is not None:
+            key, text, roles = CONVERSATIONS[col]
+            user = [t for t in r[col] if roles[t[key]] == "user"]
+            answer = next(k for k, v in roles.items() if v == "assistant")  # the column's own spelling
+            row[col] = user + [{key: answer, text: ""}]
+        rows.append(row)
+    return rows
+
+
+def _answer(row: dict, where: str) -> tuple[str, Any]:
+    """(field name, answer) of an annotators' row: `output` (or an alias), or the final assistant
+    turn of the conversation it came with, whichever was filled in."""
+    found = []
+    name = next((n for n in ALIASES["output"] if n in row), None)
+    if name is not None:
+        found.append((name, row[name]))
+    col = next((c for c in CONVERSATIONS if c in row), None)
+    if col is not None and isinstance(row[col], list) and row[col] and isinstance(row[col][-1], dict):
+        key, text, roles = CONVERSATIONS[col]
+        if roles.get(row[col][-1].get(key)) == "assistant":
+            found.append((col, row[col][-1].get(text)))
+    if not found:
+        raise InputError(f"{where}: output: missing (columns found: {', '.join(row)})")
+    return next(((n, a) for n, a in found if isinstance(a, str) and a.strip()), found[0])
 
 
 def export_batch(path: str, rows: list[dict]) -> None:
@@ -88,10 +118,8 @@ def import_labels(path: str, batch: list, rnd: int, records: dict, labels: dict)
             if name is not None and not _same(str(row[name] or ""), records[rid][field]):
                 raise InputError(f"{where}: {name}: differs from the pool's {field} for id {rid!r} "
                                  "(the batch must come back unedited; fix the pool instead)")
-        name = next((n for n in ALIASES["output"] if n in row), None)
-        if name is None:
-            raise InputError(f"{where}: output: missing (columns found: {', '.join(row)})")
-        answer = row[name] if row[name] is not None else ""
+        name, answer = _answer(row, where)
+        answer = answer if answer is not None else ""
         if not isinstance(answer, str):
             raise InputError(f"{where}: {name}: expected a string, got {type(answer).__name__}")
         if not answer.strip():

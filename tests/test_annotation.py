@@ -115,3 +115,23 @@ def test_oracle_mode_refuses_unlabelled_pool(pools, tiny_model, tmp_path, capsys
     assert e.value.code == 2
     assert capsys.readouterr().err == (f"error: {bare}:1: output: empty or missing (oracle labelling takes answers "
                                        "from the pool; use --annotate_out for an unlabelled pool)\n")
+
+
+def test_conversation_export_and_import(tmp_path):
+    """A conversation record goes out with its final assistant turn empty; the answer may come back
+    in that turn (or in `output`)."""
+    import al_annotation as A
+    import al_utils as U
+
+    turns = [{"from": "human", "value": "Name a colour."}]
+    pool = write_jsonl(tmp_path / "p.jsonl", [{"conversations": turns}, {"instruction": "Say hi."}])
+    records = {r["id"]: r for r in U.load_records(pool)}
+    rows = A.batch_rows([{"id": 0, "score": 1.0, "bucket": None}, {"id": 1, "score": 0.5, "bucket": None}],
+                        records, 1)
+    assert rows[0]["conversations"] == turns + [{"from": "gpt", "value": ""}] and "conversations" not in rows[1]
+    A.export_batch(str(tmp_path / "batch.jsonl"), rows)
+    back = [json.loads(line) for line in open(tmp_path / "batch.jsonl")]
+    back[0]["conversations"][-1]["value"] = "Blue."  # filled in the conversation, `output` left blank
+    back[1]["output"] = "Hi."
+    new, blank, again = A.import_labels(write_jsonl(tmp_path / "filled.jsonl", back), [0, 1], 1, records, {})
+    assert new == {0: "Blue.", 1: "Hi."} and (blank, again) == (0, 0)
