@@ -55,6 +55,7 @@ from al_strategies import (
     strategy,
 )
 from al_utils import (
+    Encodings,
     InputError,
     RunPaths,
     add_common_args,
@@ -280,7 +281,7 @@ class Run:
     labels: dict  # annotation mode: id -> the annotators' answer
     annotate: bool
     tok: Any
-    enc: dict  # id -> Encoded (annotators' answers in annotation mode)
+    enc: Encodings  # id -> Encoded (annotators' answers in annotation mode)
     budget: int
     scfg: ScoreConfig
     sel: SelectConfig
@@ -416,7 +417,7 @@ def open_run(args: argparse.Namespace) -> Run:
         "world_size": fsdp_utils.world()}
     state.update(budget=budget, **provenance())
     # prompts (+ the pool's answers, if any: oracle labels, held-out)
-    enc = encode_records(tok, records, args.prompt_template)
+    enc = encode_records(tok, records, args.prompt_template, scfg.progress)
     state["excluded_as_target"] = len(perm) - args.heldout_size - len(order)
     run = Run(args, paths, state, by_id, order, perm[: args.heldout_size], labels, annotate, tok, enc, budget,
               scfg, sel, device, target, list(encode_records(tok, test, args.prompt_template).values()),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ class Scoring:
     every record and its encoding, the settings and the round's seeded random stream."""
     model: Any
     tokenizer: Any
-    enc: dict
+    enc: Mapping  # id -> Encoded (al_utils.Encodings)
     records: dict
     cfg: ScoreConfig
     rng: np.random.Generator

@@ -19,12 +19,13 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 # ----------------------------------------------------------------------------------------------
 # errors and atomic files
@@ -464,21 +465,75 @@ def pad_id_of(tokenizer) -> int:
     raise InputError(f"{tokenizer.name_or_path}: tokenizer: has none of pad/unk/eos tokens")
 
 
-def encode_records(tokenizer, records: Sequence[dict], template: str = "alpaca") -> dict[Any, Encoded]:
-    """Tokenise prompt and prompt+answer once. The answer's ids are the tail of the joint
-    tokenisation, so prompt + answer is exactly what the tokenizer makes of the whole text."""
-    if not records:  # (tokenizers refuse an empty batch)
-        return {}
-    if template == "chat":
-        return _encode_chat(tokenizer, records)
+ENCODE_CHUNK = 2_000  # records tokenised per call: bounds the transient Python lists, drives the progress bar
+
+
+class Encodings(Mapping):
+    """id -> Encoded for a whole pool, held in flat arrays: one int32 buffer of every record's
+    prompt ids then answer ids, offsets and lengths per record. A Python list per record cost about
+    54 KB of memory each (a million-record pool did not fit); this costs 4 bytes per token. Encoded
+    objects are built on access; a later id replaces an earlier one (annotators' answers)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Any, int] = {}
+        self.buf = np.zeros(0, np.int32)
+        self.start = np.zeros(1, np.int64)  # record r's ids are buf[start[r]:start[r + 1]]
+        self.plen = np.zeros(0, np.int32)  # of which the first plen[r] are the prompt
+        self.template = np.zeros(0, np.int8)
+        self.ins_len = np.zeros(0, np.int32)
+
+    def extend(self, ids: Sequence, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
+               templates: Sequence[int], ins_lens: Sequence[int]) -> None:
+        n0 = len(self.plen)
+        lens = np.array([len(p) + len(a) for p, a in zip(prompts, answers)], np.int64)
+        flat = np.fromiter((t for p, a in zip(prompts, answers) for t in (*p, *a)), np.int32, int(lens.sum()))
+        self.buf = np.concatenate([self.buf, flat])
+        self.start = np.concatenate([self.start, self.start[-1] + np.cumsum(lens)])
+        self.plen = np.concatenate([self.plen, np.array([len(p) for p in prompts], np.int32)])
+        self.template = np.concatenate([self.template, np.array(templates, np.int8)])
+        self.ins_len = np.concatenate([self.ins_len, np.array(ins_lens, np.int32)])
+        self.rows.update((i, n0 + k) for k, i in enumerate(ids))
+
+    def update(self, other: Encodings) -> None:  # type: ignore[override]
+        ids = list(other)
+        self.extend(ids, [other[i].prompt for i in ids], [other[i].answer for i in ids],
+                    [other[i].template for i in ids], [other[i].instruction_len for i in ids])
+
+    def __getitem__(self, i: Any) -> Encoded:
+        r = self.rows[i]
+        a, b, p = int(self.start[r]), int(self.start[r + 1]), int(self.plen[r])
+        return Encoded(self.buf[a: a + p].tolist(), self.buf[a + p: b].tolist(), int(self.template[r]),
+                       int(self.ins_len[r]))
+
+    def __iter__(self) -> Iterator:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def encode_records(tokenizer, records: Sequence[dict], template: str = "alpaca", progress: bool = False) -> Encodings:
+    """Tokenise prompt and prompt+answer once per record, in chunks, into compact Encodings."""
+    enc = Encodings()
+    chunks = range(0, len(records), ENCODE_CHUNK)
+    for lo in tqdm(chunks, desc="tokenising", unit="chunk", disable=not progress or len(chunks) < 2, file=sys.stderr):
+        part = records[lo: lo + ENCODE_CHUNK]
+        enc.extend([r["id"] for r in part], *(_encode_chat if template == "chat" else _encode_alpaca)(tokenizer, part))
+    return enc
+
+
+def _encode_alpaca(tokenizer, records: Sequence[dict]) -> tuple[list, list, list, list]:
+    """(prompt ids, answer ids, template kind, instruction length) per record. The answer's ids are
+    the tail of the joint tokenisation, so prompt + answer is exactly what the tokenizer makes of
+    the whole text."""
     prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
-    p_ids = tokenizer(prompts).input_ids
-    ins_lens = [len(x) for x in tokenizer([r["instruction"] for r in records]).input_ids]
+    p_ids = tokenizer(prompts, return_attention_mask=False).input_ids
+    ins_lens = [len(x) for x in tokenizer([r["instruction"] for r in records], return_attention_mask=False).input_ids]
     with_answer = [i for i, r in enumerate(records) if r["output"]]
-    fulls = tokenizer([prompts[i] + ANSWER_SEP + records[i]["output"] for i in with_answer]).input_ids \
-        if with_answer else []
+    fulls = tokenizer([prompts[i] + ANSWER_SEP + records[i]["output"] for i in with_answer],
+                      return_attention_mask=False).input_ids if with_answer else []  # (no empty batches)
     full_of = dict(zip(with_answer, fulls))
-    out = {}
+    answers = []
     for i, r in enumerate(records):
         answer: list[int] = []
         if i in full_of:
@@ -488,11 +543,11 @@ def encode_records(tokenizer, records: Sequence[dict], template: str = "alpaca")
             else:  # the boundary merged into one token: tokenise the answer on its own
                 answer = tokenizer(ANSWER_SEP + r["output"], add_special_tokens=False).input_ids
             answer = answer + [tokenizer.eos_token_id]
-        out[r["id"]] = Encoded(p_ids[i], answer, int(bool(r["input"].strip())), ins_lens[i])
-    return out
+        answers.append(answer)
+    return p_ids, answers, [int(bool(r["input"].strip())) for r in records], ins_lens
 
 
-def _encode_chat(tokenizer, records: Sequence[dict]) -> dict[Any, Encoded]:
+def _encode_chat(tokenizer, records: Sequence[dict]) -> tuple[list, list, list, list]:
     """--prompt_template chat: the prompt is the rendered user turn with the assistant's turn opened;
     the answer is the rest of the rendered conversation with the answer (its text and the template's
     end-of-turn tokens). The boundary is found on token ids: the full conversation must begin with
@@ -503,7 +558,7 @@ def _encode_chat(tokenizer, records: Sequence[dict]) -> dict[Any, Encoded]:
     fulls = _chat_ids(tokenizer, [[user_turn(records[i]), {"role": "assistant", "content": records[i]["output"]}]
                                   for i in with_answer], False) if with_answer else []
     full_of = dict(zip(with_answer, fulls))
-    out = {}
+    answers = []
     for i, r in enumerate(records):
         answer: list[int] = []
         if i in full_of:
@@ -513,8 +568,8 @@ def _encode_chat(tokenizer, records: Sequence[dict]) -> dict[Any, Encoded]:
                                  "with its answer does not begin with the prompt's tokens (the template renders the "
                                  "user turn differently once an answer follows); use --prompt_template alpaca")
             answer = full[len(p):]
-        out[r["id"]] = Encoded(p_ids[i], answer, 0, ins_lens[i])
-    return out
+        answers.append(answer)
+    return p_ids, answers, [0] * len(records), ins_lens
 
 
 def truncate_prompt(prompt: Sequence[int], max_len: int) -> list[int]:

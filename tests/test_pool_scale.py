@@ -1,0 +1,35 @@
+"""Compact encodings: the same Encoded as tokenising each record on its own; chunking does not
+change them; the scale benchmark's smallest size runs (seconds)."""
+import os
+import subprocess
+import sys
+
+import al_utils as U
+from conftest import ROOT, hand_ids
+
+
+def test_compact_encodings_equal_per_record_tokenisation(loaded, pool, monkeypatch):
+    _, tok = loaded
+    records = U.load_records(pool)[:50]
+    monkeypatch.setattr(U, "ENCODE_CHUNK", 7)  # many chunks, one of them short
+    enc = U.encode_records(tok, records)
+    assert isinstance(enc, U.Encodings) and list(enc) == [r["id"] for r in records]
+    for r in records:
+        p, a = hand_ids(tok, r)
+        e = enc[r["id"]]
+        assert (e.prompt, e.answer, e.template) == (p, a, int(bool(r["input"].strip())))
+        assert e.instruction_len == len(tok(r["instruction"]).input_ids)
+    # a later id replaces an earlier one (annotators' answers over the pool's)
+    relabelled = {**records[3], "output": "Another answer."}
+    enc.update(U.encode_records(tok, [relabelled]))
+    assert len(enc) == 50 and enc[records[3]["id"]].answer == hand_ids(tok, relabelled)[1]
+    assert enc.buf.dtype.name == "int32"
+
+
+def test_scale_benchmark_smallest_size(tiny_model, tmp_path):
+    out = tmp_path / "scale.md"
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_pool_scale.py"), "--sizes", "1500",
+                    "--compare_up_to", "1500", "--model", tiny_model, "--out", str(out)], check=True,
+                   capture_output=True, timeout=300)
+    text = out.read_text()
+    assert "| 1,500 |" in text and "Side by side" in text
