@@ -70,6 +70,7 @@ from al_utils import (
     encode_records,
     file_sha256,
     kill_point,
+    lazy_encodings,
     load_records,
     pad_id_of,
     read_jsonl,
@@ -416,8 +417,9 @@ def open_run(args: argparse.Namespace) -> Run:
         "rounds_done": -1, "rng": "numpy default_rng([seed, round, purpose]) per draw", "round_log": [],
         "world_size": fsdp_utils.world()}
     state.update(budget=budget, **provenance())
-    # prompts (+ the pool's answers, if any: oracle labels, held-out)
-    enc = encode_records(tok, records, args.prompt_template, scfg.progress)
+    # prompts (+ the pool's answers, if any: oracle labels, held-out), tokenised when a round needs them
+    enc = lazy_encodings(tok, by_id, args.prompt_template, scfg.progress)
+    enc.ensure(perm[: args.heldout_size])
     state["excluded_as_target"] = len(perm) - args.heldout_size - len(order)
     run = Run(args, paths, state, by_id, order, perm[: args.heldout_size], labels, annotate, tok, enc, budget,
               scfg, sel, device, target, list(encode_records(tok, test, args.prompt_template).values()),
@@ -480,6 +482,7 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
             n = math.ceil(want / np.mean([run.words(i) for i in cands]))
         if len(cands) < n:
             run.log(f"warning: round {rnd}: only {len(cands)} candidates for {n} slots")
+        run.enc.ensure(cands + run.labelled)  # only what this round scores (and compares with)
         scores, keep_of = score_round(run, rnd, sel.strategy, cands, n)
         kill_point("scoring", rnd)
         rng_of = lambda: round_rng(run.args.seed, rnd, RNG_SELECT)  # noqa: E731
@@ -543,6 +546,7 @@ def train_round(run: Run, rnd: int) -> dict:
             run.model = run.load(run.model_source)
         torch.manual_seed(args.seed + rnd)
         tcfg = train_config(args, args.seed + rnd, run.scfg.progress)
+        run.enc.ensure(run.labelled)
         stats, opt = train(run.model, [run.enc[i] for i in run.labelled], tcfg, pad_id_of(run.tok),
                            on_step=lambda step: kill_point("training", rnd))
         tstats = {k: v for k, v in stats.items() if k not in ("losses", "lrs")}

@@ -474,7 +474,8 @@ class Encodings(Mapping):
     54 KB of memory each (a million-record pool did not fit); this costs 4 bytes per token. Encoded
     objects are built on access; a later id replaces an earlier one (annotators' answers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: tuple | None = None) -> None:
+        self.source = source  # lazy: (tokenizer, id -> record, template, progress) encodes ids on demand
         self.rows: dict[Any, int] = {}
         self.buf = np.zeros(0, np.int32)
         self.start = np.zeros(1, np.int64)  # record r's ids are buf[start[r]:start[r + 1]]
@@ -499,7 +500,27 @@ class Encodings(Mapping):
         self.extend(ids, [other[i].prompt for i in ids], [other[i].answer for i in ids],
                     [other[i].template for i in ids], [other[i].instruction_len for i in ids])
 
+    def ensure(self, ids: Iterable) -> None:
+        """Lazy encodings: tokenise (in chunks) the ids not encoded yet. A round calls this with its
+        candidates, so a pool scored a sample at a time is never encoded whole."""
+        if self.source is None:
+            return
+        tokenizer, by_id, template, progress = self.source
+        missing = [i for i in dict.fromkeys(ids) if i not in self.rows]
+        if missing:
+            self._encode(tokenizer, [by_id[i] for i in missing], template, progress)
+
+    def _encode(self, tokenizer, records: Sequence[dict], template: str, progress: bool) -> None:
+        chunks = range(0, len(records), ENCODE_CHUNK)
+        for lo in tqdm(chunks, desc="tokenising", unit="chunk", disable=not progress or len(chunks) < 2,
+                       file=sys.stderr):
+            part = records[lo: lo + ENCODE_CHUNK]
+            self.extend([r["id"] for r in part], *(_encode_chat if template == "chat" else _encode_alpaca)(
+                tokenizer, part))
+
     def __getitem__(self, i: Any) -> Encoded:
+        if i not in self.rows:  # lazy, and asked for one nobody ensured: encode it alone
+            self.ensure([i])
         r = self.rows[i]
         a, b, p = int(self.start[r]), int(self.start[r + 1]), int(self.plen[r])
         return Encoded(self.buf[a: a + p].tolist(), self.buf[a + p: b].tolist(), int(self.template[r]),
@@ -515,11 +536,14 @@ class Encodings(Mapping):
 def encode_records(tokenizer, records: Sequence[dict], template: str = "alpaca", progress: bool = False) -> Encodings:
     """Tokenise prompt and prompt+answer once per record, in chunks, into compact Encodings."""
     enc = Encodings()
-    chunks = range(0, len(records), ENCODE_CHUNK)
-    for lo in tqdm(chunks, desc="tokenising", unit="chunk", disable=not progress or len(chunks) < 2, file=sys.stderr):
-        part = records[lo: lo + ENCODE_CHUNK]
-        enc.extend([r["id"] for r in part], *(_encode_chat if template == "chat" else _encode_alpaca)(tokenizer, part))
+    enc._encode(tokenizer, records, template, progress)
     return enc
+
+
+def lazy_encodings(tokenizer, by_id: Mapping, template: str = "alpaca", progress: bool = False) -> Encodings:
+    """Encodings of a pool that tokenise a record when a round first needs it (Encodings.ensure);
+    iteration and len() cover what is encoded so far. Same ids as encode_records, chunking aside."""
+    return Encodings((tokenizer, by_id, template, progress))
 
 
 def _encode_alpaca(tokenizer, records: Sequence[dict]) -> tuple[list, list, list, list]:

@@ -46,6 +46,7 @@ def build_pool(n: int, path: str) -> None:
 
 def child(a: argparse.Namespace) -> None:
 
+    import al_utils
     import fsdp_utils
     from al_scoring import ScoreConfig
     from al_strategies import SelectConfig, select
@@ -56,15 +57,14 @@ def child(a: argparse.Namespace) -> None:
     t0 = time.time()
     records = load_records(a.pool, require_output="oracle labelling")
     t_load = time.time() - t0
+    if a.lists:  # the loop before: the whole pool tokenised in one call, a dict of Python lists
+        al_utils.ENCODE_CHUNK = len(records)
     t0 = time.time()
     enc = encode_records(tok, records)
+    if a.lists:
+        enc = {i: enc[i] for i in enc}
     t_enc = time.time() - t0
     rss_enc = rss_gib() - base
-    if a.lists:  # the old representation: a dict of Encoded holding Python lists, for comparison
-        t0 = time.time()
-        enc = {i: enc[i] for i in enc}
-        t_enc += time.time() - t0
-        rss_enc = rss_gib() - base
     t0 = time.time()
     ids = [r["id"] for r in records]
     perm = [ids[i] for i in round_rng(0, 0, 0).permutation(len(ids))]
