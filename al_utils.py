@@ -482,18 +482,29 @@ class Encodings(Mapping):
         self.plen = np.zeros(0, np.int32)  # of which the first plen[r] are the prompt
         self.template = np.zeros(0, np.int8)
         self.ins_len = np.zeros(0, np.int32)
+        self._pending: list = []  # appended chunks not yet joined into the arrays
+        self._count = 0  # records appended (rows index them)
 
     def extend(self, ids: Sequence, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
                templates: Sequence[int], ins_lens: Sequence[int]) -> None:
-        n0 = len(self.plen)
+        """Append records; the arrays are joined once, on the next read (no copy per chunk)."""
         lens = np.array([len(p) + len(a) for p, a in zip(prompts, answers)], np.int64)
-        flat = np.fromiter((t for p, a in zip(prompts, answers) for t in (*p, *a)), np.int32, int(lens.sum()))
-        self.buf = np.concatenate([self.buf, flat])
-        self.start = np.concatenate([self.start, self.start[-1] + np.cumsum(lens)])
-        self.plen = np.concatenate([self.plen, np.array([len(p) for p in prompts], np.int32)])
-        self.template = np.concatenate([self.template, np.array(templates, np.int8)])
-        self.ins_len = np.concatenate([self.ins_len, np.array(ins_lens, np.int32)])
-        self.rows.update((i, n0 + k) for k, i in enumerate(ids))
+        self._pending.append((np.fromiter((t for p, a in zip(prompts, answers) for t in (*p, *a)), np.int32,
+                                          int(lens.sum())), lens, np.array([len(p) for p in prompts], np.int32),
+                              np.array(templates, np.int8), np.array(ins_lens, np.int32)))
+        self.rows.update((i, self._count + k) for k, i in enumerate(ids))
+        self._count += len(lens)
+
+    def _join(self) -> None:
+        if not self._pending:
+            return
+        bufs, lens, plens, tmpl, ins = zip(*self._pending)
+        self.buf = np.concatenate([self.buf, *bufs])
+        self.start = np.concatenate([self.start, self.start[-1] + np.cumsum(np.concatenate(lens))])
+        self.plen = np.concatenate([self.plen, *plens])
+        self.template = np.concatenate([self.template, *tmpl])
+        self.ins_len = np.concatenate([self.ins_len, *ins])
+        self._pending = []
 
     def update(self, other: Encodings) -> None:  # type: ignore[override]
         ids = list(other)
@@ -521,6 +532,7 @@ class Encodings(Mapping):
     def __getitem__(self, i: Any) -> Encoded:
         if i not in self.rows:  # lazy, and asked for one nobody ensured: encode it alone
             self.ensure([i])
+        self._join()
         r = self.rows[i]
         a, b, p = int(self.start[r]), int(self.start[r + 1]), int(self.plen[r])
         return Encoded(self.buf[a: a + p].tolist(), self.buf[a + p: b].tolist(), int(self.template[r]),
