@@ -45,29 +45,37 @@ def build_pool(n: int, path: str) -> None:
 
 
 def child(a: argparse.Namespace) -> None:
-
     import al_utils
     import fsdp_utils
     from al_scoring import ScoreConfig
     from al_strategies import SelectConfig, select
-    from al_utils import atomic_write_jsonl, encode_records, load_records, round_rng
+    from al_utils import atomic_write_jsonl, encode_records, lazy_encodings, load_records, round_rng
 
     tok = fsdp_utils.load_tokenizer(a.model)
     base = rss_gib()
     t0 = time.time()
     records = load_records(a.pool, require_output="oracle labelling")
     t_load = time.time() - t0
+    ids = [r["id"] for r in records]
+    perm = [ids[i] for i in round_rng(0, 0, 0).permutation(len(ids))]
+    t_lazy = peak_lazy = None
+    if not a.lists:  # what the loop does first: the held-out slice and a 1 % round sample, lazily
+        t0 = time.time()
+        lazy = lazy_encodings(tok, {r["id"]: r for r in records})
+        lazy.ensure(perm[: 100 + max(1, len(perm) // 100)])
+        lazy[perm[0]]
+        t_lazy, peak_lazy = time.time() - t0 + t_load, peak_gib() - base
+        del lazy
     if a.lists:  # the loop before: the whole pool tokenised in one call, a dict of Python lists
         al_utils.ENCODE_CHUNK = len(records)
     t0 = time.time()
-    enc = encode_records(tok, records)
-    if a.lists:
-        enc = {i: enc[i] for i in enc}
-    t_enc = time.time() - t0
-    rss_enc = rss_gib() - base
+    t_enc = rss_enc = None
+    if len(records) <= a.encode_all_up_to:
+        enc = encode_records(tok, records)
+        if a.lists:
+            enc = {i: enc[i] for i in enc}
+        t_enc, rss_enc = time.time() - t0, rss_gib() - base
     t0 = time.time()
-    ids = [r["id"] for r in records]
-    perm = [ids[i] for i in round_rng(0, 0, 0).permutation(len(ids))]
     heldout, order = perm[:100], perm[100:]
     k = min(1000, len(order) // 4)  # labelled so far, and picked this round
     labelled = set(order[:k])
@@ -80,14 +88,14 @@ def child(a: argparse.Namespace) -> None:
     t_book = time.time() - t0
     assert len(picked) == k and len(heldout) == 100
     print(json.dumps({"n": len(records), "load_s": t_load, "encode_s": t_enc, "bookkeeping_s": t_book,
-                      "rss_encoded_gib": rss_enc, "peak_over_base_gib": peak_gib() - base,
-                      "tokens": int(sum(len(enc[i].prompt) + len(enc[i].answer) for i in list(enc)[:2000])
-                                    / min(2000, len(enc)))}))
+                      "lazy_start_s": t_lazy, "lazy_start_peak_gib": peak_lazy,
+                      "rss_encoded_gib": rss_enc, "peak_over_base_gib": peak_gib() - base}))
 
 
-def run_child(pool: str, model: str, lists: bool = False) -> dict:
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--pool", pool, "--model", model]
-                         + (["--lists"] if lists else []), capture_output=True, text=True, check=True,
+def run_child(pool: str, model: str, encode_all_up_to: int, lists: bool = False) -> dict:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--pool", pool, "--model", model,
+                          "--encode_all_up_to", str(encode_all_up_to)] + (["--lists"] if lists else []),
+                         capture_output=True, text=True, check=True,
                          env={**os.environ, "TOKENIZERS_PARALLELISM": "true"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -99,6 +107,8 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "pool_scale.md"))
     p.add_argument("--compare_up_to", type=int, default=150000,
                    help="also run the list-per-record representation for sizes up to this")
+    p.add_argument("--encode_all_up_to", type=int, default=10**9,
+                   help="tokenise the whole pool only for sizes up to this (the loop itself encodes lazily)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--pool", help=argparse.SUPPRESS)
     p.add_argument("--lists", action="store_true", help=argparse.SUPPRESS)
@@ -113,28 +123,33 @@ def main() -> None:
         for n in sizes:
             pool = os.path.join(d, f"pool{n}.jsonl")
             build_pool(n, pool)
-            r = run_child(pool, a.model)
+            r = run_child(pool, a.model, a.encode_all_up_to)
             print(r, file=sys.stderr)
             rows.append(r)
             if n <= a.compare_up_to:
-                r["lists"] = run_child(pool, a.model, lists=True)
+                r["lists"] = run_child(pool, a.model, a.encode_all_up_to, lists=True)
                 print("lists", r["lists"], file=sys.stderr)
             os.remove(pool)
     lines = [f"# Pool scale ({os.cpu_count()} cores; tokenizer {os.path.basename(a.model.rstrip('/'))})", "",
-             "| records | load + validate s | encode s | bookkeeping s | encodings GiB | peak RSS over baseline GiB "
-             "| KB per record |", "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| records | load + validate s | loop start s (load, held-out + 1 % sample encoded) | its peak RSS GiB "
+             "| encode all s | bookkeeping s | encodings GiB | peak RSS over baseline GiB | KB per record |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def num(v, fmt=".1f") -> str:
+        return "not run" if v is None else format(v, fmt)
+
     for r in rows:
-        lines.append(f"| {r['n']:,} | {r['load_s']:.1f} | {r['encode_s']:.1f} | {r['bookkeeping_s']:.2f} | "
-                     f"{r['rss_encoded_gib']:.2f} | {r['peak_over_base_gib']:.2f} | "
-                     f"{r['peak_over_base_gib'] * 2**20 / r['n']:.1f} |")
+        lines.append(f"| {r['n']:,} | {r['load_s']:.1f} | {r['lazy_start_s']:.1f} | {r['lazy_start_peak_gib']:.2f} | "
+                     f"{num(r['encode_s'])} | {r['bookkeeping_s']:.2f} | {num(r['rss_encoded_gib'], '.2f')} | "
+                     f"{r['peak_over_base_gib']:.2f} | {r['peak_over_base_gib'] * 2**20 / r['n']:.1f} |")
     if len(rows) > 1:
         lines += ["", "Growth from one size to the next (time or memory ratio / size ratio; 1.00 = linear):", "",
-                  "| step | load | encode | bookkeeping | peak RSS |", "|---|---:|---:|---:|---:|"]
+                  "| step | load | loop start | encode all | bookkeeping | peak RSS |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for a0, b0 in zip(rows, rows[1:]):
             k = b0["n"] / a0["n"]
             lines.append(f"| {a0['n']:,} -> {b0['n']:,} | " + " | ".join(
-                f"{b0[f] / max(a0[f], 1e-9) / k:.2f}" for f in ("load_s", "encode_s", "bookkeeping_s",
-                                                                  "peak_over_base_gib")) + " |")
+                "n/a" if b0[f] is None or a0[f] is None else f"{b0[f] / max(a0[f], 1e-9) / k:.2f}"
+                for f in ("load_s", "lazy_start_s", "encode_s", "bookkeeping_s", "peak_over_base_gib")) + " |")
     lines += ["", "Side by side, the same run holding the encodings as one Python list per record (the loop "
               "before) against the compact arrays:", "", "| records | lists: RSS after encoding GiB | compact GiB | "
               "ratio | lists: peak over baseline GiB | compact | ratio |", "|---:|---:|---:|---:|---:|---:|---:|"]
