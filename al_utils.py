@@ -234,15 +234,34 @@ ALIASES = {
 }
 
 
-def read_rows(path: str) -> list[tuple[int, Any]]:
-    """(1-based line or element number, parsed value) for every record of a .json/.jsonl/.csv file,
-    or (1-based row, row) of a Hugging Face dataset source (al_datasets)."""
+def _jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
+    """A .jsonl file streamed line by line: a million-record pool is never held as one string."""
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{i}: (encoding): invalid UTF-8 byte 0x{raw[e.start]:02x} "
+                                 f"at column {e.start + 1}") from None
+            if not line.strip():
+                continue  # a blank line holds no record
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{i}: (json): malformed JSON: {e.msg} at column {e.colno}") from None
+
+
+def read_rows(path: str) -> Iterable[tuple[int, Any]]:
+    """(1-based line or element number, parsed value) for every record of a .json/.jsonl/.csv file
+    (.jsonl streamed), or (1-based row, row) of a Hugging Face dataset source (al_datasets)."""
     from al_datasets import dataset_rows, is_dataset_source
 
     if is_dataset_source(path):
         return dataset_rows(path)
     if not os.path.isfile(path):
         raise InputError(f"{path}: file: no such file")
+    if path.endswith(".jsonl"):
+        return _jsonl_rows(path)
     with open(path, "rb") as f:
         raw = f.read()
     try:
@@ -252,16 +271,6 @@ def read_rows(path: str) -> list[tuple[int, Any]]:
         col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
         raise InputError(f"{path}:{line}: (encoding): invalid UTF-8 byte 0x{raw[e.start]:02x} "
                          f"at column {col}") from None
-    if path.endswith(".jsonl"):
-        rows = []
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue  # a blank line holds no record
-            try:
-                rows.append((i, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{i}: (json): malformed JSON: {e.msg} at column {e.colno}") from None
-        return rows
     if path.endswith(".json"):
         try:
             data = json.loads(text)
