@@ -18,7 +18,8 @@ set, same held-out and test slices):
   budgets run, "<= r" when random's first point is already there; 95 % percentile interval from
   2,000 bootstrap resamples of the paired seeds;
 - AUC: the mean of a run's values over the rounds past the seed set (round 0 is the same seeded set
-  for every arm that starts from random), and the paired difference of it, each with a t interval.
+  for every arm that starts from random) that every run has (random may go on further, to measure
+  budget ratios), and the paired difference of it, each with a t interval.
 """
 from __future__ import annotations
 
@@ -209,12 +210,19 @@ def header(cols: list[str], *last: str) -> list[str]:
     return ["| strategy | " + " | ".join(cols + list(last)) + " |", "|---|" + "---:|" * (len(cols) + len(last))]
 
 
+def shared_rounds(arms: dict[str, list[Curve]]) -> int:
+    """Rounds every run has: the AUC covers rounds 1 .. this - 1, the same budgets for every arm
+    (random may go on further, to measure budget ratios)."""
+    return min(len(c.y) for cs in arms.values() for c in cs)
+
+
 def curves_table(arms: dict[str, list[Curve]], cols: list[str]) -> str:
-    lines = header(cols, "AUC (rounds >= 1)", "seeds", "minutes/run")
+    lines = header(cols, "AUC (shared rounds >= 1)", "seeds", "minutes/run")
+    m = shared_rounds(arms)
     for name, cs in arms.items():
         n = min(len(c.y) for c in cs)
         cells = [fmt_ci(*t_interval([c.y[r] for c in cs])) for r in range(n)] + [""] * (len(cols) - n)
-        auc = fmt_ci(*t_interval([c.y[1:n].mean() for c in cs])) if n > 1 else ""
+        auc = fmt_ci(*t_interval([c.y[1:m].mean() for c in cs])) if m > 1 else ""
         mins = [c.minutes for c in cs if c.minutes is not None]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {auc} | {len(cs)} | "
                      + (f"{np.mean(mins):.1f}" if mins else "") + " |")
@@ -231,14 +239,15 @@ def x_table(arms: dict[str, list[Curve]], cols: list[str]) -> str:
 
 
 def diff_table(arms: dict[str, list[Curve]], cols: list[str]) -> str:
-    lines = header(cols, "AUC diff (rounds >= 1)", "seeds")
+    lines = header(cols, "AUC diff (shared rounds >= 1)", "seeds")
+    m = shared_rounds(arms)
     for name, cs in arms.items():
         if name == "random" or not pairs(cs, arms["random"]):
             continue
         d = paired_diffs(cs, arms["random"])
         cells = [fmt_ci(*t_interval(col[~np.isnan(col)]), sign=True, star=True) if (~np.isnan(col)).any()
                  else "n/a" for col in d.T]
-        auc = fmt_ci(*t_interval(np.nanmean(d[:, 1:], 1)), sign=True, star=True) if d.shape[1] > 1 else ""
+        auc = fmt_ci(*t_interval(np.nanmean(d[:, 1:m], 1)), sign=True, star=True) if m > 1 else ""
         lines.append(f"| {name} | " + " | ".join(cells + [""] * (len(cols) - len(cells))) + f" | {auc} | {len(d)} |")
     return "\n".join(lines)
 
@@ -266,7 +275,8 @@ def report(arms: dict[str, list[Curve]], metric: str, x: str) -> str:
     cols = columns(arms, x)
     seeds = sorted({c.seed for cs in arms.values() for c in cs})
     out = [f"# {METRICS[metric]} by {XS[x][1]} (seeds {', '.join(map(str, seeds))})", "",
-           "Mean over seeds [95 % t interval]; AUC = mean over the rounds past the seed set.", "",
+           "Mean over seeds [95 % t interval]; AUC = mean over the rounds past the seed set that every run has.",
+           "",
            curves_table(arms, cols)]
     if x != "examples":
         out += ["", f"Mean {XS[x][1]} at each round:", "", x_table(arms, cols)]

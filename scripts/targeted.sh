@@ -2,6 +2,7 @@
 # The targeted experiment ("Does it beat random?" in the README), in parts that resume when rerun:
 #   bash scripts/targeted.sh default   # default model: both targets, 6 arms x 5 seeds, budgets 50..250
 #   bash scripts/targeted.sh smollm2   # SmolLM2-135M: target (a), random/rds/less x 5 seeds, budgets 25..150
+# (random goes on to twice the largest budget: RANDOM_BUDGET; SEEDS="1 2" etc. runs a part of a part)
 # Each run goes straight to the part's largest budget (its rounds are the learning curve); a run
 # whose state.json says it is done is skipped, an interrupted one resumes. Targets:
 #   (a) summarization: 30 Dolly summarization records are the target, 50 others the test set, both
@@ -46,6 +47,7 @@ case "$PART" in
     ;;
   *) echo "usage: bash scripts/targeted.sh default|smollm2" >&2; exit 2 ;;
 esac
+RANDOM_BUDGET="${RANDOM_BUDGET:-$((2 * MAX_BUDGET))}"
 start=$(date +%s)
 if [ ! -f "$MODEL/config.json" ] && [ "$MODEL" = models/tiny-llama ]; then
   "$PY" build_default_model.py --file_path data/dolly-1.5k.jsonl --save_path "$MODEL" --threads 2
@@ -57,10 +59,12 @@ one_target() {  # all arms x seeds of one target, then its reports
   if [ "$target" = alpaca_eval ]; then pool=data/dolly-1.5k.jsonl; fi
   for seed in $SEEDS; do
     for arm in "${ARMS[@]}"; do
-      local name="${arm%%=*}" flags="${arm#*=}" run="$dir/${arm%%=*}_s$seed" resume=()
+      local name="${arm%%=*}" flags="${arm#*=}" run="$dir/${arm%%=*}_s$seed" resume=() budget=$MAX_BUDGET
+      # random goes on to twice the budget, so "random needs 2x the labels" can be measured at all
+      if [ "$name" = random ]; then budget=$RANDOM_BUDGET; fi
       runs+=("$run")
       if [ -f "$run/state.json" ]; then
-        if "$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['round_log'][-1]['labelled'] < s['budget'] if s['round_log'] else 1)" "$run/state.json"; then
+        if "$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['round_log'][-1]['labelled'] < int(sys.argv[2]) if s['round_log'] else 1)" "$run/state.json" "$budget"; then
           continue  # finished
         fi
         resume=(--resume)
@@ -68,7 +72,7 @@ one_target() {  # all arms x seeds of one target, then its reports
       echo "[$target] $name seed $seed" >&2
       # shellcheck disable=SC2086
       "$PY" acquisition_AL.py --file_path "$pool" --init_checkpoint_path "$MODEL" --test_file "$data/test.jsonl" \
-        --al_data_fraction "$MAX_BUDGET" --num_acquisition_samples "$PER_ROUND" --heldout_size "$HELDOUT" --seed "$seed" \
+        --al_data_fraction "$budget" --num_acquisition_samples "$PER_ROUND" --heldout_size "$HELDOUT" --seed "$seed" \
         --threads "$THREADS" --no_progress $TRAIN_FLAGS ${flags//@DATA/$data} --model_path "$run" "${resume[@]}" \
         2>> "$dir.log"
     done

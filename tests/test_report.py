@@ -112,3 +112,15 @@ def test_labels_tell_seed_set_and_guard_apart():
     assert report_AL.label(base) == "rds greedy/top"
     assert report_AL.label({**base, "seed_strategy": "typiclust"}) == "rds greedy/top seed=typiclust"
     assert report_AL.label({**base, "max_similarity": 0.99}) == "rds greedy/top tau=0.99"
+
+
+def test_random_going_further_measures_larger_ratios_and_auc_stays_on_shared_budgets(tmp_path):
+    runs = [fake_run(tmp_path, f"r{s}", "random", s, [3.0, 2.8, 2.6, 2.4, 2.2]) for s in (1, 2)]
+    runs += [fake_run(tmp_path, f"a{s}", "rds", s, [3.0, 2.6, 2.4], flags={"stratification_strategy": None})
+             for s in (1, 2)]
+    md = report_AL.report(report_AL.by_arm(report_AL.read_runs(runs, "heldout", "examples")), "heldout", "examples")
+    # AUC over rounds 1..2, the budgets every run has: random (2.8 + 2.6) / 2, not its later rounds
+    assert rows(md, "random")[0].endswith("| 2.7000 | 2 |  |")
+    assert rows(md, "rds")[1].split(" | ")[-2] == "-0.2000"
+    # at 100 rds (2.6) is where random is at 150: 1.50; at 150 (2.4) random needs 200: 1.33
+    assert rows(md, "rds")[2].split(" | ")[1:3] == ["1.50 [1.50, 1.50]", "1.33 [1.33, 1.33]"]
