@@ -567,29 +567,34 @@ def lazy_encodings(tokenizer, by_id: Mapping, template: str = "alpaca", progress
     return Encodings((tokenizer, by_id, template, progress))
 
 
+def _instruction_lens(tokenizer, records: Sequence[dict]) -> list[int]:
+    return [len(x) for x in tokenizer([r["instruction"] for r in records], return_attention_mask=False).input_ids]
+
+
+def _answers(records: Sequence[dict], p_ids: list, fulls: list, answer_of: Callable) -> list[list[int]]:
+    """Each record's answer ids, from its prompt ids and the ids of prompt + answer (`fulls` holds
+    those of the records with an answer, in order); no answer: empty."""
+    full_of = dict(zip([i for i, r in enumerate(records) if r["output"]], fulls))
+    return [answer_of(r, p_ids[i], full_of[i]) if i in full_of else [] for i, r in enumerate(records)]
+
+
 def _encode_alpaca(tokenizer, records: Sequence[dict]) -> tuple[list, list, list, list]:
     """(prompt ids, answer ids, template kind, instruction length) per record. The answer's ids are
     the tail of the joint tokenisation, so prompt + answer is exactly what the tokenizer makes of
     the whole text."""
     prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
     p_ids = tokenizer(prompts, return_attention_mask=False).input_ids
-    ins_lens = [len(x) for x in tokenizer([r["instruction"] for r in records], return_attention_mask=False).input_ids]
-    with_answer = [i for i, r in enumerate(records) if r["output"]]
-    fulls = tokenizer([prompts[i] + ANSWER_SEP + records[i]["output"] for i in with_answer],
-                      return_attention_mask=False).input_ids if with_answer else []  # (no empty batches)
-    full_of = dict(zip(with_answer, fulls))
-    answers = []
-    for i, r in enumerate(records):
-        answer: list[int] = []
-        if i in full_of:
-            p, full = p_ids[i], full_of[i]
-            if full[: len(p)] == p:
-                answer = full[len(p):]
-            else:  # the boundary merged into one token: tokenise the answer on its own
-                answer = tokenizer(ANSWER_SEP + r["output"], add_special_tokens=False).input_ids
-            answer = answer + [tokenizer.eos_token_id]
-        answers.append(answer)
-    return p_ids, answers, [int(bool(r["input"].strip())) for r in records], ins_lens
+    texts = [p + ANSWER_SEP + r["output"] for p, r in zip(prompts, records) if r["output"]]
+    fulls = tokenizer(texts, return_attention_mask=False).input_ids if texts else []  # (no empty batches)
+
+    def answer_of(r: dict, p: list, full: list) -> list[int]:
+        if full[: len(p)] == p:
+            return full[len(p):] + [tokenizer.eos_token_id]
+        # the boundary merged into one token: tokenise the answer on its own
+        return tokenizer(ANSWER_SEP + r["output"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+    return (p_ids, _answers(records, p_ids, fulls, answer_of), [int(bool(r["input"].strip())) for r in records],
+            _instruction_lens(tokenizer, records))
 
 
 def _encode_chat(tokenizer, records: Sequence[dict]) -> tuple[list, list, list, list]:
@@ -598,23 +603,17 @@ def _encode_chat(tokenizer, records: Sequence[dict]) -> tuple[list, list, list, 
     end-of-turn tokens). The boundary is found on token ids: the full conversation must begin with
     the prompt's ids, never re-tokenised from text pieces."""
     p_ids = prompt_ids(tokenizer, records, "chat")
-    ins_lens = [len(x) for x in tokenizer([r["instruction"] for r in records]).input_ids]
-    with_answer = [i for i, r in enumerate(records) if r["output"]]
-    fulls = _chat_ids(tokenizer, [[user_turn(records[i]), {"role": "assistant", "content": records[i]["output"]}]
-                                  for i in with_answer], False) if with_answer else []
-    full_of = dict(zip(with_answer, fulls))
-    answers = []
-    for i, r in enumerate(records):
-        answer: list[int] = []
-        if i in full_of:
-            p, full = p_ids[i], full_of[i]
-            if full[: len(p)] != p:
-                raise InputError(f"{tokenizer.name_or_path}: chat template: record {r['id']!r}: the conversation "
-                                 "with its answer does not begin with the prompt's tokens (the template renders the "
-                                 "user turn differently once an answer follows); use --prompt_template alpaca")
-            answer = full[len(p):]
-        answers.append(answer)
-    return p_ids, answers, [0] * len(records), ins_lens
+    convs = [[user_turn(r), {"role": "assistant", "content": r["output"]}] for r in records if r["output"]]
+    fulls = _chat_ids(tokenizer, convs, False) if convs else []
+
+    def answer_of(r: dict, p: list, full: list) -> list[int]:
+        if full[: len(p)] != p:
+            raise InputError(f"{tokenizer.name_or_path}: chat template: record {r['id']!r}: the conversation "
+                             "with its answer does not begin with the prompt's tokens (the template renders the "
+                             "user turn differently once an answer follows); use --prompt_template alpaca")
+        return full[len(p):]
+
+    return p_ids, _answers(records, p_ids, fulls, answer_of), [0] * len(records), _instruction_lens(tokenizer, records)
 
 
 def truncate_prompt(prompt: Sequence[int], max_len: int) -> list[int]:
