@@ -517,8 +517,9 @@ class Encodings(Mapping):
 
     def update(self, other: Encodings) -> None:  # type: ignore[override]
         ids = list(other)
-        self.extend(ids, [other[i].prompt for i in ids], [other[i].answer for i in ids],
-                    [other[i].template for i in ids], [other[i].instruction_len for i in ids])
+        es = [other[i] for i in ids]  # each built once
+        self.extend(ids, [e.prompt for e in es], [e.answer for e in es], [e.template for e in es],
+                    [e.instruction_len for e in es])
 
     def ensure(self, ids: Iterable) -> None:
         """Lazy encodings: tokenise (in chunks) the ids not encoded yet. A round calls this with its

@@ -159,15 +159,22 @@ def safe_reader(path: str):
     from torch.distributed.checkpoint.metadata import StorageMeta
 
     class SafeReader(FileSystemReader):
+        def __init__(self) -> None:
+            super().__init__(path)
+            self.cache: dict = {}  # rank -> metadata: a check before dcp.load and the load unpickle once
+
         def read_metadata(self, *args, **kwargs):
             rank = kwargs.get("rank")
-            md = read_dcp_metadata(os.path.join(path, ".metadata" if rank is None else f"__{rank}.metadata"))
-            if getattr(md, "storage_meta", None) is None:
-                md.storage_meta = StorageMeta()
+            if rank not in self.cache:
+                md = read_dcp_metadata(os.path.join(path, ".metadata" if rank is None else f"__{rank}.metadata"))
+                if getattr(md, "storage_meta", None) is None:
+                    md.storage_meta = StorageMeta()
+                self.cache[rank] = md
+            md = self.cache[rank]
             md.storage_meta.load_id = self.load_id
             return md
 
-    return SafeReader(path)
+    return SafeReader()
 
 
 def check_model_dir(path: str, flag: str) -> None:
@@ -395,7 +402,8 @@ def load_dcp(model: torch.nn.Module, path: str, optimizer: torch.optim.Optimizer
     if optimizer is not None:
         state["optim"] = get_optimizer_state_dict(model, optimizer)
     reader = safe_reader(path)
-    reader.read_metadata()  # a crafted file fails here with its one line (dcp.load would wrap the error)
+    reader.read_metadata()  # a crafted file fails here with its one line (dcp.load would wrap the error);
+    # the reader keeps what it read, so dcp.load does not unpickle it again
     dcp.load(state, storage_reader=reader, no_dist=not dist.is_initialized())
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, state["optim"])
