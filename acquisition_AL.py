@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
+import al_lora
 import fsdp_utils
 from al_annotation import annotation_mode, export_for_annotators, load_labels, pending_labels, save_labels
+from al_lora import LoraSpec
 from al_scoring import ScoreConfig, answer_nll
 from al_similarity import Target, less_modules, load_target, similarity_guard, target_keys
 from al_strategies import (
@@ -81,7 +83,7 @@ from al_utils import (
     run_paths,
     runtime_flags,
 )
-from train_AL import add_train_args, train, train_config
+from train_AL import add_train_args, save_trained, train, train_config
 
 RNG_SHUFFLE, RNG_FRACTION, RNG_SELECT, RNG_SCORE = 0, 1, 2, 3
 BUDGET_UNITS = ("examples", "answer_words")
@@ -155,6 +157,9 @@ def check_numbers(args: argparse.Namespace) -> tuple[ScoreConfig, SelectConfig]:
     if args.al_data_fraction <= 0:
         raise InputError("--al_data_fraction: must be > 0")
     train_config(args, args.seed)
+    if al_lora.lora_spec(args) is not None and args.save_opt:
+        raise InputError("--save_opt: a LoRA run keeps no optimizer state (its adapters are merged into each "
+                         "round's checkpoint); less then uses plain gradients: drop --save_opt or --lora_r")
     return score_config(args, not args.no_progress and fsdp_utils.is_main()), selection_config(args)
 
 
@@ -177,7 +182,7 @@ def load_pool(args: argparse.Namespace, annotate: bool, prior: dict | None) -> t
     if words and annotate:
         raise InputError("--budget_unit: answer_words counts answers before they are labelled; with annotators "
                          "they are not known then (use examples)")
-    records = load_records(args.file_path, require_output=why)
+    records = load_records(args.file_path, require_output=why, multi_turn=args.prompt_template == "chat")
     n = sum(answer_words(r["output"]) for r in records) if words else len(records)
     unit = "answer words" if words else "examples"
     budget = int(args.al_data_fraction) if args.al_data_fraction > 1 else int(args.al_data_fraction * n)
@@ -204,6 +209,7 @@ def check_models(args: argparse.Namespace):
         raise InputError(f"--model_config_path: {args.model_config_path}: no config.json there")
     fsdp_utils.check_weights(args.init_checkpoint_path, "--init_checkpoint_path", args.model_config_path)
     run_cfg = args.model_config_path or args.init_checkpoint_path  # every checkpoint must fit this config
+    al_lora.check_targets(al_lora.lora_spec(args), run_cfg)
     if args.resume_checkpoint_path:
         fsdp_utils.check_model_dir(args.resume_checkpoint_path, "--resume_checkpoint_path")
         prev = run_of_checkpoint(args.resume_checkpoint_path)
@@ -306,9 +312,9 @@ class Run:
         if self.main:
             atomic_write_json(self.paths.state, self.state)
 
-    def load(self, path: str):
+    def load(self, path: str, lora: LoraSpec | None = None):
         return fsdp_utils.load_model(path, self.device, self.args.model_config_path,
-                                     self.args.activation_checkpointing)
+                                     self.args.activation_checkpointing, lora)
 
     def record(self, i) -> dict:
         return {**self.by_id[i], "output": self.labels[i]} if self.annotate else self.by_id[i]
@@ -389,8 +395,8 @@ def open_run(args: argparse.Namespace) -> Run:
     grads = f"--sampling_strategy {args.sampling_strategy} takes the target's gradients on its answers"
     target = load_target(args.target_file, args.target_group_field, tok, grads if strategy(args.sampling_strategy).grads
                          else "", args.prompt_template) if args.target_file else None
-    test = load_records(args.test_file, require_output="--test_file measures the loss on its answers") \
-        if args.test_file else []
+    test = load_records(args.test_file, require_output="--test_file measures the loss on its answers",
+                        multi_turn=args.prompt_template == "chat") if args.test_file else []
     pool_hash = file_sha256(args.file_path)
     flags = run_flags(args, pool_hash, annotate)
     check_run_dir(args, paths, prior, flags)
@@ -533,25 +539,27 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
 
 def train_round(run: Run, rnd: int) -> dict:
     """Train on everything labelled: from the base (as the original) or, with --warm_start, from
-    the last round's weights. Reuses a round trained before an interruption. Returns its stats."""
+    the last round's weights (under LoRA: fresh adapters on either, merged after training).
+    Reuses a round trained before an interruption. Returns its stats."""
     args, ckpt = run.args, run.paths.ckpt
     meta = fsdp_utils.broadcast(fsdp_utils.checkpoint_meta(ckpt) if os.path.isdir(ckpt) else {})
     if meta.get("round") == rnd:
         run.model = run.load(ckpt)
         tstats = meta["train"]
     else:
-        if not (args.warm_start and rnd > 0):
-            run.model = run.load(args.init_checkpoint_path)
-        elif run.model is None:  # warm start after a resume that skipped scoring
-            run.model = run.load(run.model_source)
+        lora = al_lora.lora_spec(args, args.seed + rnd)
+        warm = args.warm_start and rnd > 0
+        base = run.model_source if warm else args.init_checkpoint_path
+        if lora is not None or not warm or run.model is None:  # else: warm, from the model in memory
+            run.model = run.load(base, lora)
         torch.manual_seed(args.seed + rnd)
         tcfg = train_config(args, args.seed + rnd, run.scfg.progress)
         run.enc.ensure(run.labelled)
         stats, opt = train(run.model, [run.enc[i] for i in run.labelled], tcfg, pad_id_of(run.tok),
                            on_step=lambda step: kill_point("training", rnd))
         tstats = {k: v for k, v in stats.items() if k not in ("losses", "lrs")}
-        fsdp_utils.save_checkpoint(run.model, run.tok, ckpt, {"round": rnd, "labelled": len(run.labelled),
-                                                              "train": tstats}, opt if args.save_opt else None)
+        save_trained(run.model, run.tok, ckpt, {"round": rnd, "labelled": len(run.labelled), "train": tstats},
+                     opt if args.save_opt else None, lora, base)
         del opt
         run.state["in_round"] = {"round": rnd, "finished": "training"}
         run.save_state()

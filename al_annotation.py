@@ -30,7 +30,8 @@ EXPORT_FIELDS = ("id", "instruction", "input", "output", "round", "score", "buck
 
 def batch_rows(picked: list[dict], records: dict, rnd: int) -> list[dict]:
     """What annotators get for each picked id: the prompt, an empty answer and why it was picked;
-    a conversation record also its conversation, the final assistant turn left empty to fill in."""
+    a conversation record also its conversation (every turn before the answer), the final assistant
+    turn left empty to fill in."""
     rows = []
     for p in picked:
         r = records[p["id"]]
@@ -39,9 +40,9 @@ def batch_rows(picked: list[dict], records: dict, rnd: int) -> list[dict]:
         col = next((c for c in CONVERSATIONS if c in r), None)
         if col is not None:
             key, text, roles = CONVERSATIONS[col]
-            user = [t for t in r[col] if roles[t[key]] == "user"]
+            turns = r[col][:-1] if roles[r[col][-1][key]] == "assistant" else r[col]  # all but the answer
             answer = next(k for k, v in roles.items() if v == "assistant")  # the column's own spelling
-            row[col] = user + [{key: answer, text: ""}]
+            row[col] = turns + [{key: answer, text: ""}]
         rows.append(row)
     return rows
 

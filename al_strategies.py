@@ -27,7 +27,15 @@ from al_similarity import (
     typicality,
     typiclust_pick,
 )
-from al_utils import InputError, pad_id_of, prompt_ids, response_marker_ids, truncate_pair, truncate_prompt
+from al_utils import (
+    InputError,
+    pad_id_of,
+    prompt_ids,
+    request_text,
+    response_marker_ids,
+    truncate_pair,
+    truncate_prompt,
+)
 
 SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
                      "Request: {instruction}")
@@ -180,7 +188,7 @@ def _cluster_labels(sc: Scoring, rows: list[dict]) -> None:
     else:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        texts = [sc.records[r["id"]]["instruction"] + "\n" + sc.records[r["id"]]["input"] for r in rows]
+        texts = [request_text(sc.records[r["id"]]) for r in rows]  # (whitespace: same features as before)
         X = TfidfVectorizer(max_features=20000, sublinear_tf=True).fit_transform(texts)
     for r, c in zip(rows, cluster_labels(X, sc.cfg.num_clusters, sc.rng)):
         r["cluster"] = int(c)
@@ -253,8 +261,7 @@ def _self_ask(sc: Scoring, ids: list) -> list[dict]:
     prompts = []
     for i in ids:
         r = sc.records[i]
-        q = r["instruction"] + ("\n" + r["input"] if r["input"].strip() else "")
-        question = {"instruction": SELF_ASK_TEMPLATE.format(instruction=q), "input": ""}
+        question = {"instruction": SELF_ASK_TEMPLATE.format(instruction=request_text(r)), "input": ""}
         prompts.append(truncate_prompt(prompt_ids(sc.tokenizer, [question], sc.template)[0], sc.cfg.max_length))
     n = sc.cfg.self_ask_positions
     gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.tokenizer.eos_token_id, sc.cfg.max_rows,

@@ -303,10 +303,10 @@ CONVERSATIONS = {
 }
 
 
-def single_turn(row: dict, where: str, require_output: str) -> dict | None:
-    """instruction/input/output of a `messages` ([{role, content}]) or ShareGPT `conversations`
-    ([{from, value}]) row, or None when it has neither. The alpaca template holds one user turn and
-    the answer after it; the answer may be left empty (an unlabelled pool) unless it is required."""
+def conversation_turns(row: dict, where: str = "") -> tuple[str, list[tuple[str, str]]] | None:
+    """(column, [(role, text)]) of a `messages` ([{role, content}]) or ShareGPT `conversations`
+    ([{from, value}]) row with roles as user | assistant | system, or None when it has neither.
+    Only a last assistant turn may be empty (an answer still to write)."""
     col = next((c for c in CONVERSATIONS if c in row), None)
     if col is None:
         return None
@@ -323,19 +323,37 @@ def single_turn(row: dict, where: str, require_output: str) -> dict | None:
         if not t[text].strip() and not (k == len(turns) > 1 and roles[t[key]] == "assistant"):
             raise InputError(f"{where}: {col}: turn {k}: empty {text}")
         seq.append((roles[t[key]], t[text]))
+    return col, seq
+
+
+def conversation_record(row: dict, where: str, require_output: str, multi_turn: bool) -> dict | None:
+    """instruction/input/output of a conversation row (None when it is not one): the first user turn
+    and the final assistant turn (empty when the conversation ends on a user turn: unlabelled). The
+    alpaca template holds one user turn and its answer; with `multi_turn` (--prompt_template chat)
+    a system turn may open it and user/assistant turns alternate, the turns before the final
+    answer being its context (chat_context)."""
+    parsed = conversation_turns(row, where)
+    if parsed is None:
+        return None
+    col, seq = parsed
     kinds = [r for r, _ in seq]
-    if kinds not in (["user"], ["user", "assistant"]):
+    if not multi_turn and kinds not in (["user"], ["user", "assistant"]):
         raise InputError(f"{where}: {col}: turns {' -> '.join(kinds)}; the alpaca template holds one user turn "
-                         "and its answer (multi-turn and system turns need a chat template)")
-    answer = seq[1][1] if len(seq) == 2 else ""
+                         "and its answer (multi-turn and system turns need --prompt_template chat)")
+    body = kinds[1:] if kinds[0] == "system" else kinds
+    if not body or any(k != ("user", "assistant")[j % 2] for j, k in enumerate(body)):
+        raise InputError(f"{where}: {col}: turns {' -> '.join(kinds)}; expected an optional system turn, then user "
+                         "and assistant turns alternating from a user turn")
+    answer = seq[-1][1] if kinds[-1] == "assistant" else ""
     if require_output and not answer.strip():
-        raise InputError(f"{where}: {col}: no assistant answer after the user turn ({require_output})")
-    return {"instruction": seq[0][1], "input": "", "output": answer}
+        raise InputError(f"{where}: {col}: no assistant answer after the last user turn ({require_output})")
+    return {"instruction": next(t for r, t in seq if r == "user"), "input": "", "output": answer}
 
 
-def load_records(path: str, require_output: str = "") -> list[dict]:
+def load_records(path: str, require_output: str = "", multi_turn: bool = False) -> list[dict]:
     """Load a pool as records {id, instruction, input, output, ...extra columns}; a row without an
-    instruction column may be a single-turn conversation (`messages` or ShareGPT `conversations`).
+    instruction column may be a conversation (`messages` or ShareGPT `conversations`): single-turn,
+    or with `multi_turn` (--prompt_template chat) any number of turns (conversation_record).
 
     `id` is the row's own id if it has one, else its 0-based position in the file (records only,
     so the first record of a .jsonl is 0 even after blank lines). Extra columns are carried through.
@@ -350,7 +368,7 @@ def load_records(path: str, require_output: str = "") -> list[dict]:
         rec: dict[str, Any] = {}
         used: set[str] = set()
         has_instruction = any(n in row for n in ALIASES["instruction"])
-        conversation = None if has_instruction else single_turn(row, where, require_output)
+        conversation = None if has_instruction else conversation_record(row, where, require_output, multi_turn)
         for field, names in ALIASES.items():
             if conversation is not None:  # the conversation column itself is kept as it came
                 rec = conversation
@@ -415,6 +433,25 @@ def user_turn(r: dict) -> dict:
     return {"role": "user", "content": r["instruction"] + ("\n\n" + r["input"] if r["input"].strip() else "")}
 
 
+def chat_context(r: dict) -> list[dict]:
+    """--prompt_template chat: the messages before the answer: the user turn, or a conversation's
+    turns before its final assistant turn."""
+    parsed = conversation_turns(r)
+    if parsed is None:
+        return [user_turn(r)]
+    seq = parsed[1][:-1] if parsed[1][-1][0] == "assistant" else parsed[1]
+    return [{"role": role, "content": text} for role, text in seq]
+
+
+def request_text(r: dict) -> str:
+    """What the user asks, as text: the instruction (+ the input on the next line), or every user turn
+    of a conversation, a blank line apart (self_ask's question)."""
+    parsed = conversation_turns(r)
+    if parsed is not None:
+        return "\n\n".join(t for role, t in parsed[1] if role == "user")
+    return r["instruction"] + ("\n" + r["input"] if r["input"].strip() else "")
+
+
 def check_template(tokenizer, template: str, where: str) -> None:
     if template == "chat" and not getattr(tokenizer, "chat_template", None):
         raise InputError(f"{where}: tokenizer: has no chat template (--prompt_template chat formats prompts with "
@@ -428,11 +465,11 @@ def _chat_ids(tokenizer, conversations: list[list[dict]], generation_prompt: boo
 
 def prompt_ids(tokenizer, records: Sequence[dict], template: str = "alpaca") -> list[list[int]]:
     """Each record's prompt ids: BOS + the alpaca prompt, or the tokenizer's chat template applied
-    to the user turn with the assistant's turn opened (add_generation_prompt)."""
+    to the turns before the answer with the assistant's turn opened (add_generation_prompt)."""
     if not records:
         return []
     if template == "chat":
-        return _chat_ids(tokenizer, [[user_turn(r)] for r in records], True)
+        return _chat_ids(tokenizer, [chat_context(r) for r in records], True)
     return tokenizer([format_prompt(r["instruction"], r["input"]) for r in records]).input_ids
 
 
@@ -459,6 +496,16 @@ class Encoded:
     answer: list[int]  # answer tokens + EOS (empty when the record has no answer)
     template: int = 0  # 1 when the prompt has the input block: rows of one template share a prefix
     instruction_len: int = 0  # tokens of the instruction alone, BOS included (as the original counted)
+    spans: tuple = ()  # (start, end) of earlier assistant turns inside the prompt: trained on too (multi-turn)
+
+    def prompt_loss(self) -> list[int] | None:
+        """1 on the prompt tokens training learns (earlier assistant turns), else 0; None: none."""
+        if not self.spans:
+            return None
+        mask = [0] * len(self.prompt)
+        for a, b in self.spans:
+            mask[a:b] = [1] * (b - a)
+        return mask
 
 
 def answer_words(text: str) -> int:
@@ -491,17 +538,19 @@ class Encodings(Mapping):
         self.plen = np.zeros(0, np.int32)  # of which the first plen[r] are the prompt
         self.template = np.zeros(0, np.int8)
         self.ins_len = np.zeros(0, np.int32)
+        self.spans: dict[int, tuple] = {}  # row -> Encoded.spans, for the (few) multi-turn records
         self._pending: list = []  # appended chunks not yet joined into the arrays
         self._count = 0  # records appended (rows index them)
 
     def extend(self, ids: Sequence, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
-               templates: Sequence[int], ins_lens: Sequence[int]) -> None:
+               templates: Sequence[int], ins_lens: Sequence[int], spans: Sequence[tuple] = ()) -> None:
         """Append records; the arrays are joined once, on the next read (no copy per chunk)."""
         lens = np.array([len(p) + len(a) for p, a in zip(prompts, answers)], np.int64)
         self._pending.append((np.fromiter((t for p, a in zip(prompts, answers) for t in (*p, *a)), np.int32,
                                           int(lens.sum())), lens, np.array([len(p) for p in prompts], np.int32),
                               np.array(templates, np.int8), np.array(ins_lens, np.int32)))
         self.rows.update((i, self._count + k) for k, i in enumerate(ids))
+        self.spans.update((self._count + k, sp) for k, sp in enumerate(spans) if sp)
         self._count += len(lens)
 
     def _join(self) -> None:
@@ -519,7 +568,7 @@ class Encodings(Mapping):
         ids = list(other)
         es = [other[i] for i in ids]  # each built once
         self.extend(ids, [e.prompt for e in es], [e.answer for e in es], [e.template for e in es],
-                    [e.instruction_len for e in es])
+                    [e.instruction_len for e in es], [e.spans for e in es])
 
     def ensure(self, ids: Iterable) -> None:
         """Lazy encodings: tokenise (in chunks) the ids not encoded yet. A round calls this with its
@@ -546,7 +595,7 @@ class Encodings(Mapping):
         r = self.rows[i]
         a, b, p = int(self.start[r]), int(self.start[r + 1]), int(self.plen[r])
         return Encoded(self.buf[a: a + p].tolist(), self.buf[a + p: b].tolist(), int(self.template[r]),
-                       int(self.ins_len[r]))
+                       int(self.ins_len[r]), self.spans.get(r, ()))
 
     def __iter__(self) -> Iterator:
         return iter(self.rows)
@@ -598,23 +647,42 @@ def _encode_alpaca(tokenizer, records: Sequence[dict]) -> tuple[list, list, list
             _instruction_lens(tokenizer, records))
 
 
-def _encode_chat(tokenizer, records: Sequence[dict]) -> tuple[list, list, list, list]:
-    """--prompt_template chat: the prompt is the rendered user turn with the assistant's turn opened;
-    the answer is the rest of the rendered conversation with the answer (its text and the template's
-    end-of-turn tokens). The boundary is found on token ids: the full conversation must begin with
-    the prompt's ids, never re-tokenised from text pieces."""
-    p_ids = prompt_ids(tokenizer, records, "chat")
-    convs = [[user_turn(r), {"role": "assistant", "content": r["output"]}] for r in records if r["output"]]
+def _encode_chat(tokenizer, records: Sequence[dict]) -> tuple[list, list, list, list, list]:
+    """--prompt_template chat: the prompt is the rendered turns before the answer with the assistant's
+    turn opened; the answer is the rest of the rendered conversation with the answer (its text and
+    the template's end-of-turn tokens); a multi-turn conversation's earlier assistant turns are
+    spans of the prompt, cut the same way. Boundaries are found on token ids (each shorter rendering
+    must begin the longer one), never by re-tokenising text pieces."""
+    contexts = [chat_context(r) for r in records]
+    p_ids = _chat_ids(tokenizer, contexts, True)
+    convs = [c + [{"role": "assistant", "content": r["output"]}] for c, r in zip(contexts, records) if r["output"]]
     fulls = _chat_ids(tokenizer, convs, False) if convs else []
+
+    def refuse(r: dict) -> InputError:
+        return InputError(f"{tokenizer.name_or_path}: chat template: record {r['id']!r}: the conversation with its "
+                          "answer does not begin with the prompt's tokens (the template renders earlier turns "
+                          "differently once more follow); use --prompt_template alpaca or single-turn records")
 
     def answer_of(r: dict, p: list, full: list) -> list[int]:
         if full[: len(p)] != p:
-            raise InputError(f"{tokenizer.name_or_path}: chat template: record {r['id']!r}: the conversation "
-                             "with its answer does not begin with the prompt's tokens (the template renders the "
-                             "user turn differently once an answer follows); use --prompt_template alpaca")
+            raise refuse(r)
         return full[len(p):]
 
-    return p_ids, _answers(records, p_ids, fulls, answer_of), [0] * len(records), _instruction_lens(tokenizer, records)
+    def spans_of(r: dict, context: list[dict], p: list) -> tuple:
+        out = []
+        for k, m in enumerate(context):
+            if m["role"] != "assistant":
+                continue
+            opened = _chat_ids(tokenizer, [context[:k]], True)[0]  # ... up to this turn's header
+            closed = _chat_ids(tokenizer, [context[: k + 1]], False)[0]  # ... through its end of turn
+            if closed[: len(opened)] != opened or p[: len(closed)] != closed:
+                raise refuse(r)
+            out.append((len(opened), len(closed)))
+        return tuple(out)
+
+    spans = [spans_of(r, c, p) for r, c, p in zip(records, contexts, p_ids)]
+    return (p_ids, _answers(records, p_ids, fulls, answer_of), [0] * len(records),
+            _instruction_lens(tokenizer, records), spans)
 
 
 def truncate_prompt(prompt: Sequence[int], max_len: int) -> list[int]:

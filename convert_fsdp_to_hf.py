@@ -2,6 +2,12 @@ r"""Convert a sharded (torch.distributed.checkpoint) checkpoint back into a HF m
 
     python convert_fsdp_to_hf.py --load_path runs/RUN_400_sharded --save_path out/RUN_400_hf \
         [--config_path models/tiny-llama]
+    python convert_fsdp_to_hf.py --load_path runs/LORA_RUN_sharded --save_path out/adapter --adapter
+
+A LoRA run's checkpoint holds merged weights (converted like any other) and its adapters:
+--adapter writes those as a PEFT adapter folder instead (adapter_config.json +
+adapter_model.safetensors + the tokenizer), for `PeftModel.from_pretrained(base, folder)` on the
+model named in adapter_config.json's base_model_name_or_path.
 
 Single process, no process group. Tensors are read a group at a time (up to --shard_size bytes)
 and written to safetensors files of that size, so memory stays near one output shard; dtypes are
@@ -12,6 +18,7 @@ own copies). Tied embeddings are written once, as HF expects. The result loads w
 import argparse
 import json
 import os
+import shutil
 import sys
 
 import torch
@@ -21,8 +28,9 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from tqdm import tqdm
 
+from al_lora import ADAPTER_DIR
 from al_utils import InputError, atomic_dir, run_cli
-from fsdp_utils import copy_meta, safe_reader
+from fsdp_utils import TOKENIZER_FILES, copy_meta, safe_reader
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,9 +39,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save_path", required=True, help="output HF folder")
     p.add_argument("--config_path", default=None, help="HF folder with config + tokenizer (default: load_path)")
     p.add_argument("--shard_size", type=float, default=5.0, help="GB per safetensors file")
+    p.add_argument("--adapter", action="store_true",
+                   help="write a LoRA run's adapters as a PEFT adapter folder instead of the merged weights")
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(args.load_path, ".metadata")):
         raise InputError(f"--load_path: {args.load_path}: not a sharded checkpoint (no .metadata)")
+    if args.adapter:
+        write_adapter(args)
+        return
     cfg_dir = args.config_path or args.load_path
     if not os.path.isfile(os.path.join(cfg_dir, "config.json")):
         raise InputError(f"--config_path: {cfg_dir}: no config.json (pass --config_path)")
@@ -79,6 +92,20 @@ def main(argv: list[str] | None = None) -> None:
                 json.dump({"metadata": {}, "weight_map": index}, f, indent=2)
         copy_meta(cfg_dir, tmp)
     print(f"{len(keys)} tensors in {len(groups)} file(s) -> {args.save_path}", file=sys.stderr)
+
+
+def write_adapter(args: argparse.Namespace) -> None:
+    src = os.path.join(args.load_path, ADAPTER_DIR)
+    if not os.path.isfile(os.path.join(src, "adapter_config.json")):
+        raise InputError(f"--adapter: {args.load_path}: not a LoRA run's checkpoint (no {ADAPTER_DIR}/"
+                         "adapter_config.json); without --adapter the merged weights are converted")
+    if os.path.exists(args.save_path):
+        raise InputError(f"--save_path: {args.save_path}: exists; remove it first")
+    with atomic_dir(args.save_path) as tmp:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
+        copy_meta(args.config_path or args.load_path, tmp, TOKENIZER_FILES)  # no config.json: not a model folder
+    print(f"PEFT adapter -> {args.save_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

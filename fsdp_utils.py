@@ -16,11 +16,13 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
+import al_lora
+from al_lora import LoraSpec
 from al_utils import InputError, kill_point
 
 # DCP warns on every single-process save/load; single process is a supported mode here
@@ -112,13 +114,14 @@ def checkpoint_kind(path: str) -> str | None:
     return None
 
 
-META_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "tokenizer.model", "special_tokens_map.json", "chat_template.jinja")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "chat_template.jinja")
+META_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
 
 
-def copy_meta(src: str, dst: str) -> None:
+def copy_meta(src: str, dst: str, names: tuple[str, ...] = META_FILES) -> None:
     """Config, generation config and tokenizer files of a checkpoint folder (what the converters carry over)."""
-    for name in META_FILES:
+    for name in names:
         if os.path.isfile(os.path.join(src, name)):
             shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
 
@@ -299,8 +302,9 @@ def shard(model: torch.nn.Module, device: torch.device) -> None:
 
 
 def load_model(path: str, device: torch.device, config_path: str | None = None,
-               activation_checkpointing: bool = False) -> torch.nn.Module:
-    """Load a HF folder or DCP checkpoint as an fp32 model, sharded across ranks under torchrun.
+               activation_checkpointing: bool = False, lora: LoraSpec | None = None) -> torch.nn.Module:
+    """Load a HF folder or DCP checkpoint as an fp32 model, sharded across ranks under torchrun;
+    with `lora`, fresh adapters (seeded by it) on top of the frozen weights.
 
     The model is built on the meta device and materialised only as this rank's shards. From a
     DCP folder each rank reads only its shards; from a HF folder rank 0 reads the file and
@@ -317,24 +321,31 @@ def load_model(path: str, device: torch.device, config_path: str | None = None,
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if activation_checkpointing:  # recompute each layer's activations in backward (HF's own hook)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None:  # before sharding: FSDP2 then shards the adapters with their layer
+        al_lora.inject(model, lora)
     if world() > 1:
         shard(model, device)
     model.to_empty(device=device)
     _reset_rotary(model, device)
+    names = al_lora.base_names(model)  # checkpoint name -> the model's (they differ under LoRA)
     if kind == "dcp":
         load_dcp(model, path)
-    elif world() > 1:
-        sd = read_safetensors(path) if is_main() else {}
-        sd = _with_tied(model, {k: v.float() for k, v in sd.items()})
-        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     else:
-        sd = _with_tied(model, read_safetensors(path))
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise InputError(f"{path}: weights do not match config.json (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]})")
+        sd = read_safetensors(path) if is_main() or world() == 1 else {}
+        sd = {names.get(k, k): v.float() if world() > 1 else v for k, v in _with_tied(model, sd).items()}
+        if world() > 1:
+            set_model_state_dict(model, sd, options=StateDictOptions(
+                full_state_dict=True, broadcast_from_rank0=True, strict=lora is None))
+        else:
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+            missing = [k for k in missing if not al_lora.is_adapter(k)]
+            if missing or unexpected:
+                raise InputError(f"{path}: weights do not match config.json (missing {missing[:3]}, "
+                                 f"unexpected {unexpected[:3]})")
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
+    if lora is not None:
+        al_lora.init_adapters(model, lora.seed)
     model.eval()
     return model
 
@@ -398,7 +409,8 @@ def load_dcp(model: torch.nn.Module, path: str, optimizer: torch.optim.Optimizer
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    state = {"model": model.state_dict()}
+    sd = model.state_dict()
+    state = {"model": {k: sd[v] for k, v in al_lora.base_names(model).items()}}  # adapters are not in a checkpoint
     if optimizer is not None:
         state["optim"] = get_optimizer_state_dict(model, optimizer)
     reader = safe_reader(path)
@@ -437,10 +449,12 @@ def set_grad_sync(model: torch.nn.Module, sync: bool) -> None:
 
 
 def save_checkpoint(model: torch.nn.Module, tokenizer, path: str, meta: dict,
-                    optimizer: torch.optim.Optimizer | None = None) -> None:
+                    optimizer: torch.optim.Optimizer | None = None,
+                    extra: Callable[[str], None] | None = None) -> None:
     """Save a DCP checkpoint (+ config, tokenizer, al_checkpoint.json) atomically: every rank
     writes its shards into a temp sibling, then rank 0 swaps it in. A crash at any point leaves
-    either the old or the new checkpoint, never a half-written one that looks valid."""
+    either the old or the new checkpoint, never a half-written one that looks valid. `extra(dir)`
+    writes more files into it (rank 0; e.g. a LoRA run's adapter folder)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -461,6 +475,8 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, path: str, meta: dict,
                 tokenizer.save_pretrained(tmp)
             with open(os.path.join(tmp, "al_checkpoint.json"), "w") as f:
                 json.dump(meta, f, indent=2)
+            if extra is not None:
+                extra(tmp)
     except BaseException as e:  # e.g. a full disk: the old checkpoint stays; free what the new one took
         shutil.rmtree(tmp, ignore_errors=True)
         err = write_error(e, path)

@@ -1,4 +1,5 @@
-r"""Fine-tune a causal LM on a labelled instruction set (alpaca template, loss on answer tokens only).
+r"""Fine-tune a causal LM on a labelled instruction set (loss on the answers only: with
+--prompt_template chat, every assistant turn of a multi-turn conversation).
 
     python train_AL.py --init_checkpoint_path models/tiny-llama --data_path labelled.jsonl \
         --save_path runs/sft_sharded --epochs 3
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import al_lora
 import fsdp_utils
+from al_lora import LoraSpec
 from al_scoring import right_pad
 from al_utils import (
     Encoded,
@@ -33,6 +37,7 @@ from al_utils import (
     pad_id_of,
     run_cli,
     truncate_pair,
+    truncate_prompt,
 )
 
 
@@ -70,6 +75,7 @@ def add_train_args(p: argparse.ArgumentParser, runtime: Any) -> None:
     g.add_argument("--max_grad_norm", type=float, default=d.max_grad_norm, help="gradient clipping")
     runtime.add_argument("--activation_checkpointing", action="store_true",
                          help="recompute layer activations in backward: less memory, ~30%% more compute")
+    al_lora.add_lora_args(p)
 
 
 def train_config(args: argparse.Namespace, seed: int, progress: bool = True) -> TrainConfig:
@@ -95,13 +101,24 @@ def lr_at(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """Right-padded input ids, attention mask and labels (-100 on prompt and padding)."""
-    ids, mask = right_pad([p + a for p, a in examples], pad_id)
+Example = tuple  # (prompt ids, answer ids[, 0/1 per prompt token: learnt too (earlier assistant turns)])
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded input ids, attention mask and labels (-100 on prompt and padding, except the
+    prompt tokens an example's mask marks)."""
+    ids, mask = right_pad([e[0] + e[1] for e in examples], pad_id)
     labels = torch.full_like(ids, -100)
-    for b, (p, a) in enumerate(examples):
+    for b, (p, a, *m) in enumerate(examples):
         labels[b, len(p): len(p) + len(a)] = torch.tensor(a)
+        if m and m[0] is not None:
+            keep = torch.tensor(m[0], dtype=torch.bool)
+            labels[b, : len(p)][keep] = torch.tensor(p)[keep]
     return ids, mask, labels
+
+
+def learnt_tokens(e: Example) -> int:
+    return len(e[1]) + (sum(e[2]) if len(e) > 2 and e[2] is not None else 0)
 
 
 def token_nll_sum(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -113,12 +130,12 @@ def token_nll_sum(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
                            labels[:, 1:].to(dev).reshape(-1), ignore_index=-100, reduction="sum")
 
 
-def accumulate_grads(model, rows: list[tuple[list[int], list[int]]], cfg: TrainConfig, pad_id: int) -> float:
+def accumulate_grads(model, rows: list[Example], cfg: TrainConfig, pad_id: int) -> float:
     """Gradients of one global step (rows: every rank's examples of it, in order) on this rank's
     contiguous share; returns the step's loss = answer-token NLL sum / answer tokens, all ranks."""
     W, R = fsdp_utils.world(), fsdp_utils.rank()
     per_rank = cfg.train_batch_size * cfg.grad_accum
-    n_tok = sum(len(a) for _, a in rows)
+    n_tok = sum(map(learnt_tokens, rows))
     # every rank runs the same number of micro-batches (FSDP's collectives need it): a
     # rank whose share of a short last step runs out repeats a row with weight 0
     shares = [rows[r * per_rank: (r + 1) * per_rank] for r in range(W)]
@@ -141,7 +158,8 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
 
     An optimizer step covers train_batch_size x grad_accum x world examples of a seeded epoch
     order; each rank takes a contiguous share, so every example is used exactly once per epoch.
-    Loss per step = summed answer-token NLL / answer tokens over the whole global step, so it
+    Loss per step = summed answer-token NLL / answer tokens over the whole global step (answer
+    tokens: the answer, and a multi-turn conversation's earlier assistant turns), so it
     does not depend on how the step is split over micro-batches or ranks. Returns stats: steps,
     per-step losses and learning rates, truncations, token counts; and the optimizer.
     `on_step(step)` runs after each optimizer step (the loop's crash-test hook)."""
@@ -151,15 +169,17 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
         if not e.answer:
             raise InputError("training: an example has no answer tokens")
         p, a, cut = truncate_pair(e.prompt, e.answer, cfg.max_length)
-        pairs.append((p, a))
+        m = e.prompt_loss()  # cut like the prompt (truncate_prompt picks positions by length alone)
+        pairs.append((p, a, truncate_prompt(m, len(p)) if m else None))
         truncated += cut
     per_step = cfg.train_batch_size * cfg.grad_accum * fsdp_utils.world()
     steps_per_epoch = math.ceil(len(pairs) / per_step)
     total = steps_per_epoch * cfg.epochs
     warmup = math.ceil(cfg.warmup_ratio * total)
     model.train()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    params = [p for p in model.parameters() if p.requires_grad]  # under LoRA: the adapters only
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
                             betas=(cfg.adam_beta1, cfg.adam_beta2))
@@ -172,7 +192,7 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
         for s in range(steps_per_epoch):
             rows = [pairs[i] for i in order[s * per_step: (s + 1) * per_step]]
             step_loss = accumulate_grads(model, rows, cfg, pad_id)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = cfg.lr * lr_at(len(lrs), total, warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -180,7 +200,7 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
             opt.zero_grad(set_to_none=True)
             losses.append(step_loss)
             lrs.append(lr)
-            tokens += sum(len(a) for _, a in rows)
+            tokens += sum(map(learnt_tokens, rows))
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             if on_step is not None:
@@ -191,6 +211,19 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
     return {"steps": total, "warmup_steps": warmup, "losses": losses, "lrs": lrs,
             "train_loss": sum(last) / len(last), "examples": len(pairs), "answer_tokens": tokens,
             "truncated": truncated, "seconds": time.time() - t0}, opt
+
+
+def save_trained(model, tok, path: str, meta: dict, opt: torch.optim.Optimizer | None,
+                 lora: LoraSpec | None, base: str) -> None:
+    """Save a trained model as a checkpoint; a LoRA model is first merged into an ordinary one (in
+    place: what stays in memory is what the checkpoint loads as) and its adapters, relative to
+    `base`, go to the checkpoint's adapter/ folder. `opt` is saved too when given (full fine-tuning)."""
+    if lora is None:
+        fsdp_utils.save_checkpoint(model, tok, path, meta, opt)
+        return
+    adapters = al_lora.merge(model)
+    fsdp_utils.save_checkpoint(model, tok, path, {**meta, "lora": al_lora.as_meta(lora)}, extra=lambda d: (
+        al_lora.save_adapter(os.path.join(d, al_lora.ADAPTER_DIR), lora, adapters, base)))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -209,18 +242,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     check_common_args(args)
     cfg = train_config(args, args.seed, not args.no_progress)
+    lora = al_lora.lora_spec(args, args.seed)
     fsdp_utils.check_model_dir(args.init_checkpoint_path, "--init_checkpoint_path")
-    records = load_records(args.data_path, require_output="training needs every answer")
+    al_lora.check_targets(lora, args.model_config_path or args.init_checkpoint_path)
+    records = load_records(args.data_path, require_output="training needs every answer",
+                           multi_turn=args.prompt_template == "chat")
     device = fsdp_utils.setup(args.threads)
     torch.manual_seed(args.seed)
     tok = fsdp_utils.load_tokenizer(args.model_config_path or args.init_checkpoint_path)
     check_template(tok, args.prompt_template, args.model_config_path or args.init_checkpoint_path)
     model = fsdp_utils.load_model(args.init_checkpoint_path, device, args.model_config_path,
-                                  args.activation_checkpointing)
+                                  args.activation_checkpointing, lora)
     enc = encode_records(tok, records, args.prompt_template)
     stats, opt = train(model, [enc[r["id"]] for r in records], cfg, pad_id_of(tok))
     meta = {"trained_on": args.data_path, "train": {k: v for k, v in stats.items() if k not in ("losses", "lrs")}}
-    fsdp_utils.save_checkpoint(model, tok, args.save_path, meta, opt if args.save_opt else None)
+    if lora is not None and args.save_opt and fsdp_utils.is_main():
+        print("LoRA: no optimizer state saved (the adapters are merged into the checkpoint)", file=sys.stderr)
+    save_trained(model, tok, args.save_path, meta, opt if args.save_opt else None, lora, args.init_checkpoint_path)
     if fsdp_utils.is_main():
         print(f"trained {stats['examples']} examples, {stats['steps']} steps, final-epoch loss "
               f"{stats['train_loss']:.4f}, {stats['truncated']} truncated, {stats['seconds']:.1f}s -> {args.save_path}",

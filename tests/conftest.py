@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -42,6 +43,13 @@ def loaded(tiny_model):
     tok = fsdp_utils.load_tokenizer(tiny_model)
     model = fsdp_utils.load_model(tiny_model, torch.device("cpu")).eval()
     return model, tok
+
+
+def torchrun(*args: str) -> None:
+    """A 2-rank launch on CPU (gloo), one thread per rank, from the repo root."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *args],
+                   check=True, env=env, cwd=ROOT, timeout=300)
 
 
 def outputs(path) -> dict:

@@ -17,6 +17,7 @@ import eval_generate
 import fsdp_utils
 import train_AL
 from al_scoring import ScoreConfig
+from conftest import write_jsonl
 
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '[' + m['role'] + ']\n' + m['content'] + eos_token }}"
             "{% endfor %}{% if add_generation_prompt %}{{ '[assistant]\n' }}{% endif %}")
@@ -120,3 +121,88 @@ def test_tokenizer_without_chat_template_is_one_line(tiny_model, pool, tmp_path,
     assert capsys.readouterr().err == (f"error: {tiny_model}: tokenizer: has no chat template (--prompt_template "
                                        "chat formats prompts with the tokenizer's own; use --prompt_template alpaca)\n")
     assert not (tmp_path / "r").exists()
+
+
+def conversation(r: dict, k: int) -> list[dict]:
+    """A 2-turn conversation (system turn on odd k) from a pool record: the record, then a follow-up."""
+    turns = [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]},
+             {"role": "user", "content": "Say that again, shorter."},
+             {"role": "assistant", "content": r["output"][:40]}]
+    return ([{"role": "system", "content": "Be brief."}] if k % 2 else []) + turns
+
+
+def hand_multi(tok, turns):
+    """Hand-built ids of a conversation (the template written out as text) and the positions training
+    learns: every assistant turn's text and end of turn, not its header."""
+    def ids(text):
+        return tok(text, add_special_tokens=False).input_ids
+
+    text, learnt = "<s>", []
+    for t in turns:
+        text += f"[{t['role']}]\n"
+        start = len(ids(text))
+        text += t["content"] + "</s>"
+        if t["role"] == "assistant":
+            learnt += range(start, len(ids(text)))
+    return ids(text), learnt
+
+
+def test_multi_turn_loss_covers_every_assistant_turn(setup, tmp_path):
+    model, tok, records = setup
+    rows = [{"messages": conversation(r, k), "id": f"c{k}"} for k, r in enumerate(records[:4])]
+    path = write_jsonl(tmp_path / "conv.jsonl", rows)
+    with pytest.raises(U.InputError, match="need --prompt_template chat"):
+        U.load_records(path)
+    recs = U.load_records(path, require_output="training", multi_turn=True)
+    assert [r["messages"] for r in recs] == [r["messages"] for r in rows]  # kept as they came
+    assert recs[0]["instruction"] == records[0]["instruction"] and recs[0]["output"] == records[0]["output"][:40]
+    enc = U.encode_records(tok, recs, "chat")
+    examples = []
+    for r in recs:
+        ids, learnt = hand_multi(tok, r["messages"])
+        e = enc[r["id"]]
+        assert e.prompt + e.answer == ids
+        assert len(e.spans) == 1  # the first answer, inside the prompt
+        examples.append((e.prompt, e.answer, e.prompt_loss()))
+        # labels: the token itself at every learnt position (both answers), -100 elsewhere
+        _, _, labels = train_AL.collate(examples[-1:], U.pad_id_of(tok))
+        assert [j for j, x in enumerate(labels[0].tolist()) if x != -100] == learnt
+        assert labels[0, learnt].tolist() == [ids[j] for j in learnt]
+    # the training loss is the NLL over those positions, by hand
+    ids, mask, labels = train_AL.collate(examples, U.pad_id_of(tok))
+    with torch.no_grad():
+        got = train_AL.token_nll_sum(model, ids, mask, labels).item()
+    want = 0.0
+    for r in recs:
+        seq, learnt = hand_multi(tok, r["messages"])
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([seq])).logits[0].log_softmax(-1)
+        want -= sum(logp[j - 1, seq[j]].item() for j in learnt)
+    assert abs(got - want) < 1e-3 * len(recs)
+    assert sum(map(train_AL.learnt_tokens, examples)) == sum(len(hand_multi(tok, r["messages"])[1]) for r in recs)
+    # prompt-based scores cover every turn before the final answer (user turns included)
+    sc = S.Scoring(model, tok, enc, {r["id"]: r for r in recs}, ScoreConfig(progress=False, max_length=4096), None,
+                   template="chat")
+    for row, r in zip(S.score_candidates("forward_ppl", [r["id"] for r in recs], sc), recs):
+        p = enc[r["id"]].prompt
+        assert tok.decode(p).count("Say that again") == 1
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p])).logits[0]
+        assert abs(row["score"] - F.cross_entropy(logits[:-1], torch.tensor(p[1:])).item()) < 1e-5
+
+
+def test_multi_turn_run_keeps_conversations_and_exports_them_for_annotators(chat_model, pool, tmp_path):
+    from al_annotation import batch_rows
+
+    rows = [{"messages": conversation(r, k)} for k, r in enumerate(U.load_records(pool)[:40])]
+    path = write_jsonl(tmp_path / "conv.jsonl", rows)
+    argv = ["--file_path", path, "--init_checkpoint_path", chat_model, "--model_path", str(tmp_path / "r"),
+            "--al_data_fraction", "20", "--num_acquisition_samples", "10", "--epochs", "1", "--grad_accum", "2",
+            "--train_max_length", "256", "--model_max_length", "256", "--threads", "2", "--no_progress",
+            "--prompt_template", "chat", "--sampling_strategy", "forward_ppl"]
+    acquisition_AL.main(argv)
+    selected = json.load(open(tmp_path / "r" / "selected.json"))
+    assert len(selected) == 20 and all(s["messages"] == rows[s["id"]]["messages"] for s in selected)
+    by_id = {i: {**r, "id": i, "instruction": "", "input": ""} for i, r in enumerate(rows)}
+    out = batch_rows([{"id": 3, "score": None, "bucket": None}], by_id, 1)[0]
+    assert out["messages"] == rows[3]["messages"][:-1] + [{"role": "assistant", "content": ""}]

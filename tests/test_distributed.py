@@ -13,16 +13,10 @@ import al_utils as U
 import convert_fsdp_to_hf
 import convert_hf_to_fsdp
 import fsdp_utils
-from conftest import ROOT
+from conftest import ROOT, torchrun
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import dist_worker  # noqa: E402
-
-
-def torchrun(*args: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *args],
-                   check=True, env=env, cwd=ROOT, timeout=300)
 
 
 def params(path: str) -> dict:

@@ -98,8 +98,8 @@ def test_single_turn_conversations(tmp_path):
                  "messages: turn 1: unknown role 'bot' (known: user, assistant, system)"),
         "empty": ([{"role": "user", "content": " "}, {"role": "assistant", "content": "a"}],
                   "messages: turn 1: empty content"),
-        "multi": (msgs + msgs, "messages: turns user -> assistant -> user -> assistant; the alpaca template holds "
-                               "one user turn and its answer (multi-turn and system turns need a chat template)"),
+        "multi": (msgs + msgs, "messages: turns user -> assistant -> user -> assistant; the alpaca template holds one "
+                               "user turn and its answer (multi-turn and system turns need --prompt_template chat)"),
         "system": ([{"role": "system", "content": "Be brief."}, *msgs],
                    "messages: turns system -> user -> assistant; the alpaca template"),
         "shape": (["hi"], "messages: turn 1: expected an object with 'role' and a string 'content'"),
@@ -111,5 +111,5 @@ def test_single_turn_conversations(tmp_path):
         assert str(e.value).startswith(f"{f}:2: {err}"), str(e.value)
     with pytest.raises(InputError) as e:  # oracle labelling needs the answer
         load_records(p, require_output="oracle labelling takes answers from the pool")
-    assert str(e.value) == (f"{p}:3: messages: no assistant answer after the user turn (oracle labelling takes "
+    assert str(e.value) == (f"{p}:3: messages: no assistant answer after the last user turn (oracle labelling takes "
                             "answers from the pool)")

@@ -1,0 +1,168 @@
+"""LoRA fine-tuning through `peft`, on one process or sharded with FSDP2.
+
+Adapters are injected into the model while it is still on the meta device (fsdp_utils.load_model),
+so FSDP2 shards them with their layer like any other weight; the base weights are frozen. After
+training they are merged into the base weights and removed: what a LoRA run saves is then an
+ordinary checkpoint (same tensor names and shapes as full fine-tuning), which loads wherever a
+full one does, plus a PEFT adapter folder `adapter/` inside it (adapter_config.json +
+adapter_model.safetensors, the layout `PeftModel.from_pretrained` reads) relative to the model
+the adapters were trained on.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+from al_utils import InputError
+
+ADAPTER_DIR = "adapter"  # inside a LoRA run's checkpoint
+DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # every Llama projection
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
+    seed: int = 0  # of the adapters' initialisation (A random, B zero)
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.targets), bias="none", task_type="CAUSAL_LM")
+
+
+def add_lora_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LoRA (peft)")
+    g.add_argument("--lora_r", type=int, default=0,
+                   help="LoRA rank; 0 = full fine-tuning (default). LoRA usually wants a larger --lr (1e-4..1e-3)")
+    g.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA scaling numerator: updates are alpha/r x BA")
+    g.add_argument("--lora_dropout", type=float, default=0.0,
+                   help="dropout on the adapters' input (> 0 makes results depend on the number of ranks)")
+    g.add_argument("--lora_target_modules", default=DEFAULT_TARGETS,
+                   help="comma-separated names of the linear modules that get adapters")
+
+
+def lora_spec(args: argparse.Namespace, seed: int = 0) -> LoraSpec | None:
+    """The run's LoRA settings (None = full fine-tuning), checked."""
+    if args.lora_r < 0:
+        raise InputError(f"--lora_r: {args.lora_r}: must be >= 0 (0 = full fine-tuning)")
+    if args.lora_r == 0:
+        return None
+    if args.lora_alpha <= 0:
+        raise InputError(f"--lora_alpha: {args.lora_alpha}: must be > 0")
+    if not 0 <= args.lora_dropout < 1:
+        raise InputError(f"--lora_dropout: {args.lora_dropout}: must be in [0, 1)")
+    targets = tuple(t.strip() for t in args.lora_target_modules.split(",") if t.strip())
+    if not targets:
+        raise InputError("--lora_target_modules: empty")
+    return LoraSpec(args.lora_r, args.lora_alpha, args.lora_dropout, targets, seed)
+
+
+def check_targets(spec: LoraSpec | None, config_dir: str) -> None:
+    """Every target names a linear module of the model built from config_dir (no weights read)."""
+    if spec is None:
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir))
+    linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in spec.targets if t not in linear]
+    if missing:
+        raise InputError(f"--lora_target_modules: {', '.join(missing)}: no such linear module in "
+                         f"{config_dir}/config.json's model (it has {', '.join(sorted(linear))})")
+
+
+def inject(model: torch.nn.Module, spec: LoraSpec) -> None:
+    """Add adapters to `model` in place (on the meta device: they are initialised after the base
+    weights are loaded, by init_adapters) and freeze everything else."""
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(spec.peft_config(), model, low_cpu_mem_usage=True)
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_adapter(name))
+
+
+def is_adapter(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def base_names(model: torch.nn.Module) -> dict[str, str]:
+    """Name in a plain checkpoint -> name in `model.state_dict()`, adapters left out (the identity
+    for a model without them): peft moves a wrapped layer's weight to `<layer>.base_layer.weight`."""
+    return {k.replace(".base_layer.", "."): k for k in model.state_dict() if not is_adapter(k)}
+
+
+def lora_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _assign(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Write a full tensor into a parameter, sharded or not (each rank keeps its own shard)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    with torch.no_grad():
+        if isinstance(param, DTensor):
+            param.copy_(distribute_tensor(full.to(param.device), param.device_mesh, param.placements))
+        else:
+            param.copy_(full)
+
+
+def init_adapters(model: torch.nn.Module, seed: int) -> None:
+    """peft's default initialisation (A: kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in));
+    B: zero, so training starts from the base model), drawn from a seeded generator as full tensors
+    so that 1 rank and N ranks start from the same adapters."""
+    gen = torch.Generator().manual_seed(seed)
+    for _, layer in lora_layers(model):
+        for a, b in zip(layer.lora_A.values(), layer.lora_B.values()):
+            bound = 1 / math.sqrt(a.weight.shape[1])
+            _assign(a.weight, torch.rand(a.weight.shape, generator=gen, dtype=torch.float32) * 2 * bound - bound)
+            _assign(b.weight, torch.zeros(b.weight.shape))
+
+
+def merge(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Merge every adapter into its base weight (W += alpha/r B A) and put the plain layer back,
+    so `model` is an ordinary model again; returns the adapters as full CPU tensors under PEFT's
+    file names. Every rank must call it."""
+    adapters = {}
+    for name, layer in lora_layers(model):
+        (key, a), (_, b) = next(iter(layer.lora_A.items())), next(iter(layer.lora_B.items()))
+        A, B = _full(a.weight).detach().float(), _full(b.weight).detach().float()
+        w = layer.base_layer.weight
+        _assign(w, _full(w).detach() + (B @ A * layer.scaling[key]).to(w.dtype))
+        adapters[f"base_model.model.{name}.lora_A.weight"] = A.cpu().contiguous()
+        adapters[f"base_model.model.{name}.lora_B.weight"] = B.cpu().contiguous()
+        parent, child = name.rsplit(".", 1)
+        setattr(model.get_submodule(parent), child, layer.base_layer)
+    return adapters
+
+
+def save_adapter(path: str, spec: LoraSpec, adapters: dict[str, torch.Tensor], base: str) -> None:
+    """PEFT's adapter folder: adapter_config.json + adapter_model.safetensors (rank 0)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    cfg = spec.peft_config()
+    cfg.base_model_name_or_path = base
+    cfg.save_pretrained(path)
+    save_file(adapters, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def as_meta(spec: LoraSpec | None) -> dict | None:
+    """What al_checkpoint.json records about a run's LoRA."""
+    return None if spec is None else {**asdict(spec), "targets": list(spec.targets)}
