@@ -14,6 +14,7 @@ import acquisition_AL
 from conftest import ROOT, write_jsonl
 
 GOOD = {"instruction": "Name a colour.", "context": "", "response": "Blue."}
+MSGS = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
 FLAGS = ["--num_acquisition_samples", "10", "--epochs", "1", "--grad_accum", "2", "--train_max_length", "128",
          "--model_max_length", "128", "--threads", "2", "--no_progress", "--sampling_strategy", "forward_ppl"]
 
@@ -22,7 +23,7 @@ def argv(base, tmp_path, **over):
     """The base run's command line, with --flag values replaced by `over` (flag names without --)."""
     opts = {"file_path": base["pool"], "init_checkpoint_path": base["model"], "model_path": str(tmp_path / "run"),
             "al_data_fraction": "30", **over}
-    out = [f"--{k}={v}" for k, v in opts.items() if v is not None]
+    out = [f"--{k}={v}" if v != "" else f"--{k}" for k, v in opts.items() if v is not None]  # "": a switch
     return FLAGS + out + (["--resume"] if "labels" not in over else [])
 
 
@@ -212,6 +213,19 @@ CASES = {
         {"sampling_strategy": "self_ask"},
         f"error: --sampling_strategy self_ask: tokenizer {b['model']}: none of no, No, NO is a single token, so "
         "P(no) cannot be read"),
+    "--lora_r below 0": lambda t, b: ({"lora_r": "-1"}, "error: --lora_r: -1: must be >= 0 (0 = full fine-tuning)"),
+    "a LoRA target module the model lacks": lambda t, b: (
+        {"lora_r": "4", "lora_target_modules": "q_proj,qkv"},
+        f"error: --lora_target_modules: qkv: no such linear module in {b['model']}/config.json's model (it has "
+        "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj)"),
+    "--save_opt with LoRA": lambda t, b: (
+        {"lora_r": "4", "save_opt": ""}, "error: --save_opt: a LoRA run keeps no optimizer state (its adapters are "
+                                         "merged into each round's checkpoint); less then uses plain gradients: drop "
+                                         "--save_opt or --lora_r"),
+    "a multi-turn conversation under the alpaca template": lambda t, b: (
+        {"file_path": (p := pool_file(t, [{"messages": MSGS}, {"messages": MSGS + MSGS}]))},
+        f"error: {p}:2: messages: turns user -> assistant -> user -> assistant; the alpaca template holds one user "
+        "turn and its answer (multi-turn and system turns need --prompt_template chat)"),
     "changed flags on --resume": lambda t, b: (
         {"seed": "1"}, f"error: --resume: {t / 'run'}/state.json: flags or pool differ from the run being resumed: "
                        "seed: 42 -> 1"),
