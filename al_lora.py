@@ -21,6 +21,7 @@ from al_utils import InputError
 
 ADAPTER_DIR = "adapter"  # inside a LoRA run's checkpoint
 DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # every Llama projection
+DEFAULTS = {"lora_alpha": 16.0, "lora_dropout": 0.0, "lora_target_modules": DEFAULT_TARGETS}
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,11 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("LoRA (peft)")
     g.add_argument("--lora_r", type=int, default=0,
                    help="LoRA rank; 0 = full fine-tuning (default). LoRA usually wants a larger --lr (1e-4..1e-3)")
-    g.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA scaling numerator: updates are alpha/r x BA")
-    g.add_argument("--lora_dropout", type=float, default=0.0,
+    g.add_argument("--lora_alpha", type=float, default=DEFAULTS["lora_alpha"],
+                   help="LoRA scaling numerator: updates are alpha/r x BA")
+    g.add_argument("--lora_dropout", type=float, default=DEFAULTS["lora_dropout"],
                    help="dropout on the adapters' input (> 0 makes results depend on the number of ranks)")
-    g.add_argument("--lora_target_modules", default=DEFAULT_TARGETS,
+    g.add_argument("--lora_target_modules", default=DEFAULTS["lora_target_modules"],
                    help="comma-separated names of the linear modules that get adapters")
 
 
@@ -54,6 +56,10 @@ def lora_spec(args: argparse.Namespace, seed: int = 0) -> LoraSpec | None:
     if args.lora_r < 0:
         raise InputError(f"--lora_r: {args.lora_r}: must be >= 0 (0 = full fine-tuning)")
     if args.lora_r == 0:
+        for flag, default in DEFAULTS.items():  # refused rather than recorded and ignored
+            if getattr(args, flag) != default:
+                raise InputError(f"--{flag}: {getattr(args, flag)} has no effect without --lora_r (full "
+                                 "fine-tuning); leave it out or give --lora_r")
         return None
     if args.lora_alpha <= 0:
         raise InputError(f"--lora_alpha: {args.lora_alpha}: must be > 0")

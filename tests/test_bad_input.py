@@ -218,6 +218,9 @@ CASES = {
         {"lora_r": "4", "lora_target_modules": "q_proj,qkv"},
         f"error: --lora_target_modules: qkv: no such linear module in {b['model']}/config.json's model (it has "
         "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj)"),
+    "a LoRA flag without --lora_r": lambda t, b: (
+        {"lora_alpha": "32"}, "error: --lora_alpha: 32.0 has no effect without --lora_r (full fine-tuning); leave it "
+                              "out or give --lora_r"),
     "--save_opt with LoRA": lambda t, b: (
         {"lora_r": "4", "save_opt": ""}, "error: --save_opt: a LoRA run keeps no optimizer state (its adapters are "
                                          "merged into each round's checkpoint); less then uses plain gradients: drop "
