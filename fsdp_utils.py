@@ -331,7 +331,7 @@ def load_model(path: str, device: torch.device, config_path: str | None = None,
     if kind == "dcp":
         load_dcp(model, path)
     else:
-        sd = read_safetensors(path) if is_main() or world() == 1 else {}
+        sd = read_safetensors(path) if is_main() else {}  # rank 0 reads, broadcasts under torchrun
         sd = {names.get(k, k): v.float() if world() > 1 else v for k, v in _with_tied(model, sd).items()}
         if world() > 1:
             set_model_state_dict(model, sd, options=StateDictOptions(

@@ -8,7 +8,7 @@ MODEL="${MODEL:-models/SmolLM2-135M}" OUT="${OUT:-runs/chat_vs_alpaca}" N_TRAIN=
 if [ ! -f "$MODEL/config.json" ]; then bash scripts/get_smollm2.sh "$MODEL"; fi
 mkdir -p "$OUT"
 head -n 100 data/dolly-1.5k.jsonl > "$OUT/heldout.jsonl"
-tail -n +101 data/dolly-1.5k.jsonl | head -n "$N_TRAIN" > "$OUT/train.jsonl"
+sed -n "101,$((100 + N_TRAIN))p" data/dolly-1.5k.jsonl > "$OUT/train.jsonl"
 for t in alpaca chat; do
   if [ ! -f "$OUT/${t}_sharded/.metadata" ]; then
     "$PY" train_AL.py --init_checkpoint_path "$MODEL" --data_path "$OUT/train.jsonl" --save_path "$OUT/${t}_sharded" \
