@@ -57,12 +57,17 @@ def run_cli(main: Callable[[], Any]) -> None:
         sys.exit(1)
 
 
+UMASK = os.umask(0)
+os.umask(UMASK)  # (reading the umask means setting it: put it straight back)
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write via a temp file in the same directory + rename, so readers never see half a file."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; results should be as readable as open() makes them
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

@@ -113,3 +113,17 @@ def test_single_turn_conversations(tmp_path):
         load_records(p, require_output="oracle labelling takes answers from the pool")
     assert str(e.value) == (f"{p}:3: messages: no assistant answer after the last user turn (oracle labelling takes "
                             "answers from the pool)")
+
+
+def test_atomic_writes_get_the_mode_open_gives(tmp_path):
+    """Results are as readable as any file the user's umask allows (mkstemp alone makes them 0600)."""
+    import os
+    import stat
+
+    from al_utils import atomic_write_json
+
+    atomic_write_json(str(tmp_path / "a.json"), {"x": 1})
+    (tmp_path / "b.json").write_text("{}")
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.json") == mode(tmp_path / "b.json")
+    assert json.load(open(tmp_path / "a.json")) == {"x": 1}
