@@ -320,7 +320,7 @@ def load_model(path: str, device: torch.device, config_path: str | None = None,
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if activation_checkpointing:  # recompute each layer's activations in backward (HF's own hook)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None:  # before sharding: FSDP2 then shards the adapters with their layer
         al_lora.inject(model, lora)
     if world() > 1:

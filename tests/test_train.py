@@ -120,3 +120,24 @@ def test_train_script_saves_sharded_checkpoint(tiny_model, pool, tmp_path):
     opt = torch.optim.AdamW(model.parameters())
     fsdp_utils.load_dcp(model, out, opt)  # optimizer state was saved (no --dont_save_opt)
     assert all(len(s) for s in opt.state.values()) and len(opt.state) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("lora", [None, "lora"])
+def test_activation_checkpointing_changes_nothing_but_memory(tiny_model, data, lora):
+    """--activation_checkpointing recomputes activations in backward: same losses and weights, with
+    full fine-tuning and with LoRA adapters (frozen inputs: non-reentrant checkpointing)."""
+    import al_lora
+    import fsdp_utils
+
+    _, tok, ex = data
+    spec = al_lora.LoraSpec(4, 8.0, 0.0, ("q_proj", "down_proj"), seed=1) if lora else None
+    out = []
+    for ac in (False, True):
+        model = fsdp_utils.load_model(tiny_model, torch.device("cpu"), activation_checkpointing=ac, lora=spec)
+        assert model.is_activation_checkpointing == ac
+        stats, _ = train(model, ex[:8], TrainConfig(lr=1e-3, epochs=1, train_batch_size=2, grad_accum=2,
+                                                   progress=False), U.pad_id_of(tok))
+        out.append((stats["losses"], {k: v.clone() for k, v in model.state_dict().items()}))
+    assert np.allclose(out[0][0], out[1][0], atol=1e-6)
+    for k in out[0][1]:
+        assert torch.allclose(out[0][1][k], out[1][1][k], atol=1e-6), k
