@@ -182,7 +182,7 @@ def load_pool(args: argparse.Namespace, annotate: bool, prior: dict | None) -> t
     if words and annotate:
         raise InputError("--budget_unit: answer_words counts answers before they are labelled; with annotators "
                          "they are not known then (use examples)")
-    records = load_records(args.file_path, require_output=why, multi_turn=args.prompt_template == "chat")
+    records = load_records(args.file_path, require_output=why, template=args.prompt_template)
     n = sum(answer_words(r["output"]) for r in records) if words else len(records)
     unit = "answer words" if words else "examples"
     budget = int(args.al_data_fraction) if args.al_data_fraction > 1 else int(args.al_data_fraction * n)
@@ -396,7 +396,7 @@ def open_run(args: argparse.Namespace) -> Run:
     target = load_target(args.target_file, args.target_group_field, tok, grads if strategy(args.sampling_strategy).grads
                          else "", args.prompt_template) if args.target_file else None
     test = load_records(args.test_file, require_output="--test_file measures the loss on its answers",
-                        multi_turn=args.prompt_template == "chat") if args.test_file else []
+                        template=args.prompt_template) if args.test_file else []
     pool_hash = file_sha256(args.file_path)
     flags = run_flags(args, pool_hash, annotate)
     check_run_dir(args, paths, prior, flags)

@@ -63,7 +63,7 @@ class Target:
 def load_target(path: str, group_field: str | None, tok, needs_answers: str = "", template: str = "alpaca") -> Target:
     """Read and check a target file like a pool; `needs_answers` (the reason) makes a record
     without an answer an error. Every group needs 2 examples for a mean similarity."""
-    records = load_records(path, require_output=needs_answers, multi_turn=template == "chat")
+    records = load_records(path, require_output=needs_answers, template=template)
     groups = [""] * len(records)
     if group_field:
         for j, ((line, row), rec) in enumerate(zip(read_rows(path), records)):

@@ -355,10 +355,10 @@ def conversation_record(row: dict, where: str, require_output: str, multi_turn: 
     return {"instruction": next(t for r, t in seq if r == "user"), "input": "", "output": answer}
 
 
-def load_records(path: str, require_output: str = "", multi_turn: bool = False) -> list[dict]:
+def load_records(path: str, require_output: str = "", template: str = "alpaca") -> list[dict]:
     """Load a pool as records {id, instruction, input, output, ...extra columns}; a row without an
     instruction column may be a conversation (`messages` or ShareGPT `conversations`): single-turn,
-    or with `multi_turn` (--prompt_template chat) any number of turns (conversation_record).
+    or under the chat template (--prompt_template chat) any number of turns (conversation_record).
 
     `id` is the row's own id if it has one, else its 0-based position in the file (records only,
     so the first record of a .jsonl is 0 even after blank lines). Extra columns are carried through.
@@ -373,7 +373,7 @@ def load_records(path: str, require_output: str = "", multi_turn: bool = False) 
         rec: dict[str, Any] = {}
         used: set[str] = set()
         has_instruction = any(n in row for n in ALIASES["instruction"])
-        conversation = None if has_instruction else conversation_record(row, where, require_output, multi_turn)
+        conversation = None if has_instruction else conversation_record(row, where, require_output, template == "chat")
         for field, names in ALIASES.items():
             if conversation is not None:  # the conversation column itself is kept as it came
                 rec = conversation

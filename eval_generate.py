@@ -97,14 +97,14 @@ def answer_nll_of(model, tok, records: list[dict], context: int, progress: bool,
                       fsdp_utils.my_slice(len(records)), fsdp_utils.gather_lists)
 
 
-def heldout_records(run: str, pool: str, multi_turn: bool) -> list[dict]:
+def heldout_records(run: str, pool: str, template: str) -> list[dict]:
     """The held-out slice an AL run drew (ids in its state.json), from the pool it drew them from."""
     state = read_state(run)
     if state is None:
         raise InputError(f"--heldout_run: {run_paths(run).state}: no run state here")
     if file_sha256(pool) != state["pool_sha256"]:
         raise InputError(f"--heldout_pool: {pool}: not the pool run {run} used (hash differs)")
-    by_id = {r["id"]: r for r in load_records(pool, multi_turn=multi_turn)}
+    by_id = {r["id"]: r for r in load_records(pool, template=template)}
     return [by_id[i] for i in state["heldout_ids"]]
 
 
@@ -136,11 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError("--sharded_model: give the checkpoint to evaluate (or --model_path)")
     fsdp_utils.check_model_dir(model_dir, "--sharded_model" if args.sharded_model else "--model_path")
     path = ALPACA_EVAL if args.file_path == "alpaca_eval" else args.file_path
-    chat = args.prompt_template == "chat"
-    records = load_records(path, multi_turn=chat)
+    records = load_records(path, template=args.prompt_template)
     n = 4 if args.debug else args.limit
     records = records[:n] if n else records
-    heldout = heldout_records(args.heldout_run, args.heldout_pool, chat) if args.heldout_run else None
+    heldout = heldout_records(args.heldout_run, args.heldout_pool, args.prompt_template) if args.heldout_run else None
     device = fsdp_utils.setup(args.threads)
     progress = not args.no_progress and fsdp_utils.is_main()
     t0 = time.time()

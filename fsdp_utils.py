@@ -327,10 +327,10 @@ def load_model(path: str, device: torch.device, config_path: str | None = None,
         shard(model, device)
     model.to_empty(device=device)
     _reset_rotary(model, device)
-    names = al_lora.base_names(model)  # checkpoint name -> the model's (they differ under LoRA)
     if kind == "dcp":
         load_dcp(model, path)
     else:
+        names = al_lora.base_names(model)  # checkpoint name -> the model's (they differ under LoRA)
         sd = read_safetensors(path) if is_main() else {}  # rank 0 reads, broadcasts under torchrun
         sd = {names.get(k, k): v.float() if world() > 1 else v for k, v in _with_tied(model, sd).items()}
         if world() > 1:

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     fsdp_utils.check_model_dir(args.init_checkpoint_path, "--init_checkpoint_path")
     al_lora.check_targets(lora, args.model_config_path or args.init_checkpoint_path)
     records = load_records(args.data_path, require_output="training needs every answer",
-                           multi_turn=args.prompt_template == "chat")
+                           template=args.prompt_template)
     device = fsdp_utils.setup(args.threads)
     torch.manual_seed(args.seed)
     tok = fsdp_utils.load_tokenizer(args.model_config_path or args.init_checkpoint_path)

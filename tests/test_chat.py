@@ -153,7 +153,7 @@ def test_multi_turn_loss_covers_every_assistant_turn(setup, tmp_path):
     path = write_jsonl(tmp_path / "conv.jsonl", rows)
     with pytest.raises(U.InputError, match="need --prompt_template chat"):
         U.load_records(path)
-    recs = U.load_records(path, require_output="training", multi_turn=True)
+    recs = U.load_records(path, require_output="training", template="chat")
     assert [r["messages"] for r in recs] == [r["messages"] for r in rows]  # kept as they came
     assert recs[0]["instruction"] == records[0]["instruction"] and recs[0]["output"] == records[0]["output"][:40]
     enc = U.encode_records(tok, recs, "chat")
