@@ -38,6 +38,7 @@ import al_lora
 import fsdp_utils
 from al_annotation import annotation_mode, export_for_annotators, load_labels, pending_labels, save_labels
 from al_lora import LoraSpec
+from al_prompts import Encodings, check_template, encode_records, lazy_encodings, pad_id_of
 from al_scoring import ScoreConfig, answer_nll
 from al_similarity import Target, less_modules, load_target, similarity_guard, target_keys
 from al_strategies import (
@@ -57,7 +58,6 @@ from al_strategies import (
     strategy,
 )
 from al_utils import (
-    Encodings,
     InputError,
     RunPaths,
     add_common_args,
@@ -67,14 +67,10 @@ from al_utils import (
     atomic_write_json,
     atomic_write_jsonl,
     check_common_args,
-    check_template,
     describe,
-    encode_records,
     file_sha256,
     kill_point,
-    lazy_encodings,
     load_records,
-    pad_id_of,
     read_jsonl,
     read_state,
     round_rng,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from al_utils import Encoded, truncate_pair
+from al_prompts import Encoded, truncate_pair
 
 
 @dataclass

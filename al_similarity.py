@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from al_prompts import Encoded, encode_records
 from al_scoring import ScoreConfig, right_pad
-from al_utils import Encoded, InputError, encode_records, load_records, read_rows
+from al_utils import InputError, load_records, read_rows
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from al_prompts import pad_id_of, prompt_ids, request_text, response_marker_ids, truncate_pair, truncate_prompt
 from al_scoring import ScoreConfig, generate, mean_nll, sequence_nll
 from al_similarity import (
     Target,
@@ -27,15 +28,7 @@ from al_similarity import (
     typicality,
     typiclust_pick,
 )
-from al_utils import (
-    InputError,
-    pad_id_of,
-    prompt_ids,
-    request_text,
-    response_marker_ids,
-    truncate_pair,
-    truncate_prompt,
-)
+from al_utils import InputError
 
 SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
                      "Request: {instruction}")
@@ -54,7 +47,7 @@ class Scoring:
     every record and its encoding, the settings and the round's seeded random stream."""
     model: Any
     tokenizer: Any
-    enc: Mapping  # id -> Encoded (al_utils.Encodings)
+    enc: Mapping  # id -> Encoded (al_prompts.Encodings)
     records: dict
     cfg: ScoreConfig
     rng: np.random.Generator

@@ -22,7 +22,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from al_utils import ANSWER_SEP, InputError, atomic_write_json, format_prompt, load_records, run_cli
+from al_prompts import ANSWER_SEP, format_prompt
+from al_utils import InputError, atomic_write_json, load_records, run_cli
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, out_dir: str):

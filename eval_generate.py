@@ -21,22 +21,18 @@ import time
 import numpy as np
 
 import fsdp_utils
+from al_prompts import check_template, encode_records, pad_id_of, prompt_ids, truncate_prompt
 from al_scoring import ScoreConfig, answer_nll, generate
 from al_utils import (
     InputError,
     add_common_args,
     atomic_write_json,
     check_common_args,
-    check_template,
-    encode_records,
     file_sha256,
     load_records,
-    pad_id_of,
-    prompt_ids,
     read_state,
     run_cli,
     run_paths,
-    truncate_prompt,
 )
 
 ALPACA_EVAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "alpaca_eval_text_davinci_003.json")

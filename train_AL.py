@@ -24,21 +24,9 @@ from tqdm import tqdm
 import al_lora
 import fsdp_utils
 from al_lora import LoraSpec
+from al_prompts import Encoded, check_template, encode_records, pad_id_of, truncate_pair, truncate_prompt
 from al_scoring import right_pad
-from al_utils import (
-    Encoded,
-    InputError,
-    add_common_args,
-    add_save_opt_args,
-    check_common_args,
-    check_template,
-    encode_records,
-    load_records,
-    pad_id_of,
-    run_cli,
-    truncate_pair,
-    truncate_prompt,
-)
+from al_utils import InputError, add_common_args, add_save_opt_args, check_common_args, load_records, run_cli
 
 
 @dataclass

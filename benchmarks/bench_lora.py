@@ -37,7 +37,8 @@ def child(a: argparse.Namespace) -> None:
 
     import al_lora
     import fsdp_utils
-    from al_utils import encode_records, load_records, pad_id_of
+    from al_prompts import encode_records, pad_id_of
+    from al_utils import load_records
     from train_AL import TrainConfig, train
 
     device = fsdp_utils.setup(a.threads)

@@ -45,11 +45,12 @@ def build_pool(n: int, path: str) -> None:
 
 
 def child(a: argparse.Namespace) -> None:
-    import al_utils
+    import al_prompts
     import fsdp_utils
+    from al_prompts import encode_records, lazy_encodings
     from al_scoring import ScoreConfig
     from al_strategies import SelectConfig, select
-    from al_utils import atomic_write_jsonl, encode_records, lazy_encodings, load_records, round_rng
+    from al_utils import atomic_write_jsonl, load_records, round_rng
 
     tok = fsdp_utils.load_tokenizer(a.model)
     base = rss_gib()
@@ -67,7 +68,7 @@ def child(a: argparse.Namespace) -> None:
         t_lazy, peak_lazy = time.time() - t0 + t_load, peak_gib() - base
         del lazy
     if a.lists:  # the loop before: the whole pool tokenised in one call, a dict of Python lists
-        al_utils.ENCODE_CHUNK = len(records)
+        al_prompts.ENCODE_CHUNK = len(records)
     t0 = time.time()
     t_enc = rss_enc = None
     if len(records) <= a.encode_all_up_to:

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import al_prompts as P  # noqa: E402
 import al_scoring as SC  # noqa: E402
 import al_strategies as S  # noqa: E402
 import al_utils as U  # noqa: E402
@@ -27,13 +28,13 @@ def run(mode: str, model_path: str, pool: str, out: str) -> None:
     tok = fsdp_utils.load_tokenizer(model_path)
     model = fsdp_utils.load_model(model_path, device)
     records = U.load_records(pool)
-    enc = U.encode_records(tok, records)
+    enc = P.encode_records(tok, records)
     ids = [r["id"] for r in records]
     if mode == "train":
         ex = [enc[i] for i in ids if len(enc[i].prompt) + len(enc[i].answer) < 300][:8]
         accum = 4 // fsdp_utils.world()
         cfg = TrainConfig(lr=1e-3, epochs=1, train_batch_size=2, grad_accum=accum, progress=False)
-        stats, opt = train(model, ex, cfg, U.pad_id_of(tok))
+        stats, opt = train(model, ex, cfg, P.pad_id_of(tok))
         fsdp_utils.save_checkpoint(model, tok, os.path.join(out, "ckpt"), {"round": 0}, opt)
         if fsdp_utils.is_main():
             json.dump({"losses": stats["losses"], "steps": stats["steps"]}, open(os.path.join(out, "train.json"), "w"))

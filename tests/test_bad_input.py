@@ -264,7 +264,7 @@ def test_catalogue(base, tmp_path, name, capsys):
 
 def test_tokenizer_without_pad_token_pads_with_eos(tiny_model, tmp_path):
     """No pad (and no unk) token is normal for Llama tokenizers: padding is masked, eos stands in."""
-    from al_utils import pad_id_of
+    from al_prompts import pad_id_of
     from fsdp_utils import load_tokenizer
 
     m = model_copy(tmp_path, {"model": tiny_model}, edit_tokenizer={"pad_token": None, "unk_token": None})

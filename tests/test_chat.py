@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import acquisition_AL
+import al_prompts as P
 import al_strategies as S
 import al_utils as U
 import eval_generate
@@ -51,7 +52,7 @@ def hand(tok, r):
 
 def test_prompt_answer_and_loss_mask_token_by_token(setup):
     model, tok, records = setup
-    enc = U.encode_records(tok, records, "chat")
+    enc = P.encode_records(tok, records, "chat")
     assert any(r["input"].strip() for r in records) and any(not r["input"].strip() for r in records)
     for r in records:
         p, full = hand(tok, r)
@@ -60,7 +61,7 @@ def test_prompt_answer_and_loss_mask_token_by_token(setup):
         assert e.answer[-1] == tok.eos_token_id  # the template's end of turn is part of the answer
     # training's labels: -100 on every prompt token and on padding, the token itself on the answer
     rows = [(enc[r["id"]].prompt, enc[r["id"]].answer) for r in records[:3]]
-    ids, mask, labels = train_AL.collate(rows, U.pad_id_of(tok))
+    ids, mask, labels = train_AL.collate(rows, P.pad_id_of(tok))
     for b, r in enumerate(records[:3]):
         p, full = hand(tok, r)
         assert labels[b].tolist() == [-100] * len(p) + full[len(p):] + [-100] * (ids.shape[1] - len(full))
@@ -68,7 +69,7 @@ def test_prompt_answer_and_loss_mask_token_by_token(setup):
 
 def test_prompt_scoring_and_answer_nll_by_hand(setup):
     model, tok, records = setup
-    enc = U.encode_records(tok, records, "chat")
+    enc = P.encode_records(tok, records, "chat")
     sc = S.Scoring(model, tok, enc, {r["id"]: r for r in records}, ScoreConfig(progress=False, max_length=4096), None,
                    template="chat")
     rows = S.score_candidates("forward_ppl", [r["id"] for r in records], sc)
@@ -81,7 +82,7 @@ def test_prompt_scoring_and_answer_nll_by_hand(setup):
     # ifd's direct pass: the answer after the first token + the assistant header "[assistant]\n"
     with_gen, without = (tok(t, add_special_tokens=False).input_ids for t in ("<s>[user]\nx</s>[assistant]\n",
                                                                               "<s>[user]\nx</s>"))
-    assert U.response_marker_ids(tok, "chat") == [tok.bos_token_id] + with_gen[len(without):]
+    assert P.response_marker_ids(tok, "chat") == [tok.bos_token_id] + with_gen[len(without):]
 
 
 def test_batched_generation_equals_one_at_a_time(setup):
@@ -90,7 +91,7 @@ def test_batched_generation_equals_one_at_a_time(setup):
     eos = tok.eos_token_id
     model.lm_head.register_forward_hook(lambda m, i, o: o.index_add(-1, torch.tensor([eos]),
                                                                     torch.full_like(o[..., :1], -20.0)))
-    prompts = U.prompt_ids(tok, records[:6], "chat")
+    prompts = P.prompt_ids(tok, records[:6], "chat")
     args = eval_generate.parse_args(["--save_file_name", "x.json", "--greedy", "--max_new_tokens", "8",
                                      "--prompt_template", "chat"])
     out = {}
@@ -156,7 +157,7 @@ def test_multi_turn_loss_covers_every_assistant_turn(setup, tmp_path):
     recs = U.load_records(path, require_output="training", template="chat")
     assert [r["messages"] for r in recs] == [r["messages"] for r in rows]  # kept as they came
     assert recs[0]["instruction"] == records[0]["instruction"] and recs[0]["output"] == records[0]["output"][:40]
-    enc = U.encode_records(tok, recs, "chat")
+    enc = P.encode_records(tok, recs, "chat")
     examples = []
     for r in recs:
         ids, learnt = hand_multi(tok, r["messages"])
@@ -165,11 +166,11 @@ def test_multi_turn_loss_covers_every_assistant_turn(setup, tmp_path):
         assert len(e.spans) == 1  # the first answer, inside the prompt
         examples.append((e.prompt, e.answer, e.prompt_loss()))
         # labels: the token itself at every learnt position (both answers), -100 elsewhere
-        _, _, labels = train_AL.collate(examples[-1:], U.pad_id_of(tok))
+        _, _, labels = train_AL.collate(examples[-1:], P.pad_id_of(tok))
         assert [j for j, x in enumerate(labels[0].tolist()) if x != -100] == learnt
         assert labels[0, learnt].tolist() == [ids[j] for j in learnt]
     # the training loss is the NLL over those positions, by hand
-    ids, mask, labels = train_AL.collate(examples, U.pad_id_of(tok))
+    ids, mask, labels = train_AL.collate(examples, P.pad_id_of(tok))
     with torch.no_grad():
         got = train_AL.token_nll_sum(model, ids, mask, labels).item()
     want = 0.0

@@ -11,7 +11,8 @@ import al_lora
 import convert_fsdp_to_hf
 import fsdp_utils
 import train_AL
-from al_utils import encode_records, load_records, pad_id_of
+from al_prompts import encode_records, pad_id_of
+from al_utils import load_records
 from conftest import outputs, torchrun, write_jsonl
 
 LORA = ["--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj,v_proj,down_proj"]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import al_prompts as P
 import al_utils as U
 from conftest import ROOT, hand_ids
 
@@ -11,9 +12,9 @@ from conftest import ROOT, hand_ids
 def test_compact_encodings_equal_per_record_tokenisation(loaded, pool, monkeypatch):
     _, tok = loaded
     records = U.load_records(pool)[:50]
-    monkeypatch.setattr(U, "ENCODE_CHUNK", 7)  # many chunks, one of them short
-    enc = U.encode_records(tok, records)
-    assert isinstance(enc, U.Encodings) and list(enc) == [r["id"] for r in records]
+    monkeypatch.setattr(P, "ENCODE_CHUNK", 7)  # many chunks, one of them short
+    enc = P.encode_records(tok, records)
+    assert isinstance(enc, P.Encodings) and list(enc) == [r["id"] for r in records]
     for r in records:
         p, a = hand_ids(tok, r)
         e = enc[r["id"]]
@@ -21,7 +22,7 @@ def test_compact_encodings_equal_per_record_tokenisation(loaded, pool, monkeypat
         assert e.instruction_len == len(tok(r["instruction"]).input_ids)
     # a later id replaces an earlier one (annotators' answers over the pool's)
     relabelled = {**records[3], "output": "Another answer."}
-    enc.update(U.encode_records(tok, [relabelled]))
+    enc.update(P.encode_records(tok, [relabelled]))
     assert len(enc) == 50 and enc[records[3]["id"]].answer == hand_ids(tok, relabelled)[1]
     assert enc.buf.dtype.name == "int32"
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import al_prompts as P
 import al_scoring as SC
 import al_strategies as S
 import al_utils as U
@@ -15,7 +16,7 @@ from conftest import NO_INPUT, hand_ids, keep_tail, prompt_text
 def setup(loaded, pool):
     model, tok = loaded
     records = U.load_records(pool)
-    enc = U.encode_records(tok, records)
+    enc = P.encode_records(tok, records)
     return model, tok, {r["id"]: r for r in records}, enc
 
 
@@ -50,7 +51,7 @@ def test_forward_ppl_matches_hand_computation(setup):
     want = [hand_nll(model, keep_tail(p, 128), 1) for p in prompts]
     np.testing.assert_allclose(got, want, atol=1e-5)
     # the same without the shared-prefix cache, and with fixed-size batches
-    s, c = SC.sequence_nll(model, [keep_tail(p, 128) for p in prompts], [1] * len(ids), U.pad_id_of(tok),
+    s, c = SC.sequence_nll(model, [keep_tail(p, 128) for p in prompts], [1] * len(ids), P.pad_id_of(tok),
                           SC.ScoreConfig(token_budget=0, batch_size=3, progress=False), prefix_cache=False)
     np.testing.assert_allclose(SC.mean_nll(s, c), want, atol=1e-5)
 
@@ -59,7 +60,7 @@ def test_row_alone_equals_row_in_padded_batch(setup):
     model, tok, records, enc = setup
     ids = list(records)[:12]
     seqs = [enc[i].prompt for i in ids]
-    pad = U.pad_id_of(tok)
+    pad = P.pad_id_of(tok)
     batch_s, batch_c = SC.batch_nll(model, seqs, [1] * len(seqs), pad)
     for b, s in enumerate(seqs):
         alone_s, alone_c = SC.batch_nll(model, [s], [1], pad)
@@ -76,7 +77,7 @@ def test_prefix_cache_path(setup, monkeypatch, start):
     rows = [enc[i].prompt + enc[i].answer for i in list(records)[:40] if not records[i]["input"]][:6]
     rows = [r[:200] for r in rows]
     assert len({len(r) for r in rows}) > 1 and SC._common_prefix(rows) >= 20
-    s, c = SC.batch_nll(model, rows, [start] * len(rows), U.pad_id_of(tok))
+    s, c = SC.batch_nll(model, rows, [start] * len(rows), P.pad_id_of(tok))
     want = [hand_nll(model, r, start) for r in rows]
     np.testing.assert_allclose((s / c).numpy(), want, atol=1e-5)
     assert c.tolist() == [len(r) - start for r in rows]
@@ -166,7 +167,7 @@ def setup_1024(pool, tmp_path_factory):
     tok = fsdp_utils.load_tokenizer(path)
     model = fsdp_utils.load_model(path, torch.device("cpu")).eval()
     records = U.load_records(pool)
-    return model, tok, {r["id"]: r for r in records}, U.encode_records(tok, records)
+    return model, tok, {r["id"]: r for r in records}, P.encode_records(tok, records)
 
 
 def test_self_ask_reads_single_token_no_over_fixed_positions(setup, setup_1024):
@@ -251,7 +252,7 @@ def test_cluster_tfidf_finds_the_topics(setup):
     recs = [{"id": f"{t}{k}", "instruction": f"{words} number {k}", "input": "", "output": "x"}
             for t, words in topics.items() for k in range(4)]
     by_id = {r["id"]: r for r in recs}
-    enc = U.encode_records(tok, recs)
+    enc = P.encode_records(tok, recs)
     sc = S.Scoring(model, tok, enc, by_id, SC.ScoreConfig(num_clusters=3, progress=False), np.random.default_rng(0))
     rows = S.score_candidates("cluster", list(by_id), sc)
     groups = {}

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import acquisition_AL
+import al_prompts as P
 import al_scoring as SC
 import al_similarity as M
 import al_strategies as S
@@ -18,7 +19,7 @@ from conftest import keep_tail, prompt_text, write_jsonl
 def setup(loaded, pool):
     model, tok = loaded
     records = U.load_records(pool)
-    return model, tok, {r["id"]: r for r in records}, U.encode_records(tok, records)
+    return model, tok, {r["id"]: r for r in records}, P.encode_records(tok, records)
 
 
 def hand_vector(model, ids):
@@ -36,7 +37,7 @@ def test_embeddings_are_mean_pooled_after_bos_and_batch_independent(setup):
     want = np.stack([hand_vector(model, s) for s in seqs])
     for cfg in (SC.ScoreConfig(token_budget=512), SC.ScoreConfig(token_budget=0, batch_size=1),
                 SC.ScoreConfig(token_budget=0, batch_size=5)):
-        np.testing.assert_allclose(M.embed(model, seqs, U.pad_id_of(tok), cfg), want, atol=1e-5)
+        np.testing.assert_allclose(M.embed(model, seqs, P.pad_id_of(tok), cfg), want, atol=1e-5)
 
 
 def test_group_similarity_on_hand_built_vectors():
@@ -208,7 +209,7 @@ def test_less_features_equal_projected_autograd_gradients(setup):
     assert names[:2] == ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.v_proj.weight"]
     proj = M.projections(model, 48, seed=3)
     assert M.kron_dims(48) == (6, 8) and M.kron_dims(8192) == (64, 128)
-    got = M.grad_features(model, seqs, starts, U.pad_id_of(tok), SC.ScoreConfig(token_budget=512), proj)
+    got = M.grad_features(model, seqs, starts, P.pad_id_of(tok), SC.ScoreConfig(token_budget=512), proj)
     R = [torch.kron(A, B) for A, B in proj]  # the explicit [out*in, 48] projection of each weight
     for row, s, st in zip(got, seqs, starts):
         g = hand_grad(model, s, st, names)
@@ -226,7 +227,7 @@ def test_less_adam_preconditioning_from_a_saved_optimizer_state(setup, tmp_path)
     trained = copy.deepcopy(model)
     ex = [enc[i] for i in list(records)[:8]]
     _, opt = train(trained, ex, TrainConfig(lr=1e-3, epochs=1, train_batch_size=2, grad_accum=2, max_length=128,
-                                            progress=False), U.pad_id_of(tok))
+                                            progress=False), P.pad_id_of(tok))
     fsdp_utils.save_checkpoint(trained, tok, str(tmp_path / "ck"), {"round": 1}, opt)
     assert fsdp_utils.has_optimizer_state(str(tmp_path / "ck"))
     names = [n for n, _ in M.less_modules(trained)]
@@ -238,7 +239,7 @@ def test_less_adam_preconditioning_from_a_saved_optimizer_state(setup, tmp_path)
         torch.testing.assert_close(moments[n][1], opt.state[params[n]]["exp_avg_sq"])
     seq, start = enc[ids0 := list(records)[9]].prompt[:30] + enc[ids0].answer[:10], 30
     proj = M.projections(trained, 24, seed=1)
-    got = M.grad_features(trained, [seq], [start], U.pad_id_of(tok), SC.ScoreConfig(), proj, moments, (0.9, 0.999))
+    got = M.grad_features(trained, [seq], [start], P.pad_id_of(tok), SC.ScoreConfig(), proj, moments, (0.9, 0.999))
     g = hand_grad(trained, seq, start, names)
     want = 0
     for n, (A, B) in zip(names, proj):

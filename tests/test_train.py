@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import al_prompts as P
 import al_utils as U
 from train_AL import TrainConfig, collate, lr_at, token_nll_sum, train
 
@@ -15,14 +16,14 @@ from train_AL import TrainConfig, collate, lr_at, token_nll_sum, train
 def data(loaded, pool):
     model, tok = loaded
     records = U.load_records(pool)
-    enc = U.encode_records(tok, records)
+    enc = P.encode_records(tok, records)
     short = [enc[r["id"]] for r in records if len(enc[r["id"]].prompt) + len(enc[r["id"]].answer) < 200]
     return model, tok, short
 
 
 def test_loss_is_answer_nll_by_hand(data):
     model, tok, ex = data
-    pad = U.pad_id_of(tok)
+    pad = P.pad_id_of(tok)
     batch = [(e.prompt, e.answer) for e in ex[:3]]
     ids, mask, labels = collate(batch, pad)
     with torch.no_grad():
@@ -44,7 +45,7 @@ def test_loss_is_answer_nll_by_hand(data):
 
 def test_step_loss_independent_of_micro_batching(data):
     model, tok, ex = data
-    pad = U.pad_id_of(tok)
+    pad = P.pad_id_of(tok)
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     sa, _ = train(a, ex[:8], TrainConfig(lr=1e-3, epochs=1, train_batch_size=1, grad_accum=8, progress=False), pad)
     sb, _ = train(b, ex[:8], TrainConfig(lr=1e-3, epochs=1, train_batch_size=4, grad_accum=2, progress=False), pad)
@@ -57,7 +58,7 @@ def test_step_loss_independent_of_micro_batching(data):
 def test_schedule_length_is_real_step_count(data):
     model, tok, ex = data
     cfg = TrainConfig(lr=1e-3, epochs=2, train_batch_size=2, grad_accum=3, progress=False)
-    stats, _ = train(copy.deepcopy(model), ex[:20], cfg, U.pad_id_of(tok))
+    stats, _ = train(copy.deepcopy(model), ex[:20], cfg, P.pad_id_of(tok))
     steps = math.ceil(20 / 6) * 2  # 4 steps per epoch, the last one short
     assert stats["steps"] == len(stats["lrs"]) == len(stats["losses"]) == steps
     assert stats["warmup_steps"] == math.ceil(0.03 * steps)
@@ -81,24 +82,24 @@ def test_adamw_betas_default_to_pytorchs_and_are_flags(data):
     assert not args.save_opt
     cfg = train_AL.train_config(args, 0, progress=False)
     cfg.epochs = 1
-    _, opt = train(copy.deepcopy(model), ex[:4], cfg, U.pad_id_of(tok))
+    _, opt = train(copy.deepcopy(model), ex[:4], cfg, P.pad_id_of(tok))
     assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)
 
 
 def test_loss_decreases(data):
     model, tok, ex = data
     cfg = TrainConfig(lr=1e-2, epochs=8, train_batch_size=4, grad_accum=1, progress=False)
-    stats, _ = train(copy.deepcopy(model), ex[:8], cfg, U.pad_id_of(tok))
+    stats, _ = train(copy.deepcopy(model), ex[:8], cfg, P.pad_id_of(tok))
     assert stats["train_loss"] < stats["losses"][0] - 1.0
 
 
 def test_truncation_keeps_answer_tokens():
     prompt, answer = [1] + list(range(100, 140)), list(range(200, 230))
-    p, a, cut = U.truncate_pair(prompt, answer, 50)
+    p, a, cut = P.truncate_pair(prompt, answer, 50)
     assert cut and len(p) + len(a) == 50 and p[0] == 1 and p[-1] == 139 and a == answer[:25]
-    p, a, cut = U.truncate_pair(prompt, answer[:5], 40)  # short answer: the prompt gives way
+    p, a, cut = P.truncate_pair(prompt, answer[:5], 40)  # short answer: the prompt gives way
     assert cut and a == answer[:5] and len(p) == 35 and p[-1] == 139
-    assert U.truncate_pair(prompt, answer, 100) == (prompt, answer, False)
+    assert P.truncate_pair(prompt, answer, 100) == (prompt, answer, False)
 
 
 def test_train_script_saves_sharded_checkpoint(tiny_model, pool, tmp_path):
@@ -136,7 +137,7 @@ def test_activation_checkpointing_changes_nothing_but_memory(tiny_model, data, l
         model = fsdp_utils.load_model(tiny_model, torch.device("cpu"), activation_checkpointing=ac, lora=spec)
         assert model.is_activation_checkpointing == ac
         stats, _ = train(model, ex[:8], TrainConfig(lr=1e-3, epochs=1, train_batch_size=2, grad_accum=2,
-                                                   progress=False), U.pad_id_of(tok))
+                                                   progress=False), P.pad_id_of(tok))
         out.append((stats["losses"], {k: v.clone() for k, v in model.state_dict().items()}))
     assert np.allclose(out[0][0], out[1][0], atol=1e-6)
     for k in out[0][1]:
