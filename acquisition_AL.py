@@ -79,7 +79,7 @@ from al_utils import (
     run_paths,
     runtime_flags,
 )
-from train_AL import add_train_args, save_trained, train, train_config
+from train_AL import add_train_args, save_trained, summary, train, train_config
 
 RNG_SHUFFLE, RNG_FRACTION, RNG_SELECT, RNG_SCORE = 0, 1, 2, 3
 BUDGET_UNITS = ("examples", "answer_words")
@@ -553,7 +553,7 @@ def train_round(run: Run, rnd: int) -> dict:
         run.enc.ensure(run.labelled)
         stats, opt = train(run.model, [run.enc[i] for i in run.labelled], tcfg, pad_id_of(run.tok),
                            on_step=lambda step: kill_point("training", rnd))
-        tstats = {k: v for k, v in stats.items() if k not in ("losses", "lrs")}
+        tstats = summary(stats)
         save_trained(run.model, run.tok, ckpt, {"round": rnd, "labelled": len(run.labelled), "train": tstats},
                      opt if args.save_opt else None, lora, base)
         del opt

@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(args.load_path, ".metadata")):
         raise InputError(f"--load_path: {args.load_path}: not a sharded checkpoint (no .metadata)")
+    if os.path.exists(args.save_path):
+        raise InputError(f"--save_path: {args.save_path}: exists; remove it first")
     if args.adapter:
         write_adapter(args)
         return
     cfg_dir = args.config_path or args.load_path
     if not os.path.isfile(os.path.join(cfg_dir, "config.json")):
         raise InputError(f"--config_path: {cfg_dir}: no config.json (pass --config_path)")
-    if os.path.exists(args.save_path):
-        raise InputError(f"--save_path: {args.save_path}: exists; remove it first")
     with open(os.path.join(cfg_dir, "config.json")) as f:
         tied = json.load(f).get("tie_word_embeddings", False)
     try:  # a crafted .metadata is refused before anything in it runs
@@ -99,8 +99,6 @@ def write_adapter(args: argparse.Namespace) -> None:
     if not os.path.isfile(os.path.join(src, "adapter_config.json")):
         raise InputError(f"--adapter: {args.load_path}: not a LoRA run's checkpoint (no {ADAPTER_DIR}/"
                          "adapter_config.json); without --adapter the merged weights are converted")
-    if os.path.exists(args.save_path):
-        raise InputError(f"--save_path: {args.save_path}: exists; remove it first")
     with atomic_dir(args.save_path) as tmp:
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))

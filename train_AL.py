@@ -149,7 +149,7 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
     Loss per step = summed answer-token NLL / answer tokens over the whole global step (answer
     tokens: the answer, and a multi-turn conversation's earlier assistant turns), so it
     does not depend on how the step is split over micro-batches or ranks. Returns stats: steps,
-    per-step losses and learning rates, truncations, token counts; and the optimizer.
+    per-step losses, learning rates and tokens read, truncations, token counts; and the optimizer.
     `on_step(step)` runs after each optimizer step (the loop's crash-test hook)."""
     t0 = time.time()
     pairs, truncated = [], 0
@@ -172,7 +172,7 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
                             betas=(cfg.adam_beta1, cfg.adam_beta2))
     gen = torch.Generator().manual_seed(cfg.seed)
-    losses, lrs, tokens = [], [], 0
+    losses, lrs, tokens, step_tokens = [], [], 0, []
     bar = tqdm(total=total, desc="training", disable=not (cfg.progress and fsdp_utils.is_main()),
                file=sys.stderr, leave=False)
     for _ in range(cfg.epochs):
@@ -189,6 +189,7 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
             losses.append(step_loss)
             lrs.append(lr)
             tokens += sum(map(learnt_tokens, rows))
+            step_tokens.append(sum(len(p) + len(a) for p, a, _ in rows))  # what the step read (benchmarks)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             if on_step is not None:
@@ -198,7 +199,12 @@ def train(model, examples: Sequence[Encoded], cfg: TrainConfig, pad_id: int,
     last = losses[-steps_per_epoch:]
     return {"steps": total, "warmup_steps": warmup, "losses": losses, "lrs": lrs,
             "train_loss": sum(last) / len(last), "examples": len(pairs), "answer_tokens": tokens,
-            "truncated": truncated, "seconds": time.time() - t0}, opt
+            "step_tokens": step_tokens, "truncated": truncated, "seconds": time.time() - t0}, opt
+
+
+def summary(stats: dict) -> dict:
+    """train()'s stats without the per-step lists: what a checkpoint's meta and metrics.json keep."""
+    return {k: v for k, v in stats.items() if k not in ("losses", "lrs", "step_tokens")}
 
 
 def save_trained(model, tok, path: str, meta: dict, opt: torch.optim.Optimizer | None,
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
                                   args.activation_checkpointing, lora)
     enc = encode_records(tok, records, args.prompt_template)
     stats, opt = train(model, [enc[r["id"]] for r in records], cfg, pad_id_of(tok))
-    meta = {"trained_on": args.data_path, "train": {k: v for k, v in stats.items() if k not in ("losses", "lrs")}}
+    meta = {"trained_on": args.data_path, "train": summary(stats)}
     if lora is not None and args.save_opt and fsdp_utils.is_main():
         print("LoRA: no optimizer state saved (the adapters are merged into the checkpoint)", file=sys.stderr)
     save_trained(model, tok, args.save_path, meta, opt if args.save_opt else None, lora, args.init_checkpoint_path)

@@ -33,7 +33,6 @@ def status_gib(field: str) -> float:
 
 
 def child(a: argparse.Namespace) -> None:
-    import torch
 
     import al_lora
     import fsdp_utils
@@ -62,11 +61,8 @@ def child(a: argparse.Namespace) -> None:
     cfg = TrainConfig(lr=1e-4, epochs=1, train_batch_size=4, grad_accum=1, max_length=256, progress=False)
     examples = [enc[r["id"]] for r in records]
     stats, _ = train(model, examples, cfg, pad_id_of(tok), on_step=on_step)
-    # tokens of each step, in train()'s seeded order (the same order for both configurations)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    per_step = [sum(min(len(examples[i].prompt) + len(examples[i].answer), 256) for i in order[s * 4:(s + 1) * 4])
-                for s in range(len(times))]
-    print(json.dumps({"tokens_per_s": sum(per_step[1:]) / sum(times[1:]), "peak_gib": status_gib("VmHWM"),
+    per_step = stats["step_tokens"][1:]  # the first step (allocation, warm-up) is not timed
+    print(json.dumps({"tokens_per_s": sum(per_step) / sum(times[1:]), "peak_gib": status_gib("VmHWM"),
                       "train_gib": status_gib("VmHWM") - loaded, "trainable": trainable, "total": total,
                       "train_loss": stats["train_loss"]}))
 

@@ -68,6 +68,10 @@ def test_schedule_length_is_real_step_count(data):
     long = [lr_at(s, 100, 10) for s in range(100)]
     assert long[:10] == [(s + 1) / 10 for s in range(10)] and long[10] == 1.0 and abs(long[55] - 0.5) < 1e-12
     assert stats["examples"] == 20
+    # tokens read per step (bench_lora's throughput): every example once per epoch, none truncated here
+    assert stats["truncated"] == 0 and len(stats["step_tokens"]) == steps
+    assert sum(stats["step_tokens"]) == 2 * sum(len(e.prompt) + len(e.answer) for e in ex[:20])
+    assert sum(stats["step_tokens"][:4]) == sum(stats["step_tokens"][4:])
 
 
 def test_adamw_betas_default_to_pytorchs_and_are_flags(data):
