@@ -33,7 +33,6 @@ def status_gib(field: str) -> float:
 
 
 def child(a: argparse.Namespace) -> None:
-
     import al_lora
     import fsdp_utils
     from al_prompts import encode_records, pad_id_of
