@@ -399,7 +399,7 @@ def open_run(args: argparse.Namespace) -> Run:
     by_id = {r["id"]: r for r in records}
     labels = load_labels(paths.run) if annotate and args.resume else {}
     new_labels, summary = pending_labels(args, paths, prior, by_id, labels)
-    device = fsdp_utils.setup(args.threads)
+    device = fsdp_utils.setup(args.threads, args.deterministic)
     lock = take_lock(paths)
     if fsdp_utils.is_main():
         prepare_run_dir(args, paths)

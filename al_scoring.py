@@ -4,6 +4,7 @@ and batched generation with per-row caps. Every strategy, the loop's losses and 
 """
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,12 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def _cache_kwarg(model) -> str:
+    """The KV cache's name in forward() and its output: transformers 5.24 renamed past_key_values to
+    cache (the old name warns until 5.40, then goes); requirements.txt allows either."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int,
               prefix_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +113,7 @@ def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_i
         nxt = torch.tensor([s[P] for s in seqs], device=dev)
         first = F.cross_entropy(pre_logits[-1:].expand(B, -1), nxt, reduction="none").double().cpu()
         sums += torch.where(torch.tensor(starts) <= P, first, torch.zeros_like(first))
-        cache = out.cache
+        cache = getattr(out, _cache_kwarg(model))
         cache.batch_repeat_interleave(B)
     S = max(lens) - P
     ids = torch.full((B, S), pad_id, dtype=torch.long)
@@ -121,8 +128,8 @@ def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_i
     # Right padding under causal attention: a real token never sees the pads after it, so no
     # padding mask is needed (pads' own outputs are never scored). Without a mask, attention
     # takes its causal fast path, which is what makes padded batches cheap on CPU.
-    logits = model(input_ids=ids.to(dev), position_ids=pos.to(dev),
-                   cache=cache, use_cache=cache is not None).logits.float()
+    kv = {_cache_kwarg(model): cache} if cache is not None else {}
+    logits = model(input_ids=ids.to(dev), position_ids=pos.to(dev), use_cache=cache is not None, **kv).logits.float()
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.to(dev).reshape(-1),
                           ignore_index=-100, reduction="none").view(B, S)
     sums += nll.double().sum(1).cpu()

@@ -168,9 +168,9 @@ RUNTIME = "run control (may change between a run and its --resume: not part of w
 
 
 def add_common_args(p: argparse.ArgumentParser, seed_help: str = "seed of every random draw") -> Any:
-    """--model_config_path, --prompt_template and --seed (part of what a run is), --threads and
-    --no_progress (how it runs), defined once for every script. Returns the runtime group for the script's own
-    runtime flags: runtime_flags() reads it back."""
+    """--model_config_path, --prompt_template and --seed (part of what a run is), --threads,
+    --no_progress and --deterministic (how it runs), defined once for every script. Returns the
+    runtime group for the script's own runtime flags: runtime_flags() reads it back."""
     g = p.add_argument_group("model, prompt template and seed")
     g.add_argument("--model_config_path", default=None,
                    help="HF folder with config + tokenizer (default: the checkpoint's own)")
@@ -181,6 +181,10 @@ def add_common_args(p: argparse.ArgumentParser, seed_help: str = "seed of every 
     rt = p.add_argument_group(RUNTIME)
     rt.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     rt.add_argument("--no_progress", action="store_true", help="no progress bars")
+    rt.add_argument("--deterministic", action="store_true",
+                    help="CUDA: deterministic kernels, so a rerun or a resumed run repeats the same numbers and "
+                         "picks (on CPU they always do; the flag changes nothing there); torch then raises on ops with "
+                         "no deterministic CUDA kernel, e.g. the cumsum of eval_generate.py --top_p < 1")
     return rt
 
 

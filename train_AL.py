@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     al_lora.check_targets(lora, args.model_config_path or args.init_checkpoint_path)
     records = load_records(args.data_path, require_output="training needs every answer",
                            template=args.prompt_template)
-    device = fsdp_utils.setup(args.threads)
+    device = fsdp_utils.setup(args.threads, args.deterministic)
     torch.manual_seed(args.seed)
     tok = fsdp_utils.load_tokenizer(args.model_config_path or args.init_checkpoint_path)
     check_template(tok, args.prompt_template, args.model_config_path or args.init_checkpoint_path)

@@ -28,8 +28,8 @@ RUN = {"file_path", "init_checkpoint_path", "heldout_size", "num_acquisition_sam
        "budget_unit", "test_file", "prompt_template", "lora_r", "lora_alpha", "lora_dropout",
        "lora_target_modules"}
 CONTROL = {"model_path", "al_data_fraction", "resume", "resume_checkpoint_path", "overwrite", "stop_after_round",
-           "save_file_name", "plot_ppl_hist", "threads", "no_progress", "save_opt", "activation_checkpointing",
-           "annotate_out", "labels"}
+           "save_file_name", "plot_ppl_hist", "threads", "no_progress", "deterministic", "save_opt",
+           "activation_checkpointing", "annotate_out", "labels"}
 
 
 def test_every_flag_is_classified():
@@ -53,15 +53,19 @@ def test_help_keeps_the_examples_line_breaks(script):
 
 
 def test_shared_flags_are_one_definition():
-    """--threads, --seed, --no_progress, --model_config_path: same help in every script."""
+    """--threads, --seed, --no_progress, --deterministic, --model_config_path: same help in every script."""
+    shared = {"threads", "no_progress", "deterministic", "model_config_path"}
+
     def helps(p):
-        return {a.dest: a.help for a in p._actions if a.dest in ("threads", "no_progress", "model_config_path")}
+        return {a.dest: a.help for a in p._actions if a.dest in shared}
 
     train = train_AL.parser()
     assert helps(acquisition_AL.parser()) == helps(train)
-    assert set(helps(train)) == {"threads", "no_progress", "model_config_path"}
-    args = eval_generate.parse_args(["--save_file_name", "x", "--threads", "1", "--no_progress", "--seed", "3"])
-    assert (args.threads, args.no_progress, args.seed, args.model_config_path) == (1, True, 3, None)
+    assert set(helps(train)) == shared
+    args = eval_generate.parse_args(["--save_file_name", "x", "--threads", "1", "--no_progress", "--seed", "3",
+                                     "--deterministic"])
+    assert (args.threads, args.no_progress, args.seed, args.model_config_path, args.deterministic) == \
+        (1, True, 3, None, True)
 
 
 def test_save_opt_one_setting_two_names():

@@ -58,6 +58,22 @@ def test_two_rank_scoring_of_one_rank_checkpoint(trained, pool, tmp_path):
         assert [r["group"] for r in two[name]] == [r["group"] for r in one[name]]
 
 
+def test_deterministic_flag_acts_on_cuda_only(monkeypatch):
+    """--deterministic: on CUDA, torch's deterministic kernels and cuBLAS's fixed workspace (needed
+    for identical reruns there); on CPU, already bitwise reproducible, setup leaves torch alone."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fsdp_utils.setup(0, deterministic=True)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    try:
+        fsdp_utils.deterministic_cuda()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def _tied_bf16_model(tiny_model, tmp_path) -> str:
     """A copy of the tiny model with tied embeddings, stored in bf16."""
     from transformers import AutoModelForCausalLM

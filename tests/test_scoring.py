@@ -1,5 +1,7 @@
 """Scoring: every strategy against a hand computation from plain tokenizer calls and the model's
 logits (the template is spelled out here, not taken from the code under test)."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -81,6 +83,30 @@ def test_prefix_cache_path(setup, monkeypatch, start):
     want = [hand_nll(model, r, start) for r in rows]
     np.testing.assert_allclose((s / c).numpy(), want, atol=1e-5)
     assert c.tolist() == [len(r) - start for r in rows]
+
+
+class OldCacheName(torch.nn.Module):
+    """The model as transformers before 5.24 spelled its KV cache: past_key_values, in forward() and
+    in its output (this suite installs a later one, which calls it cache)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids=None, past_key_values=None, use_cache=None):
+        kv = {"cache": past_key_values} if past_key_values is not None else {}
+        out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=use_cache, **kv)
+        return SimpleNamespace(logits=out.logits, past_key_values=out.cache if use_cache else None)
+
+
+def test_prefix_cache_under_the_old_cache_name(setup, monkeypatch):
+    """The shared-prefix cache passes through whichever name the installed transformers uses
+    (run on a GPU machine with transformers 5.17, the new name alone failed)."""
+    model, tok, records, enc = setup
+    monkeypatch.setattr(SC, "PREFIX_MIN_SAVED_TOKENS", 0)
+    rows = [(enc[i].prompt + enc[i].answer)[:120] for i in list(records)[:20] if not records[i]["input"]][:4]
+    s, c = SC.batch_nll(OldCacheName(model), rows, [1] * len(rows), P.pad_id_of(tok))
+    np.testing.assert_allclose((s / c).numpy(), [hand_nll(model, r, 1) for r in rows], atol=1e-5)
 
 
 def test_answer_strategies_cover_the_same_answer_tokens(setup):
