@@ -184,7 +184,7 @@ def add_common_args(p: argparse.ArgumentParser, seed_help: str = "seed of every 
     rt.add_argument("--deterministic", action="store_true",
                     help="CUDA: deterministic kernels, so a rerun or a resumed run repeats the same numbers and "
                          "picks (on CPU they always do; the flag changes nothing there); torch then raises on ops with "
-                         "no deterministic CUDA kernel, e.g. the cumsum of eval_generate.py --top_p < 1")
+                         "no deterministic CUDA kernel (top-p sampling's cumsum: eval_generate.py refuses --top_p < 1)")
     return rt
 
 

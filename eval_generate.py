@@ -19,6 +19,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 import fsdp_utils
 from al_prompts import check_template, encode_records, pad_id_of, prompt_ids, truncate_prompt
@@ -71,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, lo in (("batch_size", 1), ("model_context_length", 2), ("max_new_tokens", 1), ("limit", 1)):
         if getattr(args, flag) is not None and getattr(args, flag) < lo:
             raise InputError(f"--{flag}: must be >= {lo}")
+    if args.deterministic and not args.greedy and args.top_p < 1 and torch.cuda.is_available():
+        raise InputError("--deterministic: top-p sampling (--top_p < 1) needs torch.cumsum, which has no "
+                         "deterministic CUDA kernel; add --greedy or --top_p 1, or drop --deterministic")
     return args
 
 

@@ -46,6 +46,18 @@ def by_hand(model, prompt, cap, stop):
     return seq[len(prompt):]
 
 
+def test_deterministic_top_p_refused_on_cuda(monkeypatch):
+    """--deterministic with top-p sampling on CUDA stops before loading anything, with what to do."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    base = ["--save_file_name", "x.json", "--deterministic"]
+    with pytest.raises(U.InputError, match="--greedy or --top_p 1"):
+        eval_generate.parse_args(base + ["--top_p", "0.9"])
+    for ok in (["--top_p", "0.9", "--greedy"], ["--top_p", "1"], []):
+        eval_generate.parse_args(base + ok)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CPU: always deterministic, nothing refused
+    eval_generate.parse_args(base + ["--top_p", "0.9"])
+
+
 def test_batched_greedy_equals_one_at_a_time(talkative):
     model, tok, prompts = talkative
     args = eval_generate.parse_args(["--save_file_name", "x.json", "--greedy", "--max_new_tokens", "12"])
