@@ -99,7 +99,7 @@ def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_i
         P = 0
     sums = torch.zeros(B, dtype=torch.float64)
     counts = torch.tensor([max(0, n - s) for n, s in zip(lens, starts)], dtype=torch.float64)
-    cache = None
+    cache, kv_name = None, _cache_kwarg(model) if P else ""
     if P:
         pre = torch.tensor([list(seqs[0][:P])], device=dev)
         out = model(input_ids=pre, use_cache=True)
@@ -113,7 +113,7 @@ def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_i
         nxt = torch.tensor([s[P] for s in seqs], device=dev)
         first = F.cross_entropy(pre_logits[-1:].expand(B, -1), nxt, reduction="none").double().cpu()
         sums += torch.where(torch.tensor(starts) <= P, first, torch.zeros_like(first))
-        cache = getattr(out, _cache_kwarg(model))
+        cache = getattr(out, kv_name)
         cache.batch_repeat_interleave(B)
     S = max(lens) - P
     ids = torch.full((B, S), pad_id, dtype=torch.long)
@@ -128,7 +128,7 @@ def batch_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_i
     # Right padding under causal attention: a real token never sees the pads after it, so no
     # padding mask is needed (pads' own outputs are never scored). Without a mask, attention
     # takes its causal fast path, which is what makes padded batches cheap on CPU.
-    kv = {_cache_kwarg(model): cache} if cache is not None else {}
+    kv = {kv_name: cache} if cache is not None else {}
     logits = model(input_ids=ids.to(dev), position_ids=pos.to(dev), use_cache=cache is not None, **kv).logits.float()
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.to(dev).reshape(-1),
                           ignore_index=-100, reduction="none").view(B, S)
