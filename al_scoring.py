@@ -192,15 +192,25 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+def stop_ids(model, tokenizer) -> list[int]:
+    """The ids generation stops at: the tokenizer's EOS and every id of the model's
+    generation_config.eos_token_id (an int or a list), as HF's generate() does by default. Llama 3
+    Instruct's lists <|eot_id|>, where its chat turns end, beside its tokenizer's <|end_of_text|>;
+    Qwen2.5 Instruct's lists <|endoftext|> beside <|im_end|>."""
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {tokenizer.eos_token_id, *(extra if isinstance(extra, (list, tuple)) else [extra])}
+    return sorted(i for i in ids if i is not None)
+
+
 @torch.no_grad()
-def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pad_id: int, eos_id: int,
+def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pad_id: int, stop: Sequence[int],
              batch_size: int, progress: bool = True, desc: str = "generating", sampling: dict | None = None,
              seed: int = 0, with_logits: bool = False) -> list[tuple[list[int], torch.Tensor | None]]:
     """Batched KV-cache decoding (scoring and evaluation), left-padded, batched in length order,
-    returned in input order: per prompt (generated ids up to and including EOS, the raw logits
-    [n, V] that produced them when with_logits).
+    returned in input order: per prompt (generated ids up to and including the first stop id, the raw
+    logits [n, V] that produced them when with_logits).
 
-    Row i stops at EOS or after max_new[i] tokens, whatever its batch-mates do, so greedy output
+    Row i stops at a stop id (stop_ids) or after max_new[i] tokens, whatever its batch-mates do, so greedy output
     does not depend on the batch size or the rank count. `sampling` (generate()'s temperature,
     top_p) samples instead of greedy, seeded per batch from `seed`."""
     dev = next(model.parameters()).device
@@ -208,18 +218,20 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pa
     results: list = [None] * len(prompts)
     model.eval()
     kw = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
+    stops = set(stop)
     for k in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, file=sys.stderr, leave=False):
         idx = order[k: k + batch_size]
         ids, mask = left_pad([prompts[i] for i in idx], pad_id)
         L = ids.size(1)
         torch.manual_seed(seed + k)
         out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                             max_new_tokens=max(max_new[i] for i in idx), pad_token_id=pad_id, eos_token_id=eos_id,
+                             max_new_tokens=max(max_new[i] for i in idx), pad_token_id=pad_id,
+                             eos_token_id=list(stop) or None,
                              output_logits=with_logits, return_dict_in_generate=True, **kw)
         gen = out.sequences[:, L:].cpu()
         logits = torch.stack(out.logits, 1).float().cpu() if with_logits else None  # [B, T, V]
         for b, i in enumerate(idx):
             row = gen[b, : max_new[i]].tolist()
-            n = row.index(eos_id) + 1 if eos_id in row else len(row)
+            n = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
             results[i] = (row[:n], logits[b, :n] if with_logits else None)
     return results

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from al_prompts import pad_id_of, prompt_ids, request_text, response_marker_ids, truncate_pair, truncate_prompt
-from al_scoring import ScoreConfig, generate, mean_nll, sequence_nll
+from al_scoring import ScoreConfig, generate, mean_nll, sequence_nll, stop_ids
 from al_similarity import (
     Target,
     embed,
@@ -140,8 +140,8 @@ def less_answers(sc: Scoring, ids: Sequence) -> list[list[int]]:
     if cfg.grad_answers == "pool":
         return [sc.enc[i].answer for i in ids]
     prompts = [truncate_prompt(sc.enc[i].prompt, cfg.max_length - 1) for i in ids]
-    gens = generate(sc.model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id, sc.tokenizer.eos_token_id,
-                    min(cfg.max_rows, LESS_GEN_ROWS), cfg.progress, "less: answers")
+    gens = generate(sc.model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id,
+                    stop_ids(sc.model, sc.tokenizer), min(cfg.max_rows, LESS_GEN_ROWS), cfg.progress, "less: answers")
     return [toks or [sc.tokenizer.eos_token_id] for toks, _ in gens]
 
 
@@ -222,8 +222,8 @@ def _data_pruning(sc: Scoring, ids: list) -> list[dict]:
 def _generation_ppl(sc: Scoring, ids: list) -> list[dict]:
     prompts = [truncate_prompt(sc.enc[i].prompt, sc.cfg.max_length) for i in ids]
     n = sc.cfg.gen_max_new_tokens
-    gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.tokenizer.eos_token_id, sc.cfg.max_rows,
-                    sc.cfg.progress, "scoring generation_ppl", with_logits=True)
+    gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, stop_ids(sc.model, sc.tokenizer),
+                    sc.cfg.max_rows, sc.cfg.progress, "scoring generation_ppl", with_logits=True)
     rows = []
     for i, (toks, logits) in zip(ids, gens):
         nll = F.cross_entropy(logits, torch.tensor(toks), reduction="none") if toks else torch.zeros(1)
@@ -248,7 +248,7 @@ def no_token_ids(tokenizer) -> list[int]:
 
 def _self_ask(sc: Scoring, ids: list) -> list[dict]:
     """Probability mass on single-token "no" spellings, averaged over the first self_ask_positions
-    generated positions; positions after the model's EOS count as 0 (it said nothing more), so
+    generated positions; positions after the model's stop id (EOS) count as 0 (it said nothing more), so
     every row averages over the same number of positions."""
     no_ids = no_token_ids(sc.tokenizer)
     prompts = []
@@ -257,8 +257,8 @@ def _self_ask(sc: Scoring, ids: list) -> list[dict]:
         question = {"instruction": SELF_ASK_TEMPLATE.format(instruction=request_text(r)), "input": ""}
         prompts.append(truncate_prompt(prompt_ids(sc.tokenizer, [question], sc.template)[0], sc.cfg.max_length))
     n = sc.cfg.self_ask_positions
-    gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.tokenizer.eos_token_id, sc.cfg.max_rows,
-                    sc.cfg.progress, "scoring self_ask", with_logits=True)
+    gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, stop_ids(sc.model, sc.tokenizer),
+                    sc.cfg.max_rows, sc.cfg.progress, "scoring self_ask", with_logits=True)
     return [{"id": i, "score": float(logits.softmax(-1)[:, no_ids].sum()) / n} for i, (_, logits) in zip(ids, gens)]
 
 

@@ -23,7 +23,7 @@ import torch
 
 import fsdp_utils
 from al_prompts import check_template, encode_records, pad_id_of, prompt_ids, truncate_prompt
-from al_scoring import ScoreConfig, answer_nll, generate
+from al_scoring import ScoreConfig, answer_nll, generate, stop_ids
 from al_utils import (
     InputError,
     add_common_args,
@@ -80,14 +80,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def generate_answers(model, tok, prompts: list[list[int]], args: argparse.Namespace,
                      progress: bool) -> list[list[int]]:
-    """Each prompt's answer ids (EOS dropped): row i gets at most context - len(prompt i) new
+    """Each prompt's answer ids (the stop id it ended on dropped): row i gets at most context - len(prompt i) new
     tokens (and at most --max_new_tokens), whatever the batch it lands in."""
     room = [args.model_context_length - len(p) for p in prompts]
     caps = room if args.max_new_tokens is None else [min(r, args.max_new_tokens) for r in room]
     sampling = None if args.greedy else {"temperature": args.temperature, "top_p": args.top_p}
-    gens = generate(model, prompts, caps, pad_id_of(tok), tok.eos_token_id, args.batch_size, progress,
-                    sampling=sampling, seed=args.seed)
-    return [g[:-1] if g and g[-1] == tok.eos_token_id else g for g, _ in gens]
+    stop = stop_ids(model, tok)
+    gens = generate(model, prompts, caps, pad_id_of(tok), stop, args.batch_size, progress, sampling=sampling,
+                    seed=args.seed)
+    return [g[:-1] if g and g[-1] in stop else g for g, _ in gens]
 
 
 def answer_nll_of(model, tok, records: list[dict], context: int, progress: bool,

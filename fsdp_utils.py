@@ -330,7 +330,7 @@ def load_model(path: str, device: torch.device, config_path: str | None = None,
     DCP folder each rank reads only its shards; from a HF folder rank 0 reads the file and
     broadcasts into the shards (no full copy per rank)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     _quiet_transformers()
     kind = checkpoint_kind(path)
@@ -339,6 +339,13 @@ def load_model(path: str, device: torch.device, config_path: str | None = None,
     config = AutoConfig.from_pretrained(config_path or path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if os.path.exists(os.path.join(config_path or path, "generation_config.json")):
+        # from_config ignores it, and its eos_token_id may list more stop ids (al_scoring.stop_ids);
+        # only those: its sampling defaults (repetition_penalty, top_k, ...) would change what our
+        # flags decode
+        eos = GenerationConfig.from_pretrained(config_path or path).eos_token_id
+        if eos is not None:
+            model.generation_config.eos_token_id = eos
     if activation_checkpointing:  # recompute each layer's activations in backward (HF's own hook)
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None:  # before sharding: FSDP2 then shards the adapters with their layer

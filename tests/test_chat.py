@@ -17,7 +17,7 @@ import al_utils as U
 import eval_generate
 import fsdp_utils
 import train_AL
-from al_scoring import ScoreConfig
+from al_scoring import ScoreConfig, stop_ids
 from conftest import write_jsonl
 
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '[' + m['role'] + ']\n' + m['content'] + eos_token }}"
@@ -99,6 +99,26 @@ def test_batched_generation_equals_one_at_a_time(setup):
         args.batch_size = bs
         out[bs] = eval_generate.generate_answers(model, tok, prompts, args, progress=False)
     assert out[1] == out[6] and all(len(g) == 8 for g in out[1])
+    # the model's generation_config may list more stop ids than the tokenizer's EOS (Llama 3 Instruct's
+    # <|eot_id|>): every row ends at its first one of them, which is dropped like EOS
+    x = out[1][0][2]
+    assert x not in out[1][0][:2] and x != eos
+    model.generation_config.eos_token_id = [eos, x]
+    stopped = eval_generate.generate_answers(model, tok, prompts, args, progress=False)
+    assert stopped[0] == out[1][0][:2]
+    assert stopped == [g[: g.index(x)] if x in g else g for g in out[1]]
+
+
+def test_generation_config_stop_ids_are_loaded(chat_model, tmp_path):
+    path = tmp_path / "m"
+    shutil.copytree(chat_model, path)
+    tok = fsdp_utils.load_tokenizer(str(path))
+    assert stop_ids(fsdp_utils.load_model(str(path), torch.device("cpu")), tok) == [tok.eos_token_id]
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.eos_token_id, 7],
+                                                             "repetition_penalty": 1.5}))
+    model = fsdp_utils.load_model(str(path), torch.device("cpu"))
+    assert stop_ids(model, tok) == sorted([tok.eos_token_id, 7])
+    assert model.generation_config.repetition_penalty in (None, 1.0)  # decoding stays what the flags say
 
 
 def test_chat_run_records_its_template_and_refuses_another_on_resume(chat_model, pool, tmp_path):
