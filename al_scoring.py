@@ -210,9 +210,9 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pa
     returned in input order: per prompt (generated ids up to and including the first stop id, the raw
     logits [n, V] that produced them when with_logits).
 
-    Row i stops at a stop id (stop_ids) or after max_new[i] tokens, whatever its batch-mates do, so greedy output
-    does not depend on the batch size or the rank count. `sampling` (generate()'s temperature,
-    top_p) samples instead of greedy, seeded per batch from `seed`."""
+    Row i stops at a stop id (stop_ids) or after max_new[i] tokens, whatever its batch-mates do, so
+    greedy output does not depend on the batch size or the rank count. `sampling` (generate()'s
+    temperature, top_p) samples instead of greedy, seeded per batch from `seed`."""
     dev = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     results: list = [None] * len(prompts)

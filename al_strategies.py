@@ -63,6 +63,11 @@ class Scoring:
     def pad_id(self) -> int:
         return pad_id_of(self.tokenizer)
 
+    @property
+    def stop(self) -> list[int]:
+        """The ids the model's generation stops at (al_scoring.stop_ids)."""
+        return stop_ids(self.model, self.tokenizer)
+
     def prompt_vectors(self, ids: Sequence) -> np.ndarray:
         """Unit embeddings of the (truncated) prompts of pool records `ids` (al_similarity.embed)."""
         return embed(self.model, [truncate_prompt(self.enc[i].prompt, self.cfg.max_length) for i in ids],
@@ -140,8 +145,8 @@ def less_answers(sc: Scoring, ids: Sequence) -> list[list[int]]:
     if cfg.grad_answers == "pool":
         return [sc.enc[i].answer for i in ids]
     prompts = [truncate_prompt(sc.enc[i].prompt, cfg.max_length - 1) for i in ids]
-    gens = generate(sc.model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id,
-                    stop_ids(sc.model, sc.tokenizer), min(cfg.max_rows, LESS_GEN_ROWS), cfg.progress, "less: answers")
+    gens = generate(sc.model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id, sc.stop,
+                    min(cfg.max_rows, LESS_GEN_ROWS), cfg.progress, "less: answers")
     return [toks or [sc.tokenizer.eos_token_id] for toks, _ in gens]
 
 
@@ -222,8 +227,8 @@ def _data_pruning(sc: Scoring, ids: list) -> list[dict]:
 def _generation_ppl(sc: Scoring, ids: list) -> list[dict]:
     prompts = [truncate_prompt(sc.enc[i].prompt, sc.cfg.max_length) for i in ids]
     n = sc.cfg.gen_max_new_tokens
-    gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, stop_ids(sc.model, sc.tokenizer),
-                    sc.cfg.max_rows, sc.cfg.progress, "scoring generation_ppl", with_logits=True)
+    gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.stop, sc.cfg.max_rows,
+                    sc.cfg.progress, "scoring generation_ppl", with_logits=True)
     rows = []
     for i, (toks, logits) in zip(ids, gens):
         nll = F.cross_entropy(logits, torch.tensor(toks), reduction="none") if toks else torch.zeros(1)
@@ -257,8 +262,8 @@ def _self_ask(sc: Scoring, ids: list) -> list[dict]:
         question = {"instruction": SELF_ASK_TEMPLATE.format(instruction=request_text(r)), "input": ""}
         prompts.append(truncate_prompt(prompt_ids(sc.tokenizer, [question], sc.template)[0], sc.cfg.max_length))
     n = sc.cfg.self_ask_positions
-    gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, stop_ids(sc.model, sc.tokenizer),
-                    sc.cfg.max_rows, sc.cfg.progress, "scoring self_ask", with_logits=True)
+    gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.stop, sc.cfg.max_rows,
+                    sc.cfg.progress, "scoring self_ask", with_logits=True)
     return [{"id": i, "score": float(logits.softmax(-1)[:, no_ids].sum()) / n} for i, (_, logits) in zip(ids, gens)]
 
 
