@@ -39,7 +39,7 @@ import fsdp_utils
 from al_annotation import annotation_mode, export_for_annotators, load_labels, pending_labels, save_labels
 from al_lora import LoraSpec
 from al_prompts import Encodings, check_template, encode_records, lazy_encodings, pad_id_of
-from al_scoring import ScoreConfig, answer_nll
+from al_scoring import ScoreConfig, answer_nll_parts
 from al_similarity import Target, less_modules, load_target, similarity_guard, target_keys
 from al_strategies import (
     Scoring,
@@ -315,13 +315,15 @@ class Run:
     def record(self, i) -> dict:
         return {**self.by_id[i], "output": self.labels[i]} if self.annotate else self.by_id[i]
 
-    def answer_loss(self, encoded: list) -> float | None:
-        """Token-weighted answer NLL of the current model (held-out slice, --test_file), or None."""
+    def answer_loss(self, encoded: list) -> tuple[float | None, list, list]:
+        """Token-weighted answer NLL of the current model (held-out slice, --test_file), or None,
+        and per example its summed answer NLL and answer tokens (so a report can resample examples)."""
         if not encoded:
-            return None
+            return None, [], []
         with fsdp_utils.full_params(self.model):
-            return answer_nll(self.model, encoded, pad_id_of(self.tok), self.args.train_max_length, self.scfg,
-                              fsdp_utils.my_slice(len(encoded)), fsdp_utils.gather_lists)[0]
+            s, c = answer_nll_parts(self.model, encoded, pad_id_of(self.tok), self.args.train_max_length, self.scfg,
+                                    fsdp_utils.my_slice(len(encoded)), fsdp_utils.gather_lists)
+        return float(s.sum() / c.sum()), s.tolist(), c.tolist()
 
     def words(self, i) -> int:
         return answer_words(self.record(i)["output"])
@@ -567,14 +569,16 @@ def train_round(run: Run, rnd: int) -> dict:
 def finish_round(run: Run, rnd: int, picked: list[dict], scores: list[dict], tstats: dict,
                  seconds: dict) -> None:
     """Held-out loss, metrics, the selected set, and state.json last: it marks the round done."""
-    held, test = run.answer_loss([run.enc[i] for i in run.heldout]), run.answer_loss(run.test)
+    held = run.answer_loss([run.enc[i] for i in run.heldout])[0]
+    test, test_nll, test_tokens = run.answer_loss(run.test)
     sc = np.array([r["score"] for r in scores])
     n_labelled = len(run.labelled)
     cost = {"answer_tokens": sum(len(run.enc[i].answer) - 1 for i in run.labelled),  # EOS is not written
             "answer_words": sum(map(run.words, run.labelled))}
     metrics = {"round": rnd, "labelled": n_labelled, **cost, "selected": len(picked), "train": tstats,
                "heldout_loss": held, "heldout_examples": len(run.heldout), "test_loss": test,
-               "test_examples": len(run.test), "candidates_scored": len(scores),
+               "test_examples": len(run.test), "test_example_nll": test_nll, "test_example_tokens": test_tokens,
+               "candidates_scored": len(scores),
                "candidates_ruled_out": len(scores) - len(allowed(scores, round_strategy(run, rnd), run.scfg)),
                "skipped_as_similar": sum(bool(r.get("skipped_similar")) for r in scores),
                "score_stats": describe(sc), "seconds": seconds}

@@ -31,6 +31,8 @@ class ScoreConfig:
     ifd_max: float = 1.0  # ifd: candidates above this are not selected (Cherry_LLM drops IFD > 1)
     grad_dim: int = 8192  # less: dimensions of the projected gradients
     grad_answers: str = "generated"  # less: candidate answers are the model's greedy ones, or the pool's
+    target_aggregation: str = "mean"  # rds, less, bm25: mean | round_robin | coverage over the target examples
+    target_normalize: bool = False  # rds, less, bm25: z-score each target example's similarities first
     progress: bool = True
 
     @property
@@ -159,13 +161,21 @@ def mean_nll(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def answer_nll(model, encoded: Sequence[Encoded], pad_id: int, max_len: int, cfg: ScoreConfig,
                part: slice = slice(None), gather: Callable[[list], list] = lambda x: x) -> tuple[float, float]:
     """Mean NLL of the answers given their prompts (truncated as in training): token-weighted,
-    and the mean of per-example means. Data-parallel like score_candidates: this process scores
-    encoded[part] and `gather` concatenates every rank's share."""
+    and the mean of per-example means."""
+    s, c = answer_nll_parts(model, encoded, pad_id, max_len, cfg, part, gather)
+    return float(s.sum() / c.sum()), float(np.mean(s / c))
+
+
+def answer_nll_parts(model, encoded: Sequence[Encoded], pad_id: int, max_len: int, cfg: ScoreConfig,
+                     part: slice = slice(None), gather: Callable[[list], list] = lambda x: x
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per example (in order): the summed NLL of its answer tokens and how many were scored.
+    Data-parallel like score_candidates: this process scores encoded[part] and `gather`
+    concatenates every rank's share."""
     pairs = [truncate_pair(e.prompt, e.answer, max_len) for e in encoded[part]]
     s, c = sequence_nll(model, [p + a for p, a, _ in pairs], [len(p) for p, _, _ in pairs], pad_id, cfg,
                         desc="answer NLL")
-    s, c = np.array(gather(s.tolist())), np.array(gather(c.tolist()))
-    return float(s.sum() / c.sum()), float(np.mean(s / c))
+    return np.array(gather(s.tolist())), np.array(gather(c.tolist()))
 
 
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

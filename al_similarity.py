@@ -8,6 +8,7 @@ tokens after BOS (the first token), L2-normalised; cosine = dot product.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,99 @@ def group_similarity(X: np.ndarray, T: np.ndarray, groups: Sequence[str]) -> tup
     sims = X @ centroids.T  # [N, groups]
     best = sims.argmax(1)
     return sims[np.arange(len(X)), best], [names[b] for b in best]
+
+
+def group_mean(S: np.ndarray, groups: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """group_similarity from a similarity matrix S [candidates, targets]: per row the max over groups
+    of the mean of the group's columns, and which group gave it."""
+    names = sorted(set(groups))
+    means = np.stack([S[:, [j for j, g in enumerate(groups) if g == name]].mean(1) for name in names], 1)
+    best = means.argmax(1)
+    return means[np.arange(len(S)), best], [names[b] for b in best]
+
+
+# ----------------------------------------------------------------------------------------------
+# aggregation over target examples (--target_aggregation, --target_normalize): from the matrix
+# S [candidates, targets] to one order of the candidates, best first
+
+TARGET_AGGREGATIONS = ("mean", "round_robin", "coverage")
+
+
+def normalize_targets(S: np.ndarray) -> np.ndarray:
+    """Each target's column z-scored over the candidates (BIDS, Dai et al. 2025: some target
+    examples draw larger similarities from everything; normalised, each counts alike). A constant
+    column becomes 0."""
+    sd = S.std(0)
+    return (S - S.mean(0)) / np.where(sd > 0, sd, 1.0)
+
+
+def round_robin_order(S: np.ndarray) -> tuple[list[int], list[int]]:
+    """RDS+'s selection (Ivison et al. 2025): the target examples take turns, in file order, each
+    taking its most similar candidate not yet taken; a target whose candidates are all taken
+    passes. Returns (candidate rows best first, the target that took each). Ties: the earlier
+    candidate."""
+    N, T = S.shape
+    ranked = [np.argsort(-S[:, j], kind="stable") for j in range(T)]
+    at = [0] * T
+    taken = np.zeros(N, bool)
+    order, by = [], []
+    while len(order) < N:
+        for j in range(T):
+            while at[j] < N and taken[ranked[j][at[j]]]:
+                at[j] += 1
+            if at[j] < N:
+                c = int(ranked[j][at[j]])
+                taken[c] = True
+                order.append(c)
+                by.append(j)
+    return order, by
+
+
+def coverage_order(S: np.ndarray) -> list[int]:
+    """Greedy facility location over the target (a diversity-aware rule): the next candidate is
+    the one that most raises sum_t max(similarity of target t to a picked candidate), each target
+    starting from its least similar candidate. A candidate that adds only what an earlier pick
+    already gave its targets gains nothing, so near-duplicates wait. Once no candidate gains
+    anything, the rest follow by mean similarity. Lazy greedy (gains only shrink: submodular);
+    ties: the earlier candidate. Returns candidate rows best first."""
+    N = len(S)
+    cur = S.min(0) if N else np.zeros(S.shape[1])
+    heap = [(-float(np.maximum(S[c] - cur, 0).sum()), c) for c in range(N)]
+    heapq.heapify(heap)
+    order: list[int] = []
+    while heap:
+        _, c = heapq.heappop(heap)
+        gain = float(np.maximum(S[c] - cur, 0).sum())
+        if heap and (-gain, c) > heap[0]:  # its bound was stale and another may gain more
+            heapq.heappush(heap, (-gain, c))
+            continue
+        if gain <= 0:  # nothing left to cover: the rest by mean similarity
+            heapq.heappush(heap, (-gain, c))
+            rest = sorted((c for _, c in heap), key=lambda c: (-S[c].mean(), c))
+            return order + rest
+        order.append(c)
+        cur = np.maximum(cur, S[c])
+    return order
+
+
+def target_rows(ids: Sequence, S: np.ndarray, groups: Sequence[str], rule: str, normalize: bool) -> list[dict]:
+    """A row per candidate from its similarities to the target examples: `score` sorts in the
+    rule's order (mean: the value itself; round_robin and coverage: N - position), `similarity`
+    is the group-mean similarity of the mean rule (raw), and round_robin says which target took it."""
+    raw, group = group_mean(S, groups)
+    if normalize:
+        S = normalize_targets(S)
+    score = group_mean(S, groups)[0] if normalize else raw
+    rows = [{"id": i, "score": float(v), "group": g, "similarity": float(r)}
+            for i, v, g, r in zip(ids, score, group, raw)]
+    if rule == "mean":
+        return rows
+    order, by = round_robin_order(S) if rule == "round_robin" else (coverage_order(S), None)
+    for pos, c in enumerate(order):
+        rows[c]["score"] = float(len(order) - pos)
+        if by is not None:
+            rows[c]["target"] = by[pos]
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------

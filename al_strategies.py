@@ -20,11 +20,13 @@ import torch.nn.functional as F
 from al_prompts import pad_id_of, prompt_ids, request_text, response_marker_ids, truncate_pair, truncate_prompt
 from al_scoring import ScoreConfig, generate, mean_nll, sequence_nll, stop_ids
 from al_similarity import (
+    TARGET_AGGREGATIONS,
     Target,
     embed,
     grad_features,
     group_similarity,
     projections,
+    target_rows,
     typicality,
     typiclust_pick,
 )
@@ -117,11 +119,66 @@ def _cluster(sc: Scoring, ids: list) -> list[dict]:
 
 def _rds(sc: Scoring, ids: list) -> list[dict]:
     """RDS+: max over target groups of the mean cosine between the candidate's prompt embedding and
-    the group's target prompts' embeddings."""
+    the group's target prompts' embeddings (or another --target_aggregation of those cosines)."""
     t = sc.target
     T = embed(sc.model, [truncate_prompt(e.prompt, sc.cfg.max_length) for e in t.enc], sc.pad_id, sc.cfg)
-    score, group = group_similarity(sc.prompt_vectors(ids), T, t.groups)
-    return [{"id": i, "score": float(v), "group": g} for i, v, g in zip(ids, score, group)]
+    return similarity_rows(sc, ids, sc.prompt_vectors(ids), T)
+
+
+def similarity_rows(sc: Scoring, ids: list, X: np.ndarray, T: np.ndarray) -> list[dict]:
+    """Rows of this rank's candidates from their unit features X and the target's T. The mean rule
+    scores each row alone; the others order all candidates together, so the rows carry their
+    cosines to every target example (`sims`) to _order_by_target, after gathering."""
+    if sc.cfg.target_aggregation == "mean" and not sc.cfg.target_normalize:
+        score, group = group_similarity(X, T, sc.target.groups)
+        return [{"id": i, "score": float(v), "group": g} for i, v, g in zip(ids, score, group)]
+    return [{"id": i, "sims": s} for i, s in zip(ids, (X @ T.T).tolist())]
+
+
+def _order_by_target(sc: Scoring, rows: list[dict]) -> None:
+    """After every rank's rows are in: the --target_aggregation order over all candidates."""
+    if rows and "sims" in rows[0]:
+        S = np.array([r.pop("sims") for r in rows], dtype=np.float64)
+        for r, new in zip(rows, target_rows([r["id"] for r in rows], S, sc.target.groups,
+                                            sc.cfg.target_aggregation, sc.cfg.target_normalize)):
+            r.update(new)
+
+
+def bm25_matrix(docs: Sequence[str], queries: Sequence[str]) -> np.ndarray:
+    """[docs, queries] Okapi BM25 (bm25s, Lucene variant: k1 1.5, b 0.75, idf ln(1 + (N - df + 0.5) /
+    (df + 0.5)) over these docs) of each doc for each query; lower-cased word tokens, English stop
+    words removed. A query word no doc holds adds nothing."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(list(docs), stopwords="en", show_progress=False), show_progress=False)
+    S = np.zeros((len(docs), len(queries)))
+    for j, words in enumerate(bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)):
+        ids = retriever.get_tokens_ids(words)
+        if ids:
+            S[:, j] = retriever.get_scores_from_ids(ids)
+    return S
+
+
+def _bm25(sc: Scoring, ids: list) -> list[dict]:
+    """Model-free lexical match (Yin & Rush 2025 found it compute-optimal against small selectors):
+    BM25 of the candidate's instruction + input for each target record's, aggregated over the
+    target like rds's cosines. IDF comes from the round's candidates."""
+    S = bm25_matrix([request_text(sc.records[i]) for i in ids], [request_text(r) for r in sc.target.records])
+    return target_rows(ids, S, sc.target.groups, sc.cfg.target_aggregation, sc.cfg.target_normalize)
+
+
+def has_input(r: dict) -> bool:
+    return bool(r["input"].strip())
+
+
+def _random_format(sc: Scoring, ids: list) -> list[dict]:
+    """Format-matched random (a baseline): random among the candidates shaped like most target
+    records (an input present, or absent; present at a tie), then the others at random. score =
+    1 + u for a match, u otherwise (u uniform in [0, 1), the seeded stream)."""
+    want = 2 * sum(map(has_input, sc.target.records)) >= len(sc.target.records)
+    match = [has_input(sc.records[i]) == want for i in ids]
+    return [{"id": i, "score": float(v) + m, "format_match": m} for i, v, m in zip(ids, sc.rng.random(len(ids)), match)]
 
 
 def _less(sc: Scoring, ids: list) -> list[dict]:
@@ -134,9 +191,10 @@ def _less(sc: Scoring, ids: list) -> list[dict]:
     answers = less_answers(sc, ids)
     X = less_features(sc, proj, [(sc.enc[i].prompt, a) for i, a in zip(ids, answers)], sc.moments)
     T = less_features(sc, proj, [(e.prompt, e.answer) for e in sc.target.enc], None)
-    score, group = group_similarity(X, T, sc.target.groups)
-    return [{"id": i, "score": float(v), "group": g, "answer_tokens": len(a)}
-            for i, v, g, a in zip(ids, score, group, answers)]
+    rows = similarity_rows(sc, ids, X, T)
+    for r, a in zip(rows, answers):
+        r["answer_tokens"] = len(a)
+    return rows
 
 
 def less_answers(sc: Scoring, ids: Sequence) -> list[list[int]]:
@@ -297,6 +355,7 @@ class Strategy:
         return self.choose is None
 
 
+TARGET_FLAGS = ("target_file", "target_group_field", "target_aggregation", "target_normalize")
 STRATEGIES: dict[str, Strategy] = {
     "forward_ppl": Strategy(_forward_ppl),
     "data_pruning_w_answers": Strategy(_data_pruning, answers=True),
@@ -308,9 +367,11 @@ STRATEGIES: dict[str, Strategy] = {
     "random": Strategy(_random, model=False),
     "cluster": Strategy(_cluster, flags=("num_clusters", "cluster_embedding"), finish=_cluster_labels,
                         choose=lambda rows, n: cluster_round_robin(rows, n)),
-    "rds": Strategy(_rds, flags=("target_file", "target_group_field"), target=True),
-    "less": Strategy(_less, flags=("target_file", "target_group_field", "grad_dim", "grad_answers",
-                                   "gen_max_new_tokens"), target=True, grads=True),
+    "rds": Strategy(_rds, flags=TARGET_FLAGS, target=True, finish=_order_by_target),
+    "less": Strategy(_less, flags=TARGET_FLAGS + ("grad_dim", "grad_answers", "gen_max_new_tokens"), target=True,
+                     grads=True, finish=_order_by_target),
+    "bm25": Strategy(_bm25, model=False, flags=TARGET_FLAGS, target=True),
+    "random_format": Strategy(_random_format, model=False, flags=("target_file",), target=True),
     "typiclust": Strategy(_typiclust, finish=_typiclust_clusters, choose=typiclust_pick),
 }
 STRATEGY_FLAGS = tuple(sorted({f for s in STRATEGIES.values() for f in s.flags}))
@@ -379,11 +440,19 @@ def score_config(args: argparse.Namespace, progress: bool = True) -> ScoreConfig
             raise InputError(f"--{flag}: must be >= {lo}" + (f" ({why})" if why else ""))
     if args.ifd_max is not None and not args.ifd_max > 0:
         raise InputError("--ifd_max: must be > 0")
+    rule = args.target_aggregation
+    if args.target_group_field and rule not in (None, "mean"):
+        raise InputError(f"--target_group_field: groups are scored separately by --target_aggregation mean only; "
+                         f"{rule} already gives every target example its share")
+    if args.target_normalize and rule == "round_robin":
+        raise InputError("--target_normalize: has no effect with --target_aggregation round_robin (each target "
+                         "example ranks candidates by its own similarities); leave it out")
     given = {"max_length": args.model_max_length, "token_budget": args.score_token_budget,
              "batch_size": args.batch_size, "gen_max_new_tokens": args.gen_max_new_tokens,
              "self_ask_positions": args.self_ask_positions, "num_clusters": args.num_clusters,
              "cluster_embedding": args.cluster_embedding, "ifd_max": args.ifd_max, "grad_dim": args.grad_dim,
-             "grad_answers": args.grad_answers}
+             "grad_answers": args.grad_answers, "target_aggregation": args.target_aggregation,
+             "target_normalize": args.target_normalize}
     return ScoreConfig(**{k: v for k, v in given.items() if v is not None}, progress=progress)
 
 
@@ -414,7 +483,17 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
                         "records with the same instruction and input are never selected")
     g.add_argument("--target_group_field", default=None,
                    help="a target column (e.g. category) splitting it into groups scored separately: a "
-                        "candidate's score is the max over groups of its mean similarity to the group")
+                        "candidate's score is the max over groups of its mean similarity to the group "
+                        "(--target_aggregation mean only)")
+    d = ScoreConfig()
+    g.add_argument("--target_aggregation", default=d.target_aggregation, choices=TARGET_AGGREGATIONS,
+                   help="rds, less, bm25: from similarities to each target example to one order. mean: by the "
+                        "mean similarity (LESS, RDS); round_robin: target examples take turns taking their most "
+                        "similar candidate (RDS+); coverage: greedy facility location, each pick the one that "
+                        "most raises every target example's best similarity (near-duplicates wait)")
+    g.add_argument("--target_normalize", action="store_true",
+                   help="rds, less, bm25 with mean or coverage: z-score each target example's similarities over "
+                        "the candidates first, so no target example dominates (BIDS)")
 
 
 def _flag_applies(args: argparse.Namespace) -> dict[str, tuple[bool, str]]:

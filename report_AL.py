@@ -53,10 +53,15 @@ class Curve:
 
 
 def label(flags: dict) -> str:
-    """Strategy name, with stratification/pick where they matter, the seed-set rule and the guard."""
+    """Strategy name, with stratification/pick where they matter, the target aggregation, the seed-set
+    rule and the guard."""
     s = flags["sampling_strategy"]
     if s != "random" and flags.get("stratification_strategy") is not None:
         s += f" {flags['stratification_strategy']}/{flags['pick_samples_from']}"
+    if flags.get("target_aggregation") not in (None, "mean"):
+        s += f" {flags['target_aggregation']}"
+    if flags.get("target_normalize"):
+        s += " normalised"
     if flags.get("seed_strategy", "random") != "random":
         s += f" seed={flags['seed_strategy']}"
     if flags.get("max_similarity") is not None:

@@ -1,97 +1,138 @@
 #!/usr/bin/env bash
-# The targeted experiment ("Does it beat random?" in the README), in parts that resume when rerun:
-#   bash scripts/targeted.sh default   # default model: both targets, 6 arms x 5 seeds, budgets 50..250
-#   bash scripts/targeted.sh smollm2   # SmolLM2-135M: target (a), random/rds/less x 5 seeds, budgets 25..150
-# (random goes on to twice the largest budget: RANDOM_BUDGET; SEEDS="1 2" etc. runs a part of a part)
-# Each run goes straight to the part's largest budget (its rounds are the learning curve); a run
-# whose state.json says it is done is skipped, an interrupted one resumes. Targets:
-#   (a) summarization: 30 Dolly summarization records are the target, 50 others the test set, both
-#       removed from the pool (56 stay in it among 1,366 others); (b) alpaca_eval: 100 AlpacaEval
-#       instructions with reference answers are the target, 300 others the test set; pool = Dolly.
-# Every run also measures the untargeted held-out loss (100 pool records, 50 on SmolLM2, drawn by the seed).
-# Then report_AL.py per target on the test loss, against examples and against answer words, and the
-# copies the README quotes in benchmarks/results/targeted_<part>_<target>*.{md,png}.
-# The default part runs its two targets side by side, one thread each (TARGETS/THREADS to change).
+# The targeted experiments (README "Does it beat random?"), in parts that resume when rerun:
+#   bash scripts/targeted.sh pilot     # default model, seed 101's split: choose the variant (not reported)
+#   bash scripts/targeted.sh smollm2   # SmolLM2-135M: both targets, 5 arms x seeds 1-5, budgets 25..150
+#   bash scripts/targeted.sh default   # default model: both targets, the smollm2 arms, budgets 50..250
+# SEEDS="1 2", TARGETS=summarization, ARMS_ONLY="random less" run a part of a part.
+#
+# Every seed draws its own split (scripts/split_target.py --seed SEED; the arms of a seed share it):
+#   summarization: 30 Dolly summarization records are the target, 50 others the test set, both
+#     removed from the pool (56 stay in it among 1,366 others);
+#   alpaca_eval: 100 AlpacaEval instructions with reference answers are the target, 300 others the
+#     test set; the pool is Dolly as it is.
+# Each run goes straight to the part's largest budget (its rounds are the learning curve). random runs
+# to that budget, then a chained run (random2x) goes on to twice it (same curve: design.md), so
+# "random needs 2x the labels" is measurable and random has a checkpoint at the arms' last budget. A
+# finished run is skipped, an interrupted one resumes. After a run: greedy answers for (the first
+# ROUGE_LIMIT of) its test set from its final checkpoint, ROUGE-L against the references.
+# Last: the round logs (state.json, rounds/*/metrics.json, ROUGE) are copied into
+# benchmarks/results/runs/<part>/<target>/ and report_AL.py writes the tables from those copies.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
-PART="${1:-default}"
+PART="${1:-smollm2}"
 OUT="${OUT:-runs/targeted}"
-SEEDS="${SEEDS:-1 2 3 4 5}"
 TGT="--target_file @DATA/target.jsonl"
+LESS="--sampling_strategy less $TGT --save_opt"
+# the cheap baselines and today's less, in every part
+ARMS=("random=--sampling_strategy random"
+      "random_format=--sampling_strategy random_format $TGT"
+      "bm25=--sampling_strategy bm25 $TGT --target_aggregation round_robin"
+      "less=$LESS")
 case "$PART" in
-  default)
+  pilot|default)
     MODEL="${MODEL:-models/tiny-llama}"
     TARGETS="${TARGETS:-summarization alpaca_eval}"
     MAX_BUDGET="${MAX_BUDGET:-250}" PER_ROUND="${PER_ROUND:-50}" THREADS="${THREADS:-1}" HELDOUT="${HELDOUT:-100}"
+    ROUGE_LIMIT="${ROUGE_LIMIT:-100}"
     # compare_strategies.sh's training; half of the remaining pool scored per round (every arm)
     TRAIN_FLAGS="${TRAIN_FLAGS:---lr 1e-3 --epochs 1 --train_batch_size 4 --grad_accum 2 --train_max_length 384 --model_max_length 384 --cluster_data_fraction 0.5}"
-    # name=flags; rds_guard's TAU 0.99 is the median nearest-neighbour cosine of pool prompts under the
-    # base model (measured on the pool, never on a test set), fixed before any run
-    ARMS=("random=--sampling_strategy random"
-          "ppl_bucket_top=--sampling_strategy forward_ppl --stratification_strategy bucket --num_k 5 --pick_samples_from top"
-          "rds=--sampling_strategy rds $TGT"
-          "less=--sampling_strategy less $TGT --save_opt"
-          "typiclust_rds=--seed_strategy typiclust --sampling_strategy rds $TGT"
-          "rds_guard=--sampling_strategy rds $TGT --max_similarity 0.99")
+    if [ "$PART" = pilot ]; then  # cheaper: to 150, random not beyond, no ROUGE
+      SEEDS="${SEEDS:-101}" MAX_BUDGET="${MAX_BUDGET:-150}" RANDOM_BUDGET="${RANDOM_BUDGET:-$MAX_BUDGET}" ROUGE_LIMIT=0
+      ARMS+=("less_rr=$LESS --target_aggregation round_robin"
+             "less_coverage=$LESS --target_aggregation coverage"
+             "less_norm=$LESS --target_normalize"
+             "rds_rr=--sampling_strategy rds $TGT --target_aggregation round_robin"
+             "bm25_mean=--sampling_strategy bm25 $TGT"
+             "bm25_coverage=--sampling_strategy bm25 $TGT --target_aggregation coverage")
+    else
+      ARMS+=("less_rr=$LESS --target_aggregation round_robin")
+    fi
     ;;
   smollm2)
     MODEL="${MODEL:-models/SmolLM2-135M}"
-    TARGETS="${TARGETS:-summarization}"
+    TARGETS="${TARGETS:-summarization alpaca_eval}"
     MAX_BUDGET="${MAX_BUDGET:-150}" PER_ROUND="${PER_ROUND:-25}" THREADS="${THREADS:-2}" HELDOUT="${HELDOUT:-50}"
+    ROUGE_LIMIT="${ROUGE_LIMIT:-50}"
     # lighter than the default part, the same for every arm: 1 epoch, 256 tokens, a quarter of the
     # remaining pool scored per round
     TRAIN_FLAGS="${TRAIN_FLAGS:---lr 5e-5 --epochs 1 --train_batch_size 4 --grad_accum 2 --train_max_length 256 --model_max_length 256 --cluster_data_fraction 0.25}"
-    ARMS=("random=--sampling_strategy random"
-          "rds=--sampling_strategy rds $TGT"
-          "less=--sampling_strategy less $TGT --save_opt")
+    # the variant the pilot chose (README "How the variant was chosen")
+    ARMS+=("less_rr=$LESS --target_aggregation round_robin")
     if [ ! -f "$MODEL/config.json" ]; then bash scripts/get_smollm2.sh "$MODEL"; fi
     ;;
-  *) echo "usage: bash scripts/targeted.sh default|smollm2" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/targeted.sh pilot|smollm2|default" >&2; exit 2 ;;
 esac
+SEEDS="${SEEDS:-1 2 3 4 5}"
 RANDOM_BUDGET="${RANDOM_BUDGET:-$((2 * MAX_BUDGET))}"
 start=$(date +%s)
 if [ ! -f "$MODEL/config.json" ] && [ "$MODEL" = models/tiny-llama ]; then
   "$PY" build_default_model.py --file_path data/dolly-1.5k.jsonl --save_path "$MODEL" --threads 2
 fi
-"$PY" scripts/split_target.py --out "$OUT/data"
+
+done_to() {  # is the run at $1 finished at budget $2?
+  [ -f "$1/state.json" ] && "$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(not s['round_log'] or s['round_log'][-1]['labelled'] < int(sys.argv[2]))" "$1/state.json" "$2"
+}
+
+loop() {  # loop RUN BUDGET FLAGS... : run or resume one arm to its budget
+  local run=$1 budget=$2 resume=()
+  shift 2
+  if done_to "$run" "$budget"; then return; fi
+  if [ -f "$run/state.json" ]; then resume=(--resume); fi
+  # shellcheck disable=SC2086
+  "$PY" acquisition_AL.py --file_path "$pool" --init_checkpoint_path "$MODEL" --test_file "$data/test.jsonl" \
+    --al_data_fraction "$budget" --num_acquisition_samples "$PER_ROUND" --heldout_size "$HELDOUT" --seed "$seed" \
+    --threads "$THREADS" --no_progress $TRAIN_FLAGS "$@" --model_path "$run" "${resume[@]}" 2>> "$dir.log"
+}
+
+rouge() {  # greedy answers of a finished run's checkpoint for its test set, with ROUGE-L
+  local run=$1
+  if [ "$ROUGE_LIMIT" = 0 ] || [ -f "$run/test_generations.metrics.json" ]; then return; fi
+  "$PY" eval_generate.py --sharded_model "${run}_sharded" --file_path "$data/test.jsonl" --limit "$ROUGE_LIMIT" \
+    --greedy --max_new_tokens 128 --metrics --threads "$THREADS" --no_progress \
+    --save_file_name "$run/test_generations.json" 2>> "$dir.log"
+}
 
 one_target() {  # all arms x seeds of one target, then its reports
-  local target=$1 data="$OUT/data/$1" pool="$OUT/data/$1/pool.jsonl" dir="$OUT/$PART/$1" runs=()
-  if [ "$target" = alpaca_eval ]; then pool=data/dolly-1.5k.jsonl; fi
+  local target=$1 dir="$OUT/$PART/$1" runs=()
+  local keep="benchmarks/results/runs/$PART/$target"
   for seed in $SEEDS; do
+    local data="$OUT/data/s$seed/$target" pool="$OUT/data/s$seed/$target/pool.jsonl"
+    "$PY" scripts/split_target.py --out "$OUT/data/s$seed" --seed "$seed" 2> /dev/null
+    if [ "$target" = alpaca_eval ]; then pool=data/dolly-1.5k.jsonl; fi
     for arm in "${ARMS[@]}"; do
-      local name="${arm%%=*}" flags="${arm#*=}" run="$dir/${arm%%=*}_s$seed" resume=() budget=$MAX_BUDGET
-      # random goes on to twice the budget, so "random needs 2x the labels" can be measured at all
-      if [ "$name" = random ]; then budget=$RANDOM_BUDGET; fi
-      runs+=("$run")
-      if [ -f "$run/state.json" ]; then
-        if "$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['round_log'][-1]['labelled'] < int(sys.argv[2]) if s['round_log'] else 1)" "$run/state.json" "$budget"; then
-          continue  # finished
-        fi
-        resume=(--resume)
-      fi
+      local name="${arm%%=*}" flags="${arm#*=}"
+      if [ -n "${ARMS_ONLY:-}" ] && [[ " $ARMS_ONLY " != *" $name "* ]]; then continue; fi
+      flags="${flags//@DATA/$data}"
+      local run="$dir/${name}_s$seed"
       echo "[$target] $name seed $seed" >&2
       # shellcheck disable=SC2086
-      "$PY" acquisition_AL.py --file_path "$pool" --init_checkpoint_path "$MODEL" --test_file "$data/test.jsonl" \
-        --al_data_fraction "$budget" --num_acquisition_samples "$PER_ROUND" --heldout_size "$HELDOUT" --seed "$seed" \
-        --threads "$THREADS" --no_progress $TRAIN_FLAGS ${flags//@DATA/$data} --model_path "$run" "${resume[@]}" \
-        2>> "$dir.log"
+      loop "$run" "$MAX_BUDGET" $flags
+      rouge "$run"
+      runs+=("$run")
+      if [ "$name" = random ] && [ "$RANDOM_BUDGET" -gt "$MAX_BUDGET" ]; then  # on to twice the budget, chained: random's curve in the reports
+        # shellcheck disable=SC2086
+        if [ -f "$dir/random2x_s$seed/state.json" ]; then loop "$dir/random2x_s$seed" "$RANDOM_BUDGET" $flags
+        else loop "$dir/random2x_s$seed" "$RANDOM_BUDGET" $flags --resume --resume_checkpoint_path "${run}_sharded"; fi
+        runs[-1]="$dir/random2x_s$seed"
+      fi
     done
   done
-  for x in examples answer_words; do
-    "$PY" report_AL.py "${runs[@]}" --metric test --x "$x" --out "$dir/report_$x" > /dev/null
-    cp "$dir/report_$x.md" "benchmarks/results/targeted_${PART}_${target}_$x.md"
-    cp "$dir/report_$x.png" "benchmarks/results/targeted_${PART}_${target}_$x.png"
+  # the round logs into the repository, and every table from those copies
+  local kept=()
+  for run in "${runs[@]}"; do
+    local to="$keep/$(basename "$run")"
+    mkdir -p "$to"
+    cp "$run/state.json" "$to/"
+    (cd "$run" && find rounds -name metrics.json -exec cp --parents {} "$OLDPWD/$to/" \;)
+    local src="$run"; [[ "$run" == */random2x_s* ]] && src="${run/random2x_s/random_s}"
+    if [ -f "$src/test_generations.metrics.json" ]; then cp "$src/test_generations.metrics.json" "$to/"; fi
+    kept+=("$to")
   done
-  "$PY" report_AL.py "${runs[@]}" --metric heldout --out "$dir/report_heldout" > /dev/null
-  cp "$dir/report_heldout.md" "benchmarks/results/targeted_${PART}_${target}_heldout.md"
+  for x in examples answer_words; do
+    "$PY" report_AL.py "${kept[@]}" --metric test --x "$x" --out "benchmarks/results/targeted_${PART}_${target}_$x" > /dev/null
+  done
+  "$PY" report_AL.py "${kept[@]}" --metric heldout --out "benchmarks/results/targeted_${PART}_${target}_heldout" > /dev/null
 }
 
 mkdir -p "$OUT/$PART"
-pids=()
-for target in $TARGETS; do
-  one_target "$target" &
-  pids+=($!)
-  if [ "$PART" != default ]; then wait "${pids[-1]}"; fi  # one at a time where each uses both cores
-done
-for pid in "${pids[@]}"; do wait "$pid"; done
-echo "elapsed: $(( $(date +%s) - start ))s; reports: $OUT/$PART/<target>/report_*.md; logs: $OUT/$PART/<target>.log"
+for target in $TARGETS; do one_target "$target"; done
+echo "elapsed: $(( $(date +%s) - start ))s; reports: benchmarks/results/targeted_${PART}_*; logs: $OUT/$PART/<target>.log"

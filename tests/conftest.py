@@ -121,3 +121,21 @@ def hand_answer_nll(model, tok, records: list[dict], max_len: int) -> float:
         total += F.cross_entropy(logits[len(p) - 1:-1], torch.tensor(a), reduction="sum").item()
         count += len(a)
     return total / count
+
+
+# the targeted tests' loop settings and data (test_targeted, test_target_rules)
+TARGET_FLAGS = ["--num_acquisition_samples", "30", "--heldout_size", "10", "--epochs", "1", "--grad_accum", "4",
+                "--train_max_length", "192", "--model_max_length", "192", "--lr", "1e-3", "--threads", "2",
+                "--no_progress"]
+
+
+@pytest.fixture(scope="module")
+def target_data(pool, tmp_path_factory):
+    """(target file, pool file, folder): 8 summarization/open_qa targets from past the pool's 200
+    records, and a 103-record pool holding copies of 3 of them."""
+    d = tmp_path_factory.mktemp("target")
+    rows = [json.loads(line) for line in open(pool)]
+    full = [json.loads(line) for line in open(os.path.join(ROOT, "data", "dolly-1.5k.jsonl"))]
+    target = [r for r in full[200:] if r["category"] in ("summarization", "open_qa")][:8]
+    pool_t = write_jsonl(d / "pool.jsonl", rows[:100] + target[:3])  # 3 pool records equal to targets
+    return write_jsonl(d / "target.jsonl", target), pool_t, d

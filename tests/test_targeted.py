@@ -12,6 +12,7 @@ import al_scoring as SC
 import al_similarity as M
 import al_strategies as S
 import al_utils as U
+from conftest import TARGET_FLAGS as FLAGS
 from conftest import keep_tail, prompt_text, write_jsonl
 
 
@@ -96,20 +97,6 @@ def test_similarity_guard_skips_exactly_the_close_ones():
         ["a", "b", "c"]
 
 
-FLAGS = ["--num_acquisition_samples", "30", "--heldout_size", "10", "--epochs", "1", "--grad_accum", "4",
-         "--train_max_length", "192", "--model_max_length", "192", "--lr", "1e-3", "--threads", "2", "--no_progress"]
-
-
-@pytest.fixture(scope="module")
-def target_data(pool, tmp_path_factory):
-    d = tmp_path_factory.mktemp("target")
-    rows = [json.loads(line) for line in open(pool)]
-    full = [json.loads(line) for line in open(U.__file__.replace("al_utils.py", "data/dolly-1.5k.jsonl"))]
-    target = [r for r in full[200:] if r["category"] in ("summarization", "open_qa")][:8]
-    pool_t = write_jsonl(d / "pool.jsonl", rows[:100] + target[:3])  # 3 pool records equal to targets
-    return write_jsonl(d / "target.jsonl", target), pool_t, d
-
-
 def run_rds(tiny_model, pool_t, target, path, *extra):
     acquisition_AL.main(["--file_path", pool_t, "--init_checkpoint_path", tiny_model, "--model_path", str(path),
                          "--al_data_fraction", "90", "--sampling_strategy", "rds", "--target_file", target,
@@ -164,7 +151,8 @@ def test_typiclust_seed_and_guard_run(tiny_model, target_data, tmp_path):
     ("tau 0", "--max_similarity: must be in (0, 1]"),
     ("tau > 1", "--max_similarity: must be in (0, 1]"),
     ("target with another strategy", "--target_file: {d}/target.jsonl has no effect with --sampling_strategy "
-                                     "forward_ppl (only --sampling_strategy rds or less reads it); leave it out"),
+                                     "forward_ppl (only --sampling_strategy rds or less or bm25 or random_format "
+                                     "reads it); leave it out"),
 ])
 def test_bad_target_input(tiny_model, target_data, tmp_path, capsys, case, error):
     target, pool_t, d = target_data
