@@ -13,13 +13,25 @@ Statistics (over seeds; a strategy's run is paired with the random run of the sa
 set, same held-out and test slices):
 - paired difference: strategy minus random at the strategy's x (random's same-seed curve linearly
   interpolated there; outside random's range it is not defined), mean with a 95 % t interval;
-- budget ratio: the x at which random's mean curve (linearly interpolated) first reaches the
-  strategy's mean value, over the strategy's x; "> r" when random never gets there within the
-  budgets run, "<= r" when random's first point is already there; 95 % percentile interval from
-  2,000 bootstrap resamples of the paired seeds;
+- budget ratio: the x at which random's mean curve (linearly interpolated, over the rounds every
+  paired random run has) first reaches the strategy's mean value, over the strategy's x; "> r" when
+  random never gets there within the budgets run, "<= r" when random's first point is already
+  there. Its 95 % interval maps the paired difference's t interval through that curve: the ratios
+  at which random reaches its own level plus the interval's ends. Coverage checked by simulation on
+  curves like ours (benchmarks/ratio_coverage.py, benchmarks/results/ratio_coverage.md);
 - AUC: the mean of a run's values over the rounds past the seed set (round 0 is the same seeded set
   for every arm that starts from random) that every run has (random may go on further, to measure
-  budget ratios), and the paired difference of it, each with a t interval.
+  budget ratios), and the paired difference of it, each with a t interval. The primary endpoint of
+  a targeted experiment: the AUC difference of every arm to random, and of every model-based arm to
+  each cheap baseline (format-matched random, bm25), with paired t-test p-values, Holm-adjusted
+  over the report's comparisons (or, with --targets, over every target's);
+- ROUGE-L of greedy answers to the test set at the run's last budget, where the run has them
+  (test_generations.metrics.json, written by scripts/targeted.sh): descriptive.
+
+Cells computed from fewer seeds than the arm has say so: (n=k).
+
+    python report_AL.py --targets benchmarks/results/runs/smollm2/* --out benchmarks/results/targeted_smollm2_primary
+writes the primary endpoint over several targets (each DIR holds one target's run directories).
 """
 from __future__ import annotations
 
@@ -39,17 +51,19 @@ from al_utils import InputError, atomic_savefig, atomic_write_text, read_jsonl, 
 METRICS = {"heldout": "held-out answer NLL", "test": "test answer NLL"}
 XS = {"examples": ("labelled", "labelled examples"), "answer_tokens": ("answer_tokens", "answer tokens labelled"),
       "answer_words": ("answer_words", "answer words labelled")}
-BOOTSTRAPS = 2000
+CHEAP = ("random", "random_format", "bm25")  # the baselines: no model in the selection
 
 
 @dataclass
 class Curve:
     """One run: its arm, seed and (x, value) per round, rounds in order."""
     name: str
+    strategy: str
     seed: int
     x: np.ndarray
     y: np.ndarray
     minutes: float | None  # wall time of its rounds (metrics.json), when recorded
+    rouge: float | None = None  # ROUGE-L F1 of greedy test answers at its last budget, when recorded
 
 
 def label(flags: dict) -> str:
@@ -86,9 +100,17 @@ def read_runs(runs: list[str], metric: str, x: str) -> list[Curve]:
                 raise InputError(f"{f}: {xfield}: not recorded (the run predates it; use --x examples)")
             xs.append(r[xfield])
             ys.append(r[field])
-        out.append(Curve(label(state["flags"]), state["flags"]["seed"], np.array(xs, float), np.array(ys, float),
-                         run_minutes(run, len(xs))))
+        out.append(Curve(label(state["flags"]), state["flags"]["sampling_strategy"], state["flags"]["seed"],
+                         np.array(xs, float), np.array(ys, float), run_minutes(run, len(xs)), run_rouge(run)))
     return out
+
+
+def run_rouge(run: str) -> float | None:
+    f = os.path.join(run, "test_generations.metrics.json")
+    if not os.path.isfile(f):
+        return None
+    with open(f) as fh:
+        return json.load(fh).get("rougeL_f1")
 
 
 def run_minutes(run: str, rounds: int) -> float | None:
@@ -112,6 +134,28 @@ def by_arm(curves: list[Curve]) -> dict[str, list[Curve]]:
 
 # ----------------------------------------------------------------------------------------------
 # statistics
+
+
+def t_test(v) -> float:
+    """Two-sided p-value of a one-sample t-test of mean 0 (1.0 for fewer than 2 values or no spread
+    around a mean of 0)."""
+    v = np.asarray(v, float)
+    if len(v) < 2:
+        return 1.0
+    sd = v.std(ddof=1)
+    if sd == 0:
+        return 1.0 if v.mean() == 0 else 0.0
+    return float(2 * stats.t.sf(abs(v.mean()) / (sd / np.sqrt(len(v))), len(v) - 1))
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm-adjusted p-values (step-down, monotone, capped at 1), in the input's order."""
+    order = np.argsort(ps, kind="stable")
+    out, run = [0.0] * len(ps), 0.0
+    for k, i in enumerate(order):
+        run = max(run, min(1.0, (len(ps) - k) * ps[i]))
+        out[i] = run
+    return out
 
 
 def t_interval(v) -> tuple[float, float, float]:
@@ -161,21 +205,20 @@ def paired_diffs(arm: list[Curve], rand: list[Curve]) -> np.ndarray:
     return np.array([[a.y[r] - interp(b.x, b.y, a.x[r]) for r in range(n)] for a, b in ps])
 
 
-def budget_ratio(arm: list[Curve], rand: list[Curve], r: int, rng: np.random.Generator) -> tuple[float, float, float]:
-    """(ratio, low, high) at round r: random's mean curve reaching the strategy's mean value."""
+def budget_ratio(arm: list[Curve], rand: list[Curve], r: int) -> tuple[float, float, float, int]:
+    """(ratio, low, high, seeds) at round r: where random's mean curve reaches the strategy's mean
+    value, over the seeds whose paired difference is defined there. The interval maps the paired
+    difference's t interval through the same curve (monotone: low <= ratio <= high)."""
     ps = [(a, b) for a, b in pairs(arm, rand) if len(a.x) > r]
-
-    def ratio(idx) -> float:
-        sx, sy = np.mean([ps[i][0].x[r] for i in idx]), np.mean([ps[i][0].y[r] for i in idx])
-        rx, ry = mean_curve([ps[i][1] for i in idx])
-        return reach(rx, ry, sy) / sx
-
-    point = ratio(range(len(ps)))
-    if len(ps) < 2:
-        return point, point, point
-    boot = [ratio(rng.integers(0, len(ps), len(ps))) for _ in range(BOOTSTRAPS)]
-    # order statistics, not interpolation: the bounds may be the infinite "never" or the 0 "at once"
-    return point, float(np.percentile(boot, 2.5, method="lower")), float(np.percentile(boot, 97.5, method="higher"))
+    ps = [(a, b) for a, b in ps if not np.isnan(interp(b.x, b.y, a.x[r]))]
+    if not ps:
+        return float("nan"), float("nan"), float("nan"), 0
+    sx = np.mean([a.x[r] for a, _ in ps])
+    m, lo, hi = t_interval([a.y[r] - interp(b.x, b.y, a.x[r]) for a, b in ps])
+    level = np.mean([a.y[r] for a, _ in ps]) - m  # random's own mean level at the strategy's x
+    rx, ry = mean_curve([b for _, b in ps])
+    return (reach(rx, ry, level + m) / sx, reach(rx, ry, level + hi) / sx, reach(rx, ry, level + lo) / sx,
+            len(ps))
 
 
 def fmt_ratio(v: float, first: float, last: float) -> str:
@@ -199,6 +242,11 @@ def fmt_ci(m: float, lo: float, hi: float, sign: bool = False, star: bool = Fals
         return format(m, f)
     mark = "*" if star and (hi < 0 or lo > 0) else ""
     return f"{format(m, f)} [{format(lo, f)}, {format(hi, f)}]{mark}"
+
+
+def fewer(n: int, of: int) -> str:
+    """' (n=k)' when a cell rests on fewer seeds than its row."""
+    return f" (n={n})" if n < of else ""
 
 
 def columns(arms: dict[str, list[Curve]], x: str) -> list[str]:
@@ -250,28 +298,79 @@ def diff_table(arms: dict[str, list[Curve]], cols: list[str]) -> str:
         if name == "random" or not pairs(cs, arms["random"]):
             continue
         d = paired_diffs(cs, arms["random"])
-        cells = [fmt_ci(*t_interval(col[~np.isnan(col)]), sign=True, star=True) if (~np.isnan(col)).any()
-                 else "n/a" for col in d.T]
-        auc = fmt_ci(*t_interval(np.nanmean(d[:, 1:m], 1)), sign=True, star=True) if m > 1 else ""
+        cells = [fmt_ci(*t_interval(col[~np.isnan(col)]), sign=True, star=True) + fewer((~np.isnan(col)).sum(), len(d))
+                 if (~np.isnan(col)).any() else "n/a" for col in d.T]
+        a = auc_diffs(cs, arms["random"], m)
+        auc = fmt_ci(*t_interval(a), sign=True, star=True) + fewer(len(a), len(d)) if m > 1 and len(a) else ""
         lines.append(f"| {name} | " + " | ".join(cells + [""] * (len(cols) - len(cells))) + f" | {auc} | {len(d)} |")
+    return "\n".join(lines)
+
+
+def auc_diffs(arm: list[Curve], ref: list[Curve], m: int) -> np.ndarray:
+    """Per paired seed: the mean over rounds 1 .. m-1 of arm minus the same-seed reference; a seed
+    whose reference is undefined at one of those rounds (another x axis) is left out."""
+    d = paired_diffs(arm, ref)[:, 1:m]
+    return d[~np.isnan(d).any(1)].mean(1) if len(d) else np.zeros(0)
+
+
+def comparisons(arms: dict[str, list[Curve]]) -> list[dict]:
+    """The primary endpoint's family for one target: every arm against random, and every arm that
+    selects with the model against each cheap baseline arm (format-matched random, bm25)."""
+    m = shared_rounds(arms)
+    base = [n for n, cs in arms.items() if cs[0].strategy in CHEAP and n != "random"]
+    out = []
+    for name, cs in arms.items():
+        refs = (["random"] if "random" in arms and name != "random" else []) + \
+            ([b for b in base if b != name] if cs[0].strategy not in CHEAP else [])
+        for ref in refs:
+            a = auc_diffs(cs, arms[ref], m) if pairs(cs, arms[ref]) and m > 1 else np.zeros(0)
+            if len(a):
+                out.append({"arm": name, "ref": ref, "ci": t_interval(a), "p": t_test(a), "seeds": len(a)})
+    return out
+
+
+def comparisons_table(rows: list[dict], what: str = "") -> str:
+    """AUC differences with raw and Holm-adjusted p-values over all the rows (one family)."""
+    lines = [f"| {what}strategy | minus | AUC diff [95 % t] | seeds | p | p (Holm) |", "|---|---|---:|---:|---:|---:|"]
+    for r, adj in zip(rows, holm([r["p"] for r in rows])):
+        mark = " **" if adj < 0.05 else ""
+        lines.append(f"| {r.get('target', '') + ' | ' if what else ''}{r['arm']} | {r['ref']} | "
+                     f"{fmt_ci(*r['ci'], sign=True)} | {r['seeds']} | {r['p']:.4f} | {adj:.4f}{mark} |")
+    return "\n".join(lines)
+
+
+def rouge_table(arms: dict[str, list[Curve]]) -> str:
+    """ROUGE-L at each run's last budget (random: the arms' last budget, its chained run's first
+    part), mean [t] and paired difference to random."""
+    lines = ["| strategy | ROUGE-L F1 | minus random (paired) | seeds |", "|---|---:|---:|---:|"]
+    rand = {c.seed: c.rouge for c in arms.get("random", []) if c.rouge is not None}
+    for name, cs in arms.items():
+        v = [c.rouge for c in cs if c.rouge is not None]
+        if not v:
+            continue
+        d = [c.rouge - rand[c.seed] for c in cs if c.rouge is not None and c.seed in rand]
+        diff = fmt_ci(*t_interval(d), sign=True, star=True) if d and name != "random" else ""
+        lines.append(f"| {name} | {fmt_ci(*t_interval(v))} | {diff} | {len(v)} |")
     return "\n".join(lines)
 
 
 def ratio_table(arms: dict[str, list[Curve]], cols: list[str]) -> str:
     lines = header(cols[1:])
-    rng = np.random.default_rng(0)
     rand = arms["random"]
     for name, cs in arms.items():
         if name == "random" or not pairs(cs, rand):
             continue
-        rx, _ = mean_curve(rand)
+        rx, _ = mean_curve([b for _, b in pairs(cs, rand)])
         cells = []
         for r in range(1, min(len(c.x) for c in cs)):
-            v, lo, hi = budget_ratio(cs, rand, r, rng)
+            v, lo, hi, n = budget_ratio(cs, rand, r)
+            if not n:
+                cells.append("n/a")
+                continue
             sx = np.mean([a.x[r] for a, _ in pairs(cs, rand)])
             first, last = rx[0] / sx, rx[-1] / sx
-            cells.append(fmt_ratio(v, first, last) + (f" [{fmt_ratio(lo, first, last)}, {fmt_ratio(hi, first, last)}]"
-                                                       if lo != hi or len(cs) > 1 else ""))
+            ci = f" [{fmt_ratio(lo, first, last)}, {fmt_ratio(hi, first, last)}]" if lo != hi or len(cs) > 1 else ""
+            cells.append(fmt_ratio(v, first, last) + ci + fewer(n, len(pairs(cs, rand))))
         lines.append(f"| {name} | " + " | ".join(cells + [""] * (len(cols) - 1 - len(cells))) + " |")
     return "\n".join(lines)
 
@@ -292,10 +391,30 @@ def report(arms: dict[str, list[Curve]], metric: str, x: str) -> str:
             "* = the interval excludes 0.", "", diff_table(arms, cols), "",
             "## Budget ratio: what random needs to match the strategy, over what the strategy used", "",
             f"x at which random's mean curve reaches the strategy's mean {METRICS[metric]}, divided by the "
-            "strategy's x (2.00 = random needs twice the labels); [95 % bootstrap interval over seeds]; "
-            "'> r': random does not get there within its budgets; '<= r': random's first point is already there.",
-            "", ratio_table(arms, cols), ""]
+            "strategy's x (2.00 = random needs twice the labels); [95 % interval: the paired difference's t "
+            "interval mapped through random's mean curve]; '> r': random does not get there within its budgets; "
+            "'<= r': random's first point is already there.",
+            "", ratio_table(arms, cols), "",
+            "## AUC differences with p-values (Holm over this table)", "",
+            "Paired t-test over seeds of the AUC difference (shared rounds >= 1); ** = Holm-adjusted p < 0.05.", "",
+            comparisons_table(comparisons(arms)), ""]
+    if any(c.rouge is not None for cs in arms.values() for c in cs):
+        out += ["## ROUGE-L of greedy test answers at the last budget (descriptive)", "", rouge_table(arms), ""]
     return "\n".join(out)
+
+
+def primary(targets: list[str], metric: str, x: str) -> str:
+    """The primary endpoint over several targets: every target's comparisons, one Holm family."""
+    rows = []
+    for d in targets:
+        runs = sorted(os.path.join(d, r) for r in os.listdir(d) if os.path.isfile(run_paths(os.path.join(d, r)).state))
+        if not runs:
+            raise InputError(f"{d}: (folder): no run directories (state.json) in it")
+        rows += [{**c, "target": os.path.basename(os.path.normpath(d))}
+                 for c in comparisons(by_arm(read_runs(runs, metric, x)))]
+    return "\n".join([f"# Primary endpoint: AUC difference of {METRICS[metric]} by {XS[x][1]}", "",
+                      "Paired t-test over seeds; Holm over every row (one family); ** = adjusted p < 0.05.", "",
+                      comparisons_table(rows, "target | "), ""])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,7 +492,8 @@ def plot_hist(run: str, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run directories (largest budget of each chain)")
+    p.add_argument("runs", nargs="+", help="run directories (largest budget of each chain); with --targets, "
+                                          "folders each holding one target's run directories")
     p.add_argument("--out", default="reports/al", help="output path stem (.png, .md)")
     p.add_argument("--metric", default="heldout", choices=METRICS,
                    help="heldout: loss on the pool's held-out slice; test: on the runs' --test_file")
@@ -381,7 +501,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="the budget axis: labelled examples, or the cumulative length of their answers "
                         "(tokens of the run's tokenizer; words to compare models with different tokenizers)")
     p.add_argument("--hist", action="store_true", help="also plot per-round score histograms of each run")
+    p.add_argument("--targets", action="store_true",
+                   help="the primary endpoint over several targets (one Holm family): writes <out>.md only")
     args = p.parse_args(argv)
+    if args.targets:
+        text = primary(args.runs, args.metric, args.x)
+        atomic_write_text(args.out + ".md", text)
+        print(text)
+        return
     runs = [run_paths(r).run for r in args.runs]
     arms = by_arm(read_runs(runs, args.metric, args.x))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

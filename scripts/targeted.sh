@@ -31,8 +31,7 @@ case "$PART" in
   pilot|default)
     MODEL="${MODEL:-models/tiny-llama}"
     TARGETS="${TARGETS:-summarization alpaca_eval}"
-    MAX_BUDGET="${MAX_BUDGET:-250}" PER_ROUND="${PER_ROUND:-50}" THREADS="${THREADS:-1}" HELDOUT="${HELDOUT:-100}"
-    ROUGE_LIMIT="${ROUGE_LIMIT:-100}"
+    PER_ROUND="${PER_ROUND:-50}" THREADS="${THREADS:-1}" HELDOUT="${HELDOUT:-100}"
     # compare_strategies.sh's training; half of the remaining pool scored per round (every arm)
     TRAIN_FLAGS="${TRAIN_FLAGS:---lr 1e-3 --epochs 1 --train_batch_size 4 --grad_accum 2 --train_max_length 384 --model_max_length 384 --cluster_data_fraction 0.5}"
     if [ "$PART" = pilot ]; then  # cheaper: to 150, random not beyond, no ROUGE
@@ -44,6 +43,7 @@ case "$PART" in
              "bm25_mean=--sampling_strategy bm25 $TGT"
              "bm25_coverage=--sampling_strategy bm25 $TGT --target_aggregation coverage")
     else
+      MAX_BUDGET="${MAX_BUDGET:-250}" ROUGE_LIMIT="${ROUGE_LIMIT:-100}"
       ARMS+=("less_rr=$LESS --target_aggregation round_robin")
     fi
     ;;
