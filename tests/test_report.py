@@ -127,3 +127,80 @@ def test_random_going_further_measures_larger_ratios_and_auc_stays_on_shared_bud
     assert rows(md, "rds")[1].split(" | ")[-2] == "-0.2000"
     # at 100 rds (2.6) is where random is at 150: 1.50; at 150 (2.4) random needs 200: 1.33
     assert rows(md, "rds")[2].split(" | ")[1:3] == ["1.50 [1.50, 1.50]", "1.33 [1.33, 1.33]"]
+
+
+def test_a_cell_on_fewer_seeds_says_so(tmp_path):
+    """Random seed 2 stopped at 100: at 150 the paired difference rests on seed 1 alone."""
+    runs = [fake_run(tmp_path, "r1", "random", 1, [3.0, 2.8, 2.6]), fake_run(tmp_path, "r2", "random", 2, [3.0, 2.8])]
+    runs += [fake_run(tmp_path, f"a{s}", "rds", s, [3.0, 2.7, 2.5], flags={"stratification_strategy": None})
+             for s in (1, 2)]
+    md = report_AL.report(report_AL.by_arm(report_AL.read_runs(runs, "heldout", "examples")), "heldout", "examples")
+    diff, ratio = rows(md, "rds")[1:3]
+    assert diff.split(" | ")[2:4] == ["-0.1000", "-0.1000 (n=1)"]
+    # the ratio at 150: random's mean curve over the rounds every paired random run has (to 100)
+    assert ratio.split(" | ")[2] == "> 0.67 [> 0.67, > 0.67] (n=1) |"
+
+
+def test_one_random_run_stopping_early_keeps_the_interval_around_the_point(tmp_path):
+    runs = [fake_run(tmp_path, f"r{s}", "random", s, [3.0, 2.8, 2.6, 2.4]) for s in (1, 3)]
+    runs.append(fake_run(tmp_path, "r2", "random", 2, [3.0, 2.8, 2.6]))  # stopped at 150
+    runs += [fake_run(tmp_path, f"a{s}", "rds", s, [3.0, 2.7 + d, 2.62], flags={"stratification_strategy": None})
+             for s, d in zip((1, 2, 3), (-0.04, 0.0, 0.04))]
+    arms = report_AL.by_arm(report_AL.read_runs(runs, "heldout", "examples"))
+    for r in (1, 2):
+        v, lo, hi, n = report_AL.budget_ratio(arms["rds"], arms["random"], r)
+        assert lo <= v <= hi and n == 3
+    # at 100: mean 2.7, random's mean curve reaches it at 125 -> 1.25
+    assert report_AL.budget_ratio(arms["rds"], arms["random"], 1)[0] == pytest.approx(1.25)
+
+
+def test_adding_an_arm_changes_no_other_arms_numbers(tmp_path):
+    runs = [fake_run(tmp_path, f"r{s}", "random", s, [3.0, 2.8 + 0.01 * s, 2.6 - 0.02 * s]) for s in (1, 2, 3)]
+    runs += [fake_run(tmp_path, f"a{s}", "rds", s, [3.0, 2.7 + 0.03 * s, 2.5], flags={"stratification_strategy": None})
+             for s in (1, 2, 3)]
+    more = [fake_run(tmp_path, f"b{s}", "bm25", s, [3.0, 2.9, 2.7 - 0.01 * s], flags={"stratification_strategy": None})
+            for s in (1, 2, 3)]
+    one = report_AL.report(report_AL.by_arm(report_AL.read_runs(runs, "heldout", "examples")), "heldout", "examples")
+    two = report_AL.report(report_AL.by_arm(report_AL.read_runs(runs + more, "heldout", "examples")), "heldout",
+                           "examples")
+    assert rows(one, "rds")[:3] == rows(two, "rds")[:3]
+
+
+def test_holm_and_the_t_test_by_hand():
+    assert report_AL.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3p, max(2p, ..), max(1p, ..)
+    assert report_AL.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    # mean 2, sd 1, n 3: t = 2 sqrt(3), two-sided with 2 degrees of freedom
+    from scipy import stats
+    assert report_AL.t_test([1, 2, 3]) == pytest.approx(2 * stats.t.sf(2 * np.sqrt(3), 2))
+    assert report_AL.t_test([0.5]) == 1.0
+
+
+def test_the_family_of_comparisons_and_targets_together(tmp_path):
+    def target(name, shift):
+        d = tmp_path / name
+        d.mkdir()
+        for s in (1, 2, 3):
+            fake_run(d, f"r{s}", "random", s, [3.0, 2.8, 2.6], metric="test")
+            fake_run(d, f"f{s}", "random_format", s, [3.0, 2.75 + 0.01 * s, 2.55], metric="test",
+                     flags={"stratification_strategy": "greedy"})
+            fake_run(d, f"l{s}", "less", s, [3.0, 2.7 - shift * s, 2.5], metric="test",
+                     flags={"stratification_strategy": "greedy"})
+        return str(d)
+
+    a, b = target("summ", 0.01), target("alpaca", 0.0)
+    arms = report_AL.by_arm(report_AL.read_runs([os.path.join(a, r) for r in sorted(os.listdir(a))], "test",
+                                                "examples"))
+    got = [(c["arm"], c["ref"]) for c in report_AL.comparisons(arms)]
+    assert got == [("less greedy/top", "random"), ("less greedy/top", "random_format greedy/top"),
+                   ("random_format greedy/top", "random")]
+    c = report_AL.comparisons(arms)[0]
+    auc = np.array([(2.7 - 0.01 * s - 2.8 + 2.5 - 2.6) / 2 for s in (1, 2, 3)])  # rounds 1, 2
+    assert c["ci"][0] == pytest.approx(auc.mean()) and c["seeds"] == 3
+    out = str(tmp_path / "primary")
+    report_AL.main([a, b, "--targets", "--metric", "test", "--out", out])
+    md = open(out + ".md").read()
+    body = [line for line in md.splitlines() if line.startswith("| summ |") or line.startswith("| alpaca |")]
+    assert len(body) == 6  # 3 comparisons per target, one family
+    ps = [c["p"] for d in (a, b) for c in report_AL.comparisons(report_AL.by_arm(report_AL.read_runs(
+        [os.path.join(d, r) for r in sorted(os.listdir(d))], "test", "examples")))]
+    assert [line.split(" | ")[-1].strip(" |*") for line in body] == [f"{p:.4f}" for p in report_AL.holm(ps)]
