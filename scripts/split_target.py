@@ -2,15 +2,16 @@ r"""Seeded, disjoint data for the targeted experiment (scripts/targeted.sh).
 
     python scripts/split_target.py --out runs/targeted/data
 
-(a) A Dolly category as the target: --target_size of its records are the target set, --test_size
-    others the test set; both leave the pool, which keeps the rest of the category among all the
-    others. Writes OUT/<category>/{pool,target,test}.jsonl.
+(a) A Dolly category as the target (each of --category): --target_size of its records are the
+    target set, --test_size others the test set; both leave the pool, which keeps the rest of the
+    category among all the others. Writes OUT/<category>/{pool,target,test}.jsonl.
 (b) AlpacaEval as the target: --alpaca_target instructions with their reference answers are the
     target set, --alpaca_test others the test set (items without a reference answer are not
     drawn); the pool is the Dolly pool as it is.
     Writes OUT/alpaca_eval/{target,test}.jsonl.
 Records keep their ids (a Dolly record's id is its position in the pool file), so a selection can be
-traced back. The same flags always give the same files.
+traced back. The same flags always give the same files; each --seed gives another split (the
+experiment scripts pass the run's seed: the arms of a seed share its split).
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", default="data/dolly-1.5k.jsonl")
     p.add_argument("--alpaca", default="data/alpaca_eval_text_davinci_003.json")
     p.add_argument("--out", required=True, help="folder for the split files")
-    p.add_argument("--category", default="summarization", help="the Dolly category of target (a)")
+    p.add_argument("--category", nargs="+", default=["summarization"],
+                   help="the Dolly categories of target (a), each split on its own (e.g. summarization brainstorming)")
     p.add_argument("--target_size", type=int, default=30)
     p.add_argument("--test_size", type=int, default=50)
     p.add_argument("--alpaca_target", type=int, default=100)
@@ -64,11 +66,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.alpaca}: {len(blank)} items without a reference answer are not drawn (ids {blank})",
               file=sys.stderr)
         alpaca = [r for r in alpaca if r["output"].strip()]
-    rest, target, test = split_category(pool, args.category, args.target_size, args.test_size, args.seed)
+    files = {}
+    for category in args.category:
+        rest, target, test = split_category(pool, category, args.target_size, args.test_size, args.seed)
+        files.update({f"{category}/pool.jsonl": rest, f"{category}/target.jsonl": target,
+                      f"{category}/test.jsonl": test})
     a_target, a_test = draw(alpaca, [args.alpaca_target, args.alpaca_test], args.seed, args.alpaca)
-    files = {f"{args.category}/pool.jsonl": rest, f"{args.category}/target.jsonl": target,
-             f"{args.category}/test.jsonl": test, "alpaca_eval/target.jsonl": a_target,
-             "alpaca_eval/test.jsonl": a_test}
+    files.update({"alpaca_eval/target.jsonl": a_target, "alpaca_eval/test.jsonl": a_test})
     for name, rows in files.items():
         path = os.path.join(args.out, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)

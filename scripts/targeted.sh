@@ -9,7 +9,9 @@
 #   summarization: 30 Dolly summarization records are the target, 50 others the test set, both
 #     removed from the pool (56 stay in it among 1,366 others);
 #   alpaca_eval: 100 AlpacaEval instructions with reference answers are the target, 300 others the
-#     test set; the pool is Dolly as it is.
+#     test set; the pool is Dolly as it is;
+#   brainstorming (TARGETS=brainstorming): as summarization, a category with no input anywhere, so
+#     only content can be matched, not the format.
 # Each run goes straight to the part's largest budget (its rounds are the learning curve). random runs
 # to that budget, then a chained run (random2x) goes on to twice it (same curve: design.md), so
 # "random needs 2x the labels" is measurable and random has a checkpoint at the arms' last budget. A
@@ -96,7 +98,8 @@ one_target() {  # all arms x seeds of one target, then its reports
   local keep="benchmarks/results/runs/$PART/$target"
   for seed in $SEEDS; do
     local data="$OUT/data/s$seed/$target" pool="$OUT/data/s$seed/$target/pool.jsonl"
-    "$PY" scripts/split_target.py --out "$OUT/data/s$seed" --seed "$seed" 2> /dev/null
+    "$PY" scripts/split_target.py --out "$OUT/data/s$seed" --seed "$seed" --category summarization brainstorming \
+      2> /dev/null
     if [ "$target" = alpaca_eval ]; then pool=data/dolly-1.5k.jsonl; fi
     for arm in "${ARMS[@]}"; do
       local name="${arm%%=*}" flags="${arm#*=}"

@@ -168,3 +168,29 @@ def test_split_is_seeded_and_disjoint(tmp_path):
     split.main(["--out", str(tmp_path / "c"), "--seed", "1"])
     assert ids("summarization/target.jsonl") != [json.loads(line)["id"]
                                                 for line in open(tmp_path / "c" / "summarization/target.jsonl")]
+
+
+def test_per_seed_splits_are_deterministic_disjoint_and_differ(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("split_target", os.path.join(ROOT, "scripts", "split_target.py"))
+    split = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(split)
+    seen = {}
+    for seed in (1, 2, 3, 4, 5):
+        for again in ("a", "b"):
+            split.main(["--out", str(tmp_path / f"{seed}{again}"), "--seed", str(seed), "--category", "summarization",
+                        "brainstorming"])
+        for name in ("summarization", "brainstorming", "alpaca_eval"):
+            files = ("target", "test") + (("pool",) if name != "alpaca_eval" else ())
+            got = {f: open(tmp_path / f"{seed}a" / name / f"{f}.jsonl", "rb").read() for f in files}
+            assert got == {f: open(tmp_path / f"{seed}b" / name / f"{f}.jsonl", "rb").read() for f in files}
+            ids = {f: {json.loads(line)["id"] for line in got[f].decode().splitlines()} for f in files}
+            assert not ids["target"] & ids["test"] and len(ids["target"]) in (30, 100)
+            if name != "alpaca_eval":
+                assert not (ids["target"] | ids["test"]) & ids["pool"] and len(ids["pool"]) == 1502 - 80
+                cats = {r["category"] for f in ("target", "test")
+                        for r in U.load_records(str(tmp_path / f"{seed}a" / name / f"{f}.jsonl"))}
+                assert cats == {name}
+            seen.setdefault(name, []).append(frozenset(ids["target"]))
+    assert all(len(set(v)) == 5 for v in seen.values())  # every seed its own target set
