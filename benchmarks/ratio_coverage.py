@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
                 (1.6, 0.005, 0.010)]
     lines = [f"# Budget-ratio interval coverage ({args.sims} simulated experiments of {args.seeds} seeds each)", "",
              f"Random's true curve: {params[0]:.4f} + {params[1]:.4f} x^-{params[2]:.4f} (fitted to the SmolLM2 "
-             "summarization random means, 25..300 labels); the strategy's is f(k x) past round 0. Nominal 95 %. "
+             "summarization random means, 25..300 labels; near alpha = 0 that is the log-linear "
+             f"{params[0] + params[1]:.4f} - {params[1] * params[2]:.4f} ln x); the strategy's is f(k x) past round 0. "
+             "Nominal 95 %. "
              "Columns: budgets 50..150 (rounds 1-5); each cell: t-mapped (report_AL.py) / percentile bootstrap "
              f"({args.boot} resamples, the interval it replaced); median width of the t-mapped interval below.", "",
              "| k | sd_seed | sd_noise | " + " | ".join(f"{int(x)}" for x in X_RANDOM[1:ARM_ROUNDS]) + " |",
