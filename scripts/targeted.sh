@@ -17,7 +17,7 @@
 # "random needs 2x the labels" is measurable and random has a checkpoint at the arms' last budget. A
 # finished run is skipped, an interrupted one resumes. After a run: greedy answers for (the first
 # ROUGE_LIMIT of) its test set from its final checkpoint, ROUGE-L against the references.
-# Last: the round logs (state.json, rounds/*/metrics.json, ROUGE) are copied into
+# Last: the round logs (state.json, rounds/*/{metrics.json,selected.jsonl}, ROUGE) are copied into
 # benchmarks/results/runs/<part>/<target>/ and report_AL.py writes the tables from those copies.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 PART="${1:-smollm2}"
@@ -125,7 +125,7 @@ one_target() {  # all arms x seeds of one target, then its reports
     local to="$keep/$(basename "$run")"
     mkdir -p "$to"
     cp "$run/state.json" "$to/"
-    (cd "$run" && find rounds -name metrics.json -exec cp --parents {} "$OLDPWD/$to/" \;)
+    (cd "$run" && find rounds \( -name metrics.json -o -name selected.jsonl \) -exec cp --parents {} "$OLDPWD/$to/" \;)
     local src="$run"; [[ "$run" == */random2x_s* ]] && src="${run/random2x_s/random_s}"
     if [ -f "$src/test_generations.metrics.json" ]; then cp "$src/test_generations.metrics.json" "$to/"; fi
     kept+=("$to")
