@@ -24,10 +24,10 @@ PART="${1:-smollm2}"
 OUT="${OUT:-runs/targeted}"
 TGT="--target_file @DATA/target.jsonl"
 LESS="--sampling_strategy less $TGT --save_opt"
-# the cheap baselines and today's less, in every part
+# the cheap baselines and today's less, in every part (bm25 with the rule the pilot chose: mean)
 ARMS=("random=--sampling_strategy random"
       "random_format=--sampling_strategy random_format $TGT"
-      "bm25=--sampling_strategy bm25 $TGT --target_aggregation round_robin"
+      "bm25=--sampling_strategy bm25 $TGT"
       "less=$LESS")
 case "$PART" in
   pilot|default)
@@ -42,7 +42,7 @@ case "$PART" in
              "less_coverage=$LESS --target_aggregation coverage"
              "less_norm=$LESS --target_normalize"
              "rds_rr=--sampling_strategy rds $TGT --target_aggregation round_robin"
-             "bm25_mean=--sampling_strategy bm25 $TGT"
+             "bm25_rr=--sampling_strategy bm25 $TGT --target_aggregation round_robin"
              "bm25_coverage=--sampling_strategy bm25 $TGT --target_aggregation coverage")
     else
       MAX_BUDGET="${MAX_BUDGET:-250}" ROUGE_LIMIT="${ROUGE_LIMIT:-100}"
@@ -57,7 +57,7 @@ case "$PART" in
     # lighter than the default part, the same for every arm: 1 epoch, 256 tokens, a quarter of the
     # remaining pool scored per round
     TRAIN_FLAGS="${TRAIN_FLAGS:---lr 5e-5 --epochs 1 --train_batch_size 4 --grad_accum 2 --train_max_length 256 --model_max_length 256 --cluster_data_fraction 0.25}"
-    # the variant the pilot chose (README "How the variant was chosen")
+    # the less variant the pilot chose (README "Against the cheap baselines")
     ARMS+=("less_rr=$LESS --target_aggregation round_robin")
     if [ ! -f "$MODEL/config.json" ]; then bash scripts/get_smollm2.sh "$MODEL"; fi
     ;;

@@ -204,3 +204,16 @@ def test_the_family_of_comparisons_and_targets_together(tmp_path):
     ps = [c["p"] for d in (a, b) for c in report_AL.comparisons(report_AL.by_arm(report_AL.read_runs(
         [os.path.join(d, r) for r in sorted(os.listdir(d))], "test", "examples")))]
     assert [line.split(" | ")[-1].strip(" |*") for line in body] == [f"{p:.4f}" for p in report_AL.holm(ps)]
+
+
+COMMITTED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
+
+
+@pytest.mark.parametrize("part, target", [("pilot", "summarization"), ("pilot", "alpaca_eval")])
+def test_a_committed_table_is_regenerated_from_its_committed_round_logs(part, target):
+    d = os.path.join(COMMITTED, "runs", part, target)
+    runs = [os.path.join(d, r) for r in sorted(os.listdir(d))]
+    for metric, x in (("test", "examples"), ("test", "answer_words"), ("heldout", "examples")):
+        name = f"targeted_{part}_{target}_{x if metric == 'test' else 'heldout'}.md"
+        want = open(os.path.join(COMMITTED, name)).read()
+        assert report_AL.report(report_AL.by_arm(report_AL.read_runs(runs, metric, x)), metric, x) == want
