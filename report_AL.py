@@ -334,8 +334,9 @@ def comparisons_table(rows: list[dict], what: str = "") -> str:
     lines = [f"| {what}strategy | minus | AUC diff [95 % t] | seeds | p | p (Holm) |", "|---|---|---:|---:|---:|---:|"]
     for r, adj in zip(rows, holm([r["p"] for r in rows])):
         mark = " **" if adj < 0.05 else ""
+        p = f"{r['p']:.4f} | {adj:.4f}{mark}" if r["seeds"] > 1 else "n/a | n/a"  # no test on one seed
         lines.append(f"| {r.get('target', '') + ' | ' if what else ''}{r['arm']} | {r['ref']} | "
-                     f"{fmt_ci(*r['ci'], sign=True)} | {r['seeds']} | {r['p']:.4f} | {adj:.4f}{mark} |")
+                     f"{fmt_ci(*r['ci'], sign=True)} | {r['seeds']} | {p} |")
     return "\n".join(lines)
 
 
