@@ -194,3 +194,24 @@ def test_per_seed_splits_are_deterministic_disjoint_and_differ(tmp_path):
                 assert cats == {name}
             seen.setdefault(name, []).append(frozenset(ids["target"]))
     assert all(len(set(v)) == 5 for v in seen.values())  # every seed its own target set
+
+
+def test_selection_mix_counts_finished_rounds_by_shape_and_category(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("selection_mix", os.path.join(ROOT, "scripts", "selection_mix.py"))
+    mix = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mix)
+    pool = write_jsonl(tmp_path / "pool.jsonl", [
+        {"instruction": f"q{k}", "input": "text" if k < 4 else "", "output": "a", "category": "s" if k < 2 else "o"}
+        for k in range(10)])
+    run = tmp_path / "run"
+    for r, ids in ((0, [9]), (1, [0, 2, 5, 6]), (2, [1, 3]), (3, [7])):  # round 3 was cut short
+        (run / "rounds" / str(r)).mkdir(parents=True)
+        write_jsonl(run / "rounds" / str(r) / "selected.jsonl", [{"id": i} for i in ids])
+    flags = {"sampling_strategy": "bm25", "stratification_strategy": "greedy", "pick_samples_from": "top"}
+    json.dump({"flags": flags, "rounds_done": 2}, open(run / "state.json", "w"))
+    mix.main([str(run), "--pool", pool, "--category", "s"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "| (pool pool.jsonl) | 40% | 20% | | |"
+    assert out[3] == "| bm25 greedy/top | 67% | 33% | 6 | 1 |"  # ids 0 2 5 6 1 3: 4 with input, 2 in s
