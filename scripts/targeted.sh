@@ -18,7 +18,8 @@
 # finished run is skipped, an interrupted one resumes. After a run: greedy answers for (the first
 # ROUGE_LIMIT of) its test set from its final checkpoint, ROUGE-L against the references.
 # Last: the round logs (state.json, rounds/*/{metrics.json,selected.jsonl}, ROUGE) are copied into
-# benchmarks/results/runs/<part>/<target>/ and report_AL.py writes the tables from those copies.
+# benchmarks/results/runs/<part>/<target>/ and report_AL.py writes the tables from those copies
+# (benchmarks/results/baselines_<part>_<target>_*: the earlier one-split tables, targeted_*, stay).
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 PART="${1:-smollm2}"
 OUT="${OUT:-runs/targeted}"
@@ -131,11 +132,11 @@ one_target() {  # all arms x seeds of one target, then its reports
     kept+=("$to")
   done
   for x in examples answer_words; do
-    "$PY" report_AL.py "${kept[@]}" --metric test --x "$x" --out "benchmarks/results/targeted_${PART}_${target}_$x" > /dev/null
+    "$PY" report_AL.py "${kept[@]}" --metric test --x "$x" --out "benchmarks/results/baselines_${PART}_${target}_$x" > /dev/null
   done
-  "$PY" report_AL.py "${kept[@]}" --metric heldout --out "benchmarks/results/targeted_${PART}_${target}_heldout" > /dev/null
+  "$PY" report_AL.py "${kept[@]}" --metric heldout --out "benchmarks/results/baselines_${PART}_${target}_heldout" > /dev/null
 }
 
 mkdir -p "$OUT/$PART"
 for target in $TARGETS; do one_target "$target"; done
-echo "elapsed: $(( $(date +%s) - start ))s; reports: benchmarks/results/targeted_${PART}_*; logs: $OUT/$PART/<target>.log"
+echo "elapsed: $(( $(date +%s) - start ))s; reports: benchmarks/results/baselines_${PART}_*; logs: $OUT/$PART/<target>.log"

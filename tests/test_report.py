@@ -214,6 +214,6 @@ def test_a_committed_table_is_regenerated_from_its_committed_round_logs(part, ta
     d = os.path.join(COMMITTED, "runs", part, target)
     runs = [os.path.join(d, r) for r in sorted(os.listdir(d))]
     for metric, x in (("test", "examples"), ("test", "answer_words"), ("heldout", "examples")):
-        name = f"targeted_{part}_{target}_{x if metric == 'test' else 'heldout'}.md"
+        name = f"baselines_{part}_{target}_{x if metric == 'test' else 'heldout'}.md"
         want = open(os.path.join(COMMITTED, name)).read()
         assert report_AL.report(report_AL.by_arm(report_AL.read_runs(runs, metric, x)), metric, x) == want
