@@ -209,7 +209,8 @@ def test_the_family_of_comparisons_and_targets_together(tmp_path):
 COMMITTED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
 
 
-@pytest.mark.parametrize("part, target", [("pilot", "summarization"), ("pilot", "alpaca_eval")])
+@pytest.mark.parametrize("part, target", [("pilot", "summarization"), ("pilot", "alpaca_eval"),
+                                          ("smollm2", "summarization")])
 def test_a_committed_table_is_regenerated_from_its_committed_round_logs(part, target):
     d = os.path.join(COMMITTED, "runs", part, target)
     runs = [os.path.join(d, r) for r in sorted(os.listdir(d))]
