@@ -39,7 +39,7 @@ def format_prompt(instruction: str, input: str = "") -> str:
 
 def user_turn(r: dict) -> dict:
     """--prompt_template chat: the user turn is the instruction, then the input after a blank line."""
-    return {"role": "user", "content": r["instruction"] + ("\n\n" + r["input"] if r["input"].strip() else "")}
+    return {"role": "user", "content": r["instruction"] + ("\n\n" + r["input"] if has_input(r) else "")}
 
 
 def chat_context(r: dict) -> list[dict]:
@@ -52,13 +52,18 @@ def chat_context(r: dict) -> list[dict]:
     return [{"role": role, "content": text} for role, text in seq]
 
 
+def has_input(r: dict) -> bool:
+    """The record has an input (context) block: not empty, not only white space."""
+    return bool(r["input"].strip())
+
+
 def request_text(r: dict) -> str:
     """What the user asks, as text: the instruction (+ the input on the next line), or every user turn
     of a conversation, a blank line apart (self_ask's question)."""
     parsed = conversation_turns(r)
     if parsed is not None:
         return "\n\n".join(t for role, t in parsed[1] if role == "user")
-    return r["instruction"] + ("\n" + r["input"] if r["input"].strip() else "")
+    return r["instruction"] + ("\n" + r["input"] if has_input(r) else "")
 
 
 def check_template(tokenizer, template: str, where: str) -> None:
@@ -248,7 +253,7 @@ def _encode_alpaca(tokenizer, records: Sequence[dict]) -> tuple[list, list, list
         # the boundary merged into one token: tokenise the answer on its own
         return tokenizer(ANSWER_SEP + r["output"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
 
-    return (p_ids, _answers(records, p_ids, fulls, answer_of), [int(bool(r["input"].strip())) for r in records],
+    return (p_ids, _answers(records, p_ids, fulls, answer_of), [int(has_input(r)) for r in records],
             _instruction_lens(tokenizer, records))
 
 

@@ -17,7 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from al_prompts import pad_id_of, prompt_ids, request_text, response_marker_ids, truncate_pair, truncate_prompt
+from al_prompts import (
+    has_input,
+    pad_id_of,
+    prompt_ids,
+    request_text,
+    response_marker_ids,
+    truncate_pair,
+    truncate_prompt,
+)
 from al_scoring import ScoreConfig, generate, mean_nll, sequence_nll, stop_ids
 from al_similarity import (
     TARGET_AGGREGATIONS,
@@ -166,10 +174,6 @@ def _bm25(sc: Scoring, ids: list) -> list[dict]:
     target like rds's cosines. IDF comes from the round's candidates."""
     S = bm25_matrix([request_text(sc.records[i]) for i in ids], [request_text(r) for r in sc.target.records])
     return target_rows(ids, S, sc.target.groups, sc.cfg.target_aggregation, sc.cfg.target_normalize)
-
-
-def has_input(r: dict) -> bool:
-    return bool(r["input"].strip())
 
 
 def _random_format(sc: Scoring, ids: list) -> list[dict]:

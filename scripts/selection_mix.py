@@ -17,6 +17,7 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from al_prompts import has_input  # noqa: E402
 from al_utils import InputError, load_records, read_jsonl, read_state, run_cli, run_paths  # noqa: E402
 from report_AL import label  # noqa: E402
 
@@ -47,12 +48,12 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             raise InputError(f"{run}: selected.jsonl: ids {missing[:5]} are not in {args.pool}")
         recs = [by_id[i] for i in ids]
-        share[label(state["flags"])].append((sum(bool(r["input"].strip()) for r in recs) / len(recs),
+        share[label(state["flags"])].append((sum(map(has_input, recs)) / len(recs),
                                              sum(r.get("category") == args.category for r in recs) / len(recs),
                                              len(recs)))
     pool = list(by_id.values())
     print(f"| arm | with input | {args.category} | picked per run | runs |\n|---|---:|---:|---:|---:|")
-    print(f"| (pool {os.path.basename(args.pool)}) | {sum(bool(r['input'].strip()) for r in pool) / len(pool):.0%} | "
+    print(f"| (pool {os.path.basename(args.pool)}) | {sum(map(has_input, pool)) / len(pool):.0%} | "
           f"{sum(r.get('category') == args.category for r in pool) / len(pool):.0%} | | |")
     for arm, rows in sorted(share.items(), key=lambda kv: (kv[0] != "random", kv[0])):
         n = len(rows)
