@@ -121,7 +121,6 @@ one_target() {  # all arms x seeds of one target, then its reports
     done
   done
   # the round logs into the repository, and every table from those copies
-  local kept=()
   for run in "${runs[@]}"; do
     local to="$keep/$(basename "$run")"
     mkdir -p "$to"
@@ -129,6 +128,13 @@ one_target() {  # all arms x seeds of one target, then its reports
     (cd "$run" && find rounds \( -name metrics.json -o -name selected.jsonl \) -exec cp --parents {} "$OLDPWD/$to/" \;)
     local src="$run"; [[ "$run" == */random2x_s* ]] && src="${run/random2x_s/random_s}"
     if [ -f "$src/test_generations.metrics.json" ]; then cp "$src/test_generations.metrics.json" "$to/"; fi
+  done
+  # the tables cover every committed run of the target, not only this invocation's (SEEDS/ARMS_ONLY
+  # run parts); random's chained run stands for its seed where it exists
+  local kept=()
+  for to in "$keep"/*/; do
+    to="${to%/}"
+    if [[ "$to" == */random_s* ]] && [ -d "${to/random_s/random2x_s}" ]; then continue; fi
     kept+=("$to")
   done
   for x in examples answer_words; do
