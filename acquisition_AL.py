@@ -23,12 +23,9 @@ import dataclasses
 import fcntl
 import math
 import os
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from typing import Any
 
 import numpy as np
@@ -37,19 +34,18 @@ import torch
 import al_lora
 import fsdp_utils
 from al_annotation import annotation_mode, export_for_annotators, load_labels, pending_labels, save_labels
+from al_datasets import file_sha256, load_records
 from al_lora import LoraSpec
 from al_prompts import Encodings, check_template, encode_records, lazy_encodings, pad_id_of
 from al_scoring import ScoreConfig, answer_nll_parts
+from al_selection import SelectConfig, candidates, fill_to_cost
 from al_similarity import Target, less_modules, load_target, similarity_guard, target_keys
 from al_strategies import (
     Scoring,
-    SelectConfig,
     add_score_args,
     add_selection_args,
     allowed,
-    candidates,
     check_flag_use,
-    fill_to_cost,
     score_candidates,
     score_config,
     select,
@@ -57,29 +53,35 @@ from al_strategies import (
     selection_config,
     strategy,
 )
+from al_training import NonFiniteLoss, TrainConfig, add_train_args, save_trained, summary, train, train_config
 from al_utils import (
+    PER_INVOCATION,
     InputError,
     RunPaths,
     add_common_args,
     add_save_opt_args,
     answer_words,
-    atomic_savefig,
     atomic_write_json,
     atomic_write_jsonl,
     check_common_args,
+    check_same,
+    check_world,
     describe,
-    file_sha256,
+    effective_config,
     kill_point,
-    load_records,
+    parse_flags,
+    plot_hist,
+    prepare_run_dir,
+    provenance,
     read_jsonl,
     read_state,
+    recorded_spec,
     round_rng,
     run_cli,
     run_of_checkpoint,
     run_paths,
     runtime_flags,
 )
-from train_AL import add_train_args, save_trained, summary, train, train_config
 
 RNG_SHUFFLE, RNG_FRACTION, RNG_SELECT, RNG_SCORE = 0, 1, 2, 3
 BUDGET_UNITS = ("examples", "answer_words")
@@ -135,8 +137,8 @@ def parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser()
-    args = p.parse_args(argv)
-    check_flag_use(args, p)
+    args = parse_flags(p, argv, recorded_spec)
+    check_flag_use(args, parser())  # against the real defaults, not the file's or the run's
     args.resume = args.resume or bool(args.labels)
     return args
 
@@ -145,18 +147,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # checks before any work
 
 
-def check_numbers(args: argparse.Namespace) -> tuple[ScoreConfig, SelectConfig]:
+@dataclass(frozen=True)
+class Configs:
+    """What the flags say, checked once: scoring, selection, training (its seed is the run's; each
+    round trains with seed + round) and LoRA (None: full fine-tuning)."""
+    score: ScoreConfig
+    select: SelectConfig
+    train: TrainConfig
+    lora: LoraSpec | None
+
+
+def check_numbers(args: argparse.Namespace) -> Configs:
     check_common_args(args)
     for flag, lo in (("num_acquisition_samples", 1), ("heldout_size", 0)):
         if getattr(args, flag) < lo:
             raise InputError(f"--{flag}: must be >= {lo}")
     if args.al_data_fraction <= 0:
         raise InputError("--al_data_fraction: must be > 0")
-    train_config(args, args.seed)
-    if al_lora.lora_spec(args) is not None and args.save_opt:
+    progress = not args.no_progress and fsdp_utils.is_main()
+    tcfg, lora = train_config(args, args.seed, progress), al_lora.lora_spec(args, args.seed)
+    if lora is not None and args.save_opt:
         raise InputError("--save_opt: a LoRA run keeps no optimizer state (its adapters are merged into each "
                          "round's checkpoint); less then uses plain gradients: drop --save_opt or --lora_r")
-    return score_config(args, not args.no_progress and fsdp_utils.is_main()), selection_config(args)
+    return Configs(score_config(args, progress), selection_config(args), tcfg, lora)
 
 
 def load_pool(args: argparse.Namespace, annotate: bool, prior: dict | None) -> tuple[list[dict], int]:
@@ -198,14 +211,14 @@ def load_pool(args: argparse.Namespace, annotate: bool, prior: dict | None) -> t
     return records, budget
 
 
-def check_models(args: argparse.Namespace):
+def check_models(args: argparse.Namespace, lora: LoraSpec | None):
     """Checkpoints complete and fitting the run's config; returns the run's tokenizer."""
     fsdp_utils.check_model_dir(args.init_checkpoint_path, "--init_checkpoint_path")
     if args.model_config_path and not os.path.isfile(os.path.join(args.model_config_path, "config.json")):
         raise InputError(f"--model_config_path: {args.model_config_path}: no config.json there")
     fsdp_utils.check_weights(args.init_checkpoint_path, "--init_checkpoint_path", args.model_config_path)
     run_cfg = args.model_config_path or args.init_checkpoint_path  # every checkpoint must fit this config
-    al_lora.check_targets(al_lora.lora_spec(args), run_cfg)
+    al_lora.check_targets(lora, run_cfg)
     if args.resume_checkpoint_path:
         fsdp_utils.check_model_dir(args.resume_checkpoint_path, "--resume_checkpoint_path")
         prev = run_of_checkpoint(args.resume_checkpoint_path)
@@ -224,9 +237,12 @@ def check_models(args: argparse.Namespace):
 
 
 def run_flags(args: argparse.Namespace, pool_hash: str, annotate: bool) -> dict:
-    """What a run is: every flag outside the run-control groups; the pool by content."""
+    """What a run is: every flag outside the run-control groups; the pool by content. --save_opt
+    too where the strategy reads what it saves (less: the Adam moments)."""
     skip = runtime_flags(parser(), ANNOTATION)
     flags = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+    if strategy(args.sampling_strategy).grads:
+        flags["save_opt"] = args.save_opt
     flags["file_path"] = pool_hash  # the pool's content matters, not where it lives
     flags["labels_from"] = "annotators" if annotate else "pool"
     for f in ("target_file", "test_file"):  # by content, like the pool
@@ -235,37 +251,18 @@ def run_flags(args: argparse.Namespace, pool_hash: str, annotate: bool) -> dict:
     return flags
 
 
-def check_same(state: dict, flags: dict, where: str) -> None:
-    """Refuse a changed run flag. A flag the run's state does not know was added after it was made:
-    at its default (or unused, None) it is what that run did, so a run made before stays resumable."""
-    old, p = state["flags"], parser()
-    diff = [f"{k}: {old.get(k)!r} -> {flags.get(k)!r}" for k in sorted(set(old) | set(flags))
-            if old.get(k) != flags.get(k) and not (k not in old and flags[k] in (None, p.get_default(k)))]
-    if diff:
-        raise InputError(f"--resume: {where}: flags or pool differ from the run being resumed: " + "; ".join(diff))
-
-
-def check_world(state: dict, where: str) -> None:
-    """Training batches are split over the ranks, so a run continues only with the world size it
-    started with (its results are reproducible for one world size; see design.md)."""
-    w, was = fsdp_utils.world(), state.get("world_size")
-    if was is not None and was != w:
-        raise InputError(f"--resume: {where}: the run was started with {was} process(es) and is resumed with {w}; "
-                         f"resume it with {was} (torchrun --nproc_per_node/--nnodes), or start a new run")
-
-
 def check_run_dir(args: argparse.Namespace, paths: RunPaths, prior: dict | None, flags: dict) -> None:
     """Read-only checks of the run directory, whose state is `prior` (every rank, before any work)."""
     if prior is not None:
         if not args.resume and not args.overwrite:
             raise InputError(f"--model_path: {paths.run}: run exists; pass --resume to continue or --overwrite")
         if args.resume:
-            check_same(prior, flags, paths.state)
-            check_world(prior, paths.state)
+            check_same(prior, flags, paths.state, parser().get_default)
+            check_world(prior, paths.state, fsdp_utils.world())
     elif args.resume and args.resume_checkpoint_path:
         prev = run_of_checkpoint(args.resume_checkpoint_path)
-        check_same(read_state(prev.run), flags, prev.state)
-        check_world(read_state(prev.run), prev.state)
+        check_same(read_state(prev.run), flags, prev.state, parser().get_default)
+        check_world(read_state(prev.run), prev.state, fsdp_utils.world())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,6 +285,8 @@ class Run:
     budget: int
     scfg: ScoreConfig
     sel: SelectConfig
+    tcfg: TrainConfig  # seed: the run's (a round trains with seed + round)
+    lora: LoraSpec | None
     device: torch.device
     target: Target | None = None
     test: list = field(default_factory=list)  # Encoded --test_file examples
@@ -307,6 +306,12 @@ class Run:
     def save_state(self) -> None:
         if self.main:
             atomic_write_json(self.paths.state, self.state)
+
+    def mark(self, rnd: int, stage: str, **more) -> None:
+        """Record how far round `rnd` got (state.json `in_round`: selection, training; a resume
+        redoes nothing before it) and save the state; finish_round clears it."""
+        self.state["in_round"] = {"round": rnd, "finished": stage, **more}
+        self.save_state()
 
     def load(self, path: str, lora: LoraSpec | None = None):
         return fsdp_utils.load_model(path, self.device, self.args.model_config_path,
@@ -352,44 +357,15 @@ def take_lock(paths: RunPaths):
     return lock
 
 
-def prepare_run_dir(args: argparse.Namespace, paths: RunPaths) -> None:
-    """Rank 0: clear an overwritten run, or seed a chained run with the previous run's rounds."""
-    if os.path.isfile(paths.state) and args.overwrite and not args.resume:
-        for p in (paths.rounds, paths.state, paths.selected, paths.labels, paths.ckpt):
-            if os.path.isdir(p):
-                shutil.rmtree(p)
-            elif os.path.exists(p):
-                os.remove(p)
-    if args.resume and not os.path.isfile(paths.state) and args.resume_checkpoint_path:
-        prev = run_of_checkpoint(args.resume_checkpoint_path)
-        prev_state = read_state(prev.run)
-        shutil.copytree(prev.rounds, paths.rounds, dirs_exist_ok=True)
-        if os.path.isfile(prev.labels):
-            shutil.copy2(prev.labels, paths.labels)
-        prev_state["chained_from"] = prev.run
-        prev_state["model_source"] = args.resume_checkpoint_path
-        atomic_write_json(paths.state, prev_state)
-
-
-def provenance() -> dict:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"command": sys.argv, "git_commit": commit,
-            "versions": {m: version(m) for m in ("torch", "transformers", "numpy", "scikit-learn")}}
-
-
 def open_run(args: argparse.Namespace) -> Run:
     """Check everything, take the lock, prepare the run directory and rebuild the run's state."""
     paths = run_paths(args.model_path)
     prior = read_state(paths.run)
-    annotate = annotation_mode(args, prior)
-    scfg, sel = check_numbers(args)
+    annotate = annotation_mode(args.annotate_out, args.labels, args.resume, prior)
+    cfg = check_numbers(args)
+    scfg, sel = cfg.score, cfg.select
     records, budget = load_pool(args, annotate, prior)
-    tok = check_models(args)
+    tok = check_models(args, cfg.lora)
     grads = f"--sampling_strategy {args.sampling_strategy} takes the target's gradients on its answers"
     target = load_target(args.target_file, args.target_group_field, tok, grads if strategy(args.sampling_strategy).grads
                          else "", args.prompt_template) if args.target_file else None
@@ -400,11 +376,11 @@ def open_run(args: argparse.Namespace) -> Run:
     check_run_dir(args, paths, prior, flags)
     by_id = {r["id"]: r for r in records}
     labels = load_labels(paths.run) if annotate and args.resume else {}
-    new_labels, summary = pending_labels(args, paths, prior, by_id, labels)
+    new_labels, summary = pending_labels(args.labels, paths, prior, by_id, labels)
     device = fsdp_utils.setup(args.threads, args.deterministic)
     lock = take_lock(paths)
     if fsdp_utils.is_main():
-        prepare_run_dir(args, paths)
+        prepare_run_dir(paths, args.overwrite, args.resume, args.resume_checkpoint_path)
         fsdp_utils.recover_checkpoint(paths.ckpt)
         if new_labels:
             save_labels(paths.run, {**labels, **new_labels})
@@ -420,13 +396,19 @@ def open_run(args: argparse.Namespace) -> Run:
         "version": 1, "flags": flags, "pool_sha256": pool_hash, "heldout_ids": perm[: args.heldout_size],
         "rounds_done": -1, "rng": "numpy default_rng([seed, round, purpose]) per draw", "round_log": [],
         "world_size": fsdp_utils.world()}
-    state.update(budget=budget, **provenance())
+    state.update(budget=budget, spec=effective_config(parser(), args, PER_INVOCATION), **provenance())
+    if state.get("failed") and flags["lr"] != state["flags"]["lr"]:  # going on after a non-finite loss
+        state.setdefault("changes", []).append({"from_round": state["failed"]["round"], "lr": flags["lr"],
+                                                "was": state["flags"]["lr"]})
+        state["flags"]["lr"] = flags["lr"]
+        state.pop("failed")
     # prompts (+ the pool's answers, if any: oracle labels, held-out), tokenised when a round needs them
     enc = lazy_encodings(tok, by_id, args.prompt_template, scfg.progress)
     enc.ensure(perm[: args.heldout_size])
     state["excluded_as_target"] = len(perm) - args.heldout_size - len(order)
     run = Run(args, paths, state, by_id, order, perm[: args.heldout_size], labels, annotate, tok, enc, budget,
-              scfg, sel, device, target, list(encode_records(tok, test, args.prompt_template).values()),
+              scfg, sel, cfg.train, cfg.lora, device, target,
+              list(encode_records(tok, test, args.prompt_template).values()),
               model_source=state.get("model_source", paths.ckpt), lock=lock)
     if annotate and labels:  # the annotators' answers, never the pool's, are what training sees
         enc.update(encode_records(tok, [run.record(i) for i in labels], args.prompt_template))
@@ -502,10 +484,10 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
             if run.args.plot_ppl_hist:
                 plot_hist([r["score"] for r in scores], run.paths.round_file(rnd, "scores.png"),
                           f"{sel.strategy} scores, round {rnd}")
-    if picked and run.main:
-        atomic_write_jsonl(sel_file, picked)
-        run.state["in_round"] = {"round": rnd, "finished": "selection"}
-        run.save_state()
+    if picked:
+        if run.main:
+            atomic_write_jsonl(sel_file, picked)
+        run.mark(rnd, "selection")
     return picked, scores
 
 
@@ -545,22 +527,31 @@ def train_round(run: Run, rnd: int) -> dict:
         run.model = run.load(ckpt)
         tstats = meta["train"]
     else:
-        lora = al_lora.lora_spec(args, args.seed + rnd)
+        lora = dataclasses.replace(run.lora, seed=args.seed + rnd) if run.lora is not None else None
         warm = args.warm_start and rnd > 0
         base = run.model_source if warm else args.init_checkpoint_path
         if lora is not None or not warm or run.model is None:  # else: warm, from the model in memory
             run.model = run.load(base, lora)
         torch.manual_seed(args.seed + rnd)
-        tcfg = train_config(args, args.seed + rnd, run.scfg.progress)
+        tcfg = dataclasses.replace(run.tcfg, seed=args.seed + rnd)
         run.enc.ensure(run.labelled)
-        stats, opt = train(run.model, [run.enc[i] for i in run.labelled], tcfg, pad_id_of(run.tok),
-                           on_step=lambda step: kill_point("training", rnd))
+        try:
+            stats, opt = train(run.model, [run.enc[i] for i in run.labelled], tcfg, pad_id_of(run.tok),
+                               on_step=lambda step: kill_point("training", rnd))
+        except NonFiniteLoss as e:  # keep the last good round; say how to go on
+            run.state["failed"] = {"round": rnd, "step": e.step, "loss": str(e.loss), "lr": args.lr}
+            run.save_state()
+            kept = f"as it was after round {rnd - 1}" if rnd else "with its seed set selected"
+            raise InputError(f"round {rnd}: training loss became {e.loss} at optimizer step {e.step} (--lr {args.lr}); "
+                             f"the run is kept {kept}: go on with a lower --lr, e.g. "
+                             f"python acquisition_AL.py --model_path {run.paths.run} --resume --lr {args.lr / 10:g} "
+                             "(recorded in state.json `changes`)") from None
         tstats = summary(stats)
-        save_trained(run.model, run.tok, ckpt, {"round": rnd, "labelled": len(run.labelled), "train": tstats},
+        save_trained(run.model, run.tok, ckpt, {"round": rnd, "labelled": len(run.labelled), "train": tstats,
+                                                "prompt_template": args.prompt_template},
                      opt if args.save_opt else None, lora, base)
         del opt
-        run.state["in_round"] = {"round": rnd, "finished": "training"}
-        run.save_state()
+        run.mark(rnd, "training")
     run.model_source = ckpt
     run.state.pop("model_source", None)  # a chained run's first source, until its first round is trained
     return tstats
@@ -601,20 +592,17 @@ def finish_round(run: Run, rnd: int, picked: list[dict], scores: list[dict], tst
             f"{losses or 'no held-out or test set'} | {seconds['total']:.1f}s")
 
 
-def plot_hist(scores: list[float], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(scores, bins=50)
-    ax.set_title(title)
-    ax.set_xlabel("score")
-    ax.set_ylabel("examples")
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
+def wait_for_labels(run: Run, rnd: int, picked: list[dict]) -> bool:
+    """Export the round's picks that have no answer yet and record that the run waits (True)."""
+    waiting = export_for_annotators(picked, rnd, run.by_id, run.labels, run.paths, run.args.annotate_out,
+                                    run.main)
+    if waiting is None:
+        return False
+    run.mark(rnd, "selection", **waiting)
+    run.log(f"waiting for labels: {waiting['waiting_for_labels']} of round {rnd}'s {len(picked)} examples are in "
+            f"{waiting['exported_to']}; fill their `output`, then: python acquisition_AL.py --model_path "
+            f"{run.paths.run} --labels FILE")
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -632,8 +620,8 @@ def main(argv: list[str] | None = None) -> None:
                 why = f"the strategy's next pick does not fit the {run.budget - run.spent()} answer words left"
             run.log(f"round {rnd}: {why}; stopping at {len(run.labelled)} labelled")
             break
-        waiting = export_for_annotators(run, rnd, picked)
-        if waiting:
+        if run.annotate and wait_for_labels(run, rnd, picked):
+            waiting = True
             break
         run.labelled += [r["id"] for r in picked]
         t_select = time.time() - t0

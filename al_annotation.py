@@ -7,23 +7,13 @@ are kept in <run>/labels.jsonl, the run's only source of answers in annotation m
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
 from typing import Any
 
-from al_utils import (
-    ALIASES,
-    CONVERSATIONS,
-    InputError,
-    RunPaths,
-    atomic_write_jsonl,
-    atomic_write_text,
-    read_jsonl,
-    read_rows,
-    run_paths,
-)
+from al_datasets import ALIASES, CONVERSATIONS, read_rows
+from al_utils import InputError, RunPaths, atomic_write_jsonl, atomic_write_text, read_jsonl, run_paths
 
 EXPORT_FIELDS = ("id", "instruction", "input", "output", "round", "score", "bucket")
 
@@ -91,6 +81,20 @@ def _same(a: str, b: str) -> bool:
     return a.replace("\r\n", "\n").strip() == b.replace("\r\n", "\n").strip()
 
 
+def _row_id(row: Any, where: str, key: dict, in_batch: set, rnd: int) -> Any:
+    """The pool id an annotators' row answers, checked to be one of the pending batch."""
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: (record): expected a JSON object, got {type(row).__name__}")
+    if "id" not in row:
+        raise InputError(f"{where}: id: missing (columns found: {', '.join(row) or 'none'})")
+    rid = key.get(str(row["id"]))
+    if rid is None:
+        raise InputError(f"{where}: id: unknown id {row['id']!r}: not in the pool")
+    if rid not in in_batch:
+        raise InputError(f"{where}: id: {rid!r} was not requested in the pending batch (round {rnd})")
+    return rid
+
+
 def import_labels(path: str, batch: list, rnd: int, records: dict, labels: dict) -> tuple[dict, int, int]:
     """Check an annotators' file against the pending batch of round `rnd` and return
     (new answers by id, rows left blank, rows already imported). Any problem raises InputError
@@ -102,15 +106,7 @@ def import_labels(path: str, batch: list, rnd: int, records: dict, labels: dict)
     blank = again = 0
     for line, row in read_rows(path):
         where = f"{path}:{line}"
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: (record): expected a JSON object, got {type(row).__name__}")
-        if "id" not in row:
-            raise InputError(f"{where}: id: missing (columns found: {', '.join(row) or 'none'})")
-        rid = key.get(str(row["id"]))
-        if rid is None:
-            raise InputError(f"{where}: id: unknown id {row['id']!r}: not in the pool")
-        if rid not in in_batch:
-            raise InputError(f"{where}: id: {rid!r} was not requested in the pending batch (round {rnd})")
+        rid = _row_id(row, where, key, in_batch, rnd)
         if rid in first:
             raise InputError(f"{where}: id: {rid!r} appears twice (first at line {first[rid]})")
         first[rid] = line
@@ -138,46 +134,44 @@ def import_labels(path: str, batch: list, rnd: int, records: dict, labels: dict)
 # the loop's side: which runs take answers from annotators, the labels a call brings, the batch handed out
 
 
-def annotation_mode(args: argparse.Namespace, prior: dict | None) -> bool:
+def annotation_mode(annotate_out: str | None, labels_file: str | None, resume: bool, prior: dict | None) -> bool:
     """Answers from annotators: asked for now, or the run being resumed was started that way."""
-    return bool(args.annotate_out or args.labels) or bool(
-        prior and args.resume and prior["flags"].get("labels_from") == "annotators")
+    return bool(annotate_out or labels_file) or bool(
+        prior and resume and prior["flags"].get("labels_from") == "annotators")
 
 
-def pending_labels(args: argparse.Namespace, paths: RunPaths, prior: dict | None, by_id: dict,
+def pending_labels(labels_file: str | None, paths: RunPaths, prior: dict | None, by_id: dict,
                    labels: dict) -> tuple[dict, str]:
     """--labels checked in full before anything changes: (new answers, the summary line)."""
-    if not args.labels:
+    if not labels_file:
         return {}, ""
     if prior is None:
-        raise InputError(f"--labels: {args.model_path}: no run there waiting for labels "
+        raise InputError(f"--labels: {paths.run}: no run there waiting for labels "
                          "(start one with --annotate_out)")
     rnd = prior["rounds_done"] + 1
     sel = paths.round_file(rnd, "selected.jsonl")
     if not os.path.isfile(sel):
         raise InputError(f"--labels: {paths.run}: no batch is waiting for labels")
     batch = [r["id"] for r in read_jsonl(sel)]
-    new, blank, again = import_labels(args.labels, batch, rnd, by_id, labels)
+    new, blank, again = import_labels(labels_file, batch, rnd, by_id, labels)
     done = sum(i in labels or i in new for i in batch)
-    return new, (f"imported {len(new)} answers from {args.labels} ({again} already imported, {blank} left "
+    return new, (f"imported {len(new)} answers from {labels_file} ({again} already imported, {blank} left "
                  f"blank); round {rnd}: {done} of {len(batch)} labelled")
 
 
-def export_for_annotators(run: Any, rnd: int, picked: list[dict]) -> bool:
-    """Annotation mode: hand out the picks that have no answer yet and say so (True: stop here)."""
-    missing = [r for r in picked if run.annotate and r["id"] not in run.labels]
+def export_for_annotators(picked: list[dict], rnd: int, by_id: dict, labels: dict, paths: RunPaths,
+                          annotate_out: str | None, write: bool) -> dict | None:
+    """Write (where `write`: rank 0) the picks that have no answer yet to the round's
+    to_annotate.jsonl and to --annotate_out; return what state.json's `in_round` adds (how many
+    wait, where they went), or None when every pick has its answer (the same on every rank)."""
+    missing = [r for r in picked if r["id"] not in labels]
     if not missing:
-        return False
-    rows = batch_rows(missing, run.by_id, rnd)
-    mine = run.paths.round_file(rnd, "to_annotate.jsonl")
-    dest = run.args.annotate_out or mine
-    run.state["in_round"] = {"round": rnd, "finished": "selection", "waiting_for_labels": len(missing),
-                             "batch": len(picked), "exported_to": dest}
-    if run.main:
+        return None
+    mine = paths.round_file(rnd, "to_annotate.jsonl")
+    dest = annotate_out or mine
+    if write:
+        rows = batch_rows(missing, by_id, rnd)
         export_batch(mine, rows)
-        if run.args.annotate_out:
-            export_batch(run.args.annotate_out, rows)
-        run.save_state()
-    run.log(f"waiting for labels: {len(missing)} of round {rnd}'s {len(picked)} examples are in {dest}; "
-            "fill their `output`, then run again with --labels FILE")
-    return True
+        if annotate_out:
+            export_batch(annotate_out, rows)
+    return {"waiting_for_labels": len(missing), "batch": len(picked), "exported_to": dest}

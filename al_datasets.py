@@ -1,14 +1,21 @@
 """Pools stored the Hugging Face way: a `.parquet` file, a `save_to_disk` folder (`DIR`, or
 `DIR:SPLIT` for a DatasetDict), or `hf:NAME[:SPLIT]` read from the local Hugging Face cache only.
 
-al_utils.read_rows hands these sources here; records then go through the same checks as a JSON
-pool, and errors keep the `SOURCE:ROW: FIELD: message` form (ROW = 1-based row index).
+read_rows() hands these sources to dataset_rows(); records then go through the same checks as a
+JSON pool, and errors keep the `SOURCE:ROW: FIELD: message` form (ROW = 1-based row index).
 Nothing here touches the network: `hf:` sources come from the cache or are refused.
+
+Also every pool format's records (load_records: .json/.jsonl/.csv, conversations, ids, aliases)
+and a source's content hash (file_sha256: what --resume compares).
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import json
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from al_utils import InputError
@@ -108,3 +115,195 @@ def dataset_sha256(path: str) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# records of any pool format
+
+def file_sha256(path: str) -> str:
+    """A data source's content hash (what --resume compares): the file's bytes, or a dataset's files."""
+    if is_dataset_source(path):
+        return dataset_sha256(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+ALIASES = {
+    "instruction": ("instruction", "Instruction", "prompt"),
+    "input": ("input", "context"),
+    "output": ("output", "response"),
+}
+
+
+def _jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
+    """A .jsonl file streamed line by line: a million-record pool is never held as one string."""
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{i}: (encoding): invalid UTF-8 byte 0x{raw[e.start]:02x} "
+                                 f"at column {e.start + 1}") from None
+            if not line.strip():
+                continue  # a blank line holds no record
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{i}: (json): malformed JSON: {e.msg} at column {e.colno}") from None
+
+
+def read_rows(path: str) -> Iterable[tuple[int, Any]]:
+    """(1-based line or element number, parsed value) for every record of a .json/.jsonl/.csv file
+    (.jsonl streamed), or (1-based row, row) of a Hugging Face dataset source (al_datasets)."""
+    if is_dataset_source(path):
+        return dataset_rows(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: file: no such file")
+    if path.endswith(".jsonl"):
+        return _jsonl_rows(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise InputError(f"{path}:{line}: (encoding): invalid UTF-8 byte 0x{raw[e.start]:02x} "
+                         f"at column {col}") from None
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{e.lineno}: (json): malformed JSON: {e.msg}") from None
+        if not isinstance(data, list):
+            raise InputError(f"{path}:1: (json): expected a JSON array of records, got {type(data).__name__}")
+        return list(enumerate(data, start=1))
+    if path.endswith(".csv"):  # header row + one record per row; the line is where the row starts
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows, start = [], 2
+        try:
+            for row in reader:
+                if None in row:
+                    raise InputError(f"{path}:{start}: (csv): more fields than the header has")
+                rows.append((start, {k: v for k, v in row.items() if v is not None}))
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise InputError(f"{path}:{reader.line_num}: (csv): {e}") from None
+        return rows
+    raise InputError(f"{path}: file: expected a .json, .jsonl, .csv or .parquet file, a save_to_disk folder or "
+                     "hf:NAME[:SPLIT]")
+
+
+# conversation columns: name -> (role key, text key, role spellings -> user | assistant | system)
+CONVERSATIONS = {
+    "messages": ("role", "content", {"user": "user", "assistant": "assistant", "system": "system"}),
+    "conversations": ("from", "value", {"human": "user", "user": "user", "gpt": "assistant",
+                                        "assistant": "assistant", "system": "system"}),
+}
+
+
+def conversation_turns(row: dict, where: str = "") -> tuple[str, list[tuple[str, str]]] | None:
+    """(column, [(role, text)]) of a `messages` ([{role, content}]) or ShareGPT `conversations`
+    ([{from, value}]) row with roles as user | assistant | system, or None when it has neither.
+    Only a last assistant turn may be empty (an answer still to write)."""
+    col = next((c for c in CONVERSATIONS if c in row), None)
+    if col is None:
+        return None
+    key, text, roles = CONVERSATIONS[col]
+    turns = row[col]
+    if not isinstance(turns, list) or not turns:
+        raise InputError(f"{where}: {col}: expected a non-empty list of turns")
+    seq = []
+    for k, t in enumerate(turns, 1):
+        if not isinstance(t, dict) or key not in t or not isinstance(t.get(text), str):
+            raise InputError(f"{where}: {col}: turn {k}: expected an object with {key!r} and a string {text!r}")
+        if t[key] not in roles:
+            raise InputError(f"{where}: {col}: turn {k}: unknown {key} {t[key]!r} (known: {', '.join(roles)})")
+        if not t[text].strip() and not (k == len(turns) > 1 and roles[t[key]] == "assistant"):
+            raise InputError(f"{where}: {col}: turn {k}: empty {text}")
+        seq.append((roles[t[key]], t[text]))
+    return col, seq
+
+
+def conversation_record(row: dict, where: str, require_output: str, multi_turn: bool) -> dict | None:
+    """instruction/input/output of a conversation row (None when it is not one): the first user turn
+    and the final assistant turn (empty when the conversation ends on a user turn: unlabelled). The
+    alpaca template holds one user turn and its answer; with `multi_turn` (--prompt_template chat)
+    a system turn may open it and user/assistant turns alternate, the turns before the final
+    answer being its context (chat_context)."""
+    parsed = conversation_turns(row, where)
+    if parsed is None:
+        return None
+    col, seq = parsed
+    kinds = [r for r, _ in seq]
+    if not multi_turn and kinds not in (["user"], ["user", "assistant"]):
+        raise InputError(f"{where}: {col}: turns {' -> '.join(kinds)}; the alpaca template holds one user turn "
+                         "and its answer (multi-turn and system turns need --prompt_template chat)")
+    body = kinds[1:] if kinds[0] == "system" else kinds
+    if not body or any(k != ("user", "assistant")[j % 2] for j, k in enumerate(body)):
+        raise InputError(f"{where}: {col}: turns {' -> '.join(kinds)}; expected an optional system turn, then user "
+                         "and assistant turns alternating from a user turn")
+    answer = seq[-1][1] if kinds[-1] == "assistant" else ""
+    if require_output and not answer.strip():
+        raise InputError(f"{where}: {col}: no assistant answer after the last user turn ({require_output})")
+    return {"instruction": next(t for r, t in seq if r == "user"), "input": "", "output": answer}
+
+
+def _aliased_fields(row: dict, where: str) -> tuple[dict, set]:
+    """instruction/input/output of a plain row under any of their column names, and the names used."""
+    rec: dict[str, Any] = {}
+    used: set[str] = set()
+    for field, names in ALIASES.items():
+        name = next((n for n in names if n in row), None)
+        if name is None:
+            if field == "instruction":
+                raise InputError(f"{where}: instruction: missing (columns found: {', '.join(row) or 'none'})")
+            rec[field] = ""
+            continue
+        used.add(name)
+        value = row[name]
+        if value is None and field != "instruction":
+            value = ""
+        if not isinstance(value, str):
+            raise InputError(f"{where}: {name}: expected a string, got {type(value).__name__}")
+        rec[field] = value
+    return rec, used
+
+
+def load_records(path: str, require_output: str = "", template: str = "alpaca") -> list[dict]:
+    """Load a pool as records {id, instruction, input, output, ...extra columns}; a row without an
+    instruction column may be a conversation (`messages` or ShareGPT `conversations`): single-turn,
+    or under the chat template (--prompt_template chat) any number of turns (conversation_record).
+
+    `id` is the row's own id if it has one, else its 0-based position in the file (records only,
+    so the first record of a .jsonl is 0 even after blank lines). Extra columns are carried through.
+    A non-empty `require_output` (the reason) makes a record without an answer an error.
+    """
+    records: list[dict] = []
+    first_line: dict[Any, int] = {}
+    for pos, (line, row) in enumerate(read_rows(path)):
+        where = f"{path}:{line}"
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: (record): expected a JSON object, got {type(row).__name__}")
+        has_instruction = any(n in row for n in ALIASES["instruction"])
+        conversation = None if has_instruction else conversation_record(row, where, require_output, template == "chat")
+        # a conversation column itself is kept as it came
+        rec, used = (conversation, set()) if conversation is not None else _aliased_fields(row, where)
+        if not rec["instruction"].strip():
+            raise InputError(f"{where}: instruction: empty")
+        if require_output and not rec["output"].strip():
+            raise InputError(f"{where}: output: empty or missing ({require_output})")
+        rid = row.get("id", pos)
+        if not isinstance(rid, (int, str)) or isinstance(rid, bool):
+            raise InputError(f"{where}: id: expected a string or integer, got {type(rid).__name__}")
+        if rid in first_line:
+            raise InputError(f"{where}: id: duplicate id {rid!r} (first seen at line {first_line[rid]})")
+        first_line[rid] = line
+        extra = {k: v for k, v in row.items() if k not in used and k != "id"}
+        records.append({"id": rid, **rec, **extra})
+    if not records:
+        raise InputError(f"{path}: file: no records")
+    return records

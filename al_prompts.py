@@ -4,15 +4,14 @@ Encodings; one truncation rule for prompts and prompt + answer pairs.
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from al_utils import InputError, conversation_turns
+from al_datasets import conversation_turns
+from al_utils import InputError, progress_bar
 
 # ----------------------------------------------------------------------------------------------
 # prompt template: one template for scoring, training and evaluation
@@ -108,7 +107,7 @@ def response_marker_ids(tokenizer, template: str = "alpaca") -> list[int]:
 class Encoded:
     prompt: list[int]  # BOS + templated prompt
     answer: list[int]  # answer tokens + EOS (empty when the record has no answer)
-    template: int = 0  # 1 when the prompt has the input block: rows of one template share a prefix
+    input_block: int = 0  # 1 when the prompt has the alpaca input block: rows alike share a prefix
     instruction_len: int = 0  # tokens of the instruction alone, BOS included (as the original counted)
     spans: tuple = ()  # (start, end) of earlier assistant turns inside the prompt: trained on too (multi-turn)
 
@@ -146,19 +145,19 @@ class Encodings(Mapping):
         self.buf = np.zeros(0, np.int32)
         self.start = np.zeros(1, np.int64)  # record r's ids are buf[start[r]:start[r + 1]]
         self.plen = np.zeros(0, np.int32)  # of which the first plen[r] are the prompt
-        self.template = np.zeros(0, np.int8)
+        self.input_block = np.zeros(0, np.int8)
         self.ins_len = np.zeros(0, np.int32)
         self.spans: dict[int, tuple] = {}  # row -> Encoded.spans, for the (few) multi-turn records
         self._pending: list = []  # appended chunks not yet joined into the arrays
         self._count = 0  # records appended (rows index them)
 
     def extend(self, ids: Sequence, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
-               templates: Sequence[int], ins_lens: Sequence[int], spans: Sequence[tuple] = ()) -> None:
+               input_blocks: Sequence[int], ins_lens: Sequence[int], spans: Sequence[tuple] = ()) -> None:
         """Append records; the arrays are joined once, on the next read (no copy per chunk)."""
         lens = np.array([len(p) + len(a) for p, a in zip(prompts, answers)], np.int64)
         self._pending.append((np.fromiter((t for p, a in zip(prompts, answers) for t in (*p, *a)), np.int32,
                                           int(lens.sum())), lens, np.array([len(p) for p in prompts], np.int32),
-                              np.array(templates, np.int8), np.array(ins_lens, np.int32)))
+                              np.array(input_blocks, np.int8), np.array(ins_lens, np.int32)))
         self.rows.update((i, self._count + k) for k, i in enumerate(ids))
         self.spans.update((self._count + k, sp) for k, sp in enumerate(spans) if sp)
         self._count += len(lens)
@@ -170,14 +169,14 @@ class Encodings(Mapping):
         self.buf = np.concatenate([self.buf, *bufs])
         self.start = np.concatenate([self.start, self.start[-1] + np.cumsum(np.concatenate(lens))])
         self.plen = np.concatenate([self.plen, *plens])
-        self.template = np.concatenate([self.template, *tmpl])
+        self.input_block = np.concatenate([self.input_block, *tmpl])
         self.ins_len = np.concatenate([self.ins_len, *ins])
         self._pending = []
 
     def update(self, other: Encodings) -> None:  # type: ignore[override]
         ids = list(other)
         es = [other[i] for i in ids]  # each built once
-        self.extend(ids, [e.prompt for e in es], [e.answer for e in es], [e.template for e in es],
+        self.extend(ids, [e.prompt for e in es], [e.answer for e in es], [e.input_block for e in es],
                     [e.instruction_len for e in es], [e.spans for e in es])
 
     def ensure(self, ids: Iterable) -> None:
@@ -192,8 +191,7 @@ class Encodings(Mapping):
 
     def _encode(self, tokenizer, records: Sequence[dict], template: str, progress: bool) -> None:
         chunks = range(0, len(records), ENCODE_CHUNK)
-        for lo in tqdm(chunks, desc="tokenising", unit="chunk", disable=not progress or len(chunks) < 2,
-                       file=sys.stderr):
+        for lo in progress_bar(chunks, desc="tokenising", unit="chunk", enabled=progress and len(chunks) >= 2):
             part = records[lo: lo + ENCODE_CHUNK]
             self.extend([r["id"] for r in part], *(_encode_chat if template == "chat" else _encode_alpaca)(
                 tokenizer, part))
@@ -204,7 +202,7 @@ class Encodings(Mapping):
         self._join()
         r = self.rows[i]
         a, b, p = int(self.start[r]), int(self.start[r + 1]), int(self.plen[r])
-        return Encoded(self.buf[a: a + p].tolist(), self.buf[a + p: b].tolist(), int(self.template[r]),
+        return Encoded(self.buf[a: a + p].tolist(), self.buf[a + p: b].tolist(), int(self.input_block[r]),
                        int(self.ins_len[r]), self.spans.get(r, ()))
 
     def __iter__(self) -> Iterator:

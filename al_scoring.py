@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from al_prompts import Encoded, truncate_pair
+from al_utils import progress_bar
 
 
 @dataclass
@@ -145,7 +145,7 @@ def sequence_nll(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pa
     sums, counts = np.zeros(len(seqs)), np.zeros(len(seqs))
     was_training = model.training
     model.eval()
-    with tqdm(total=len(seqs), desc=desc, disable=not cfg.progress, file=sys.stderr, leave=False) as bar:
+    with progress_bar(total=len(seqs), desc=desc, enabled=cfg.progress, leave=False) as bar:
         for idx in cfg.batches([len(s) for s in seqs], groups):
             s, c = batch_nll(model, [seqs[i] for i in idx], [starts[i] for i in idx], pad_id, prefix_cache)
             sums[idx], counts[idx] = s.numpy(), c.numpy()
@@ -178,27 +178,17 @@ def answer_nll_parts(model, encoded: Sequence[Encoded], pad_id: int, max_len: in
     return np.array(gather(s.tolist())), np.array(gather(c.tolist()))
 
 
-def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask (training, embeddings, gradients): under causal attention
-    a real token never sees the pads after it."""
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded ids and attention mask. Right padding (training, embeddings, gradients): under causal
+    attention a real token never sees the pads after it. Left padding (generation): it appends on
+    the right, so every row's last real token must sit in the last column."""
     L = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
     for b, s in enumerate(seqs):
-        ids[b, : len(s)] = torch.tensor(list(s))
-        mask[b, : len(s)] = 1
-    return ids, mask
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask: generation appends on the right, so every row's last
-    real token must sit in the last column."""
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, L - len(s):] = torch.tensor(list(s))
-        mask[b, L - len(s):] = 1
+        cols = slice(L - len(s), L) if left else slice(0, len(s))
+        ids[b, cols] = torch.tensor(list(s))
+        mask[b, cols] = 1
     return ids, mask
 
 
@@ -229,9 +219,9 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pa
     model.eval()
     kw = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
     stops = set(stop)
-    for k in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, file=sys.stderr, leave=False):
+    for k in progress_bar(range(0, len(order), batch_size), desc=desc, enabled=progress, leave=False):
         idx = order[k: k + batch_size]
-        ids, mask = left_pad([prompts[i] for i in idx], pad_id)
+        ids, mask = pad([prompts[i] for i in idx], pad_id, left=True)
         L = ids.size(1)
         torch.manual_seed(seed + k)
         out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),

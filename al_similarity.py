@@ -2,7 +2,7 @@
 cluster --cluster_embedding hidden), the target set that says what "good" means, and the
 selection rules built on them.
 
-Embeddings (design.md): the current model's final hidden states, mean-pooled over the prompt
+Embeddings (docs/design.md): the current model's final hidden states, mean-pooled over the prompt
 tokens after BOS (the first token), L2-normalised; cosine = dot product.
 """
 from __future__ import annotations
@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from al_datasets import load_records, read_rows
 from al_prompts import Encoded, encode_records
-from al_scoring import ScoreConfig, right_pad
-from al_utils import InputError, load_records, read_rows
+from al_scoring import ScoreConfig, pad
+from al_selection import take_in_turns
+from al_utils import InputError
 
 
 @torch.no_grad()
@@ -33,7 +35,7 @@ def embed(model, seqs: Sequence[Sequence[int]], pad_id: int, cfg: ScoreConfig) -
     model.eval()
     dev = next(model.parameters()).device
     for idx in cfg.batches([len(s) for s in seqs]):
-        x, m = right_pad([seqs[i] for i in idx], pad_id)
+        x, m = pad([seqs[i] for i in idx], pad_id)
         m = m.float()
         m[:, 0] = 0  # after BOS
         h = model.model(input_ids=x.to(dev)).last_hidden_state.float().cpu()
@@ -54,12 +56,6 @@ class Target:
     records: list[dict]
     enc: list[Encoded]
     groups: list[str]  # group of each record ("" when there is no --target_group_field)
-
-    def group_rows(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for j, g in enumerate(self.groups):
-            out.setdefault(g, []).append(j)
-        return out
 
 
 def load_target(path: str, group_field: str | None, tok, needs_answers: str = "", template: str = "alpaca") -> Target:
@@ -217,12 +213,7 @@ def typiclust_pick(rows: Sequence[dict], n: int) -> list[tuple[Any, int | None]]
     for r in sorted(rows, key=lambda r: -r["score"]):  # stable: ties keep candidate order
         by.setdefault(r["cluster"], []).append(r)
     order = sorted(by, key=lambda c: (by[c][0]["covered"], -by[c][0]["cluster_size"], c))
-    out: list = []
-    depth = 0
-    while len(out) < min(n, len(rows)):
-        out += [by[c][depth]["id"] for c in order if depth < len(by[c])][: n - len(out)]
-        depth += 1
-    return [(i, None) for i in out]
+    return [(i, None) for i in take_in_turns([[r["id"] for r in by[c]] for c in order], n)]
 
 
 def similarity_guard(emb: dict, labelled: Sequence, tau: float) -> Callable[[Any], bool]:
@@ -305,7 +296,7 @@ def grad_features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], p
         if cfg.token_budget else cfg
     for idx in small.batches([len(s) for s in seqs]):
         B = len(idx)
-        ids, _ = right_pad([seqs[i] for i in idx], pad_id)
+        ids, _ = pad([seqs[i] for i in idx], pad_id)
         tgt = torch.full_like(ids, -100)  # position t predicts token t + 1
         for b, i in enumerate(idx):
             tgt[b, starts[i] - 1: len(seqs[i]) - 1] = ids[b, starts[i]: len(seqs[i])]

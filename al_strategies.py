@@ -8,7 +8,6 @@ parser's choices, the dispatch and the error messages all read that table.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,14 @@ from al_prompts import (
     truncate_prompt,
 )
 from al_scoring import ScoreConfig, generate, mean_nll, sequence_nll, stop_ids
+from al_selection import (
+    PICKS,
+    STRATIFICATIONS,
+    SelectConfig,
+    cluster_round_robin,
+    fill_to_cost,
+    pick,
+)
 from al_similarity import (
     TARGET_AGGREGATIONS,
     Target,
@@ -43,8 +50,6 @@ from al_utils import InputError
 SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
                      "Request: {instruction}")
 NO_SPELLINGS = ("no", "No", "NO")
-STRATIFICATIONS = ("greedy", "bucket", "mixed")
-PICKS = ("top", "bottom", "uniform")
 CLUSTER_EMBEDDINGS = ("tfidf", "hidden")
 SEED_STRATEGIES = ("random", "typiclust")
 GRAD_ANSWERS = ("generated", "pool")
@@ -100,7 +105,7 @@ def forward_ppl(sc: Scoring, ids: Sequence) -> np.ndarray:
     """Mean NLL of every prompt token after BOS (template included), prompts cut by truncate_prompt."""
     seqs = [truncate_prompt(sc.enc[i].prompt, sc.cfg.max_length) for i in ids]
     s, c = sequence_nll(sc.model, seqs, [1] * len(seqs), sc.pad_id, sc.cfg, "scoring forward_ppl",
-                        groups=[sc.enc[i].template for i in ids])
+                        groups=[sc.enc[i].input_block for i in ids])
     return mean_nll(s, c)
 
 
@@ -266,7 +271,7 @@ def answer_losses(sc: Scoring, ids: Sequence) -> tuple[np.ndarray, np.ndarray]:
         cond_starts.append(len(p))
         direct.append(marker + a)
     s, c = sequence_nll(sc.model, cond, cond_starts, sc.pad_id, sc.cfg, "scoring answer|prompt",
-                        groups=[sc.enc[i].template for i in ids])
+                        groups=[sc.enc[i].input_block for i in ids])
     s2, c2 = sequence_nll(sc.model, direct, [len(marker)] * len(direct), sc.pad_id, sc.cfg, "scoring answer")
     return mean_nll(s, c), mean_nll(s2, c2)
 
@@ -525,7 +530,7 @@ def check_flag_use(args: argparse.Namespace, p: argparse.ArgumentParser) -> None
         if applies:
             continue
         value = getattr(args, flag)
-        if value != p.get_default(flag):
+        if value is not None and value != p.get_default(flag):
             used = f"--sampling_strategy {args.sampling_strategy}"
             if strategy(args.sampling_strategy).ranked and flag not in STRATEGY_FLAGS:
                 used += f" --stratification_strategy {args.stratification_strategy}"
@@ -537,20 +542,7 @@ def check_flag_use(args: argparse.Namespace, p: argparse.ArgumentParser) -> None
 
 
 # ----------------------------------------------------------------------------------------------
-# the selection of a round
-
-
-@dataclass
-class SelectConfig:
-    strategy: str = "forward_ppl"
-    stratification: str | None = "greedy"
-    pick: str | None = "top"
-    num_k: int | None = 5
-    decay_k: bool | None = False
-    factor: float | None = 0.7
-    fraction: float = 1.0  # share of the remaining pool scored (cluster_data_fraction)
-    seed_strategy: str = "random"
-    max_similarity: float | None = None
+# the selection of a round: the strategy's rules around al_selection.pick
 
 
 def selection_config(args: argparse.Namespace) -> SelectConfig:
@@ -570,14 +562,6 @@ def selection_config(args: argparse.Namespace) -> SelectConfig:
                         args.max_similarity)
 
 
-def candidates(remaining: list, fraction: float, rng: np.random.Generator) -> list:
-    """The round's candidates: the remaining pool, or a seeded random share of it (kept in order)."""
-    if fraction >= 1:
-        return remaining
-    m = max(1, math.ceil(fraction * len(remaining)))
-    return [remaining[j] for j in np.sort(rng.choice(len(remaining), m, replace=False))]
-
-
 def allowed(rows: list[dict], name: str, scfg: ScoreConfig) -> list[dict]:
     """The scored candidates the strategy may select (ifd: not above --ifd_max)."""
     keep = strategy(name).keep
@@ -586,37 +570,9 @@ def allowed(rows: list[dict], name: str, scfg: ScoreConfig) -> list[dict]:
 
 def select(rows: list[dict], n: int, rnd: int, cfg: SelectConfig, scfg: ScoreConfig, rng: np.random.Generator,
            keep: Callable[[Any], bool] | None = None) -> tuple[list[dict], list]:
-    """The round's batch from its scored candidates: ([{id, bucket, score}] in selection order,
-    ids skipped by `keep`). Fewer than n, or none, when fewer candidates are allowed.
-
-    `keep` is the --max_similarity guard: a candidate it rejects is skipped and the same rule goes
-    on over what is left (for greedy: further down the sorted list) until n are kept."""
-    rows = allowed(rows, cfg.strategy, scfg)
-    score_of = {r["id"]: r["score"] for r in rows}
-    chosen: list = []
-    skipped: list = []
-    while len(chosen) < n and rows:
-        batch = _choose(rows, n - len(chosen), rnd, cfg, rng)
-        if keep is None:
-            chosen = batch
-            break
-        for i, b in batch:
-            (chosen.append((i, b)) if keep(i) else skipped.append(i))
-        taken = {i for i, _ in batch}
-        rows = [r for r in rows if r["id"] not in taken]
-    return [{"id": i, "bucket": b, "score": score_of[i]} for i, b in chosen], skipped
-
-
-def fill_to_cost(picked: list[dict], budget: int, cost: Callable[[Any], int]) -> list[dict]:
-    """The picks in selection order up to, not including, the first that would take the summed
-    cost past `budget` (a batch of --budget_unit answer_words)."""
-    out, total = [], 0
-    for r in picked:
-        total += cost(r["id"])
-        if total > budget:
-            break
-        out.append(r)
-    return out
+    """al_selection.pick over the candidates the strategy allows, with its own rule if unranked."""
+    st = strategy(cfg.strategy)
+    return pick(allowed(rows, cfg.strategy, scfg), n, rnd, cfg, rng, keep, None if st.ranked else st.choose)
 
 
 def select_by_cost(rows: list[dict], n: int, budget: int, cost: Callable[[Any], int], rnd: int,
@@ -633,101 +589,3 @@ def select_by_cost(rows: list[dict], n: int, budget: int, cost: Callable[[Any], 
         if len(batch) < len(picked) or len(picked) < n or n == len(rows):
             return batch, skipped
         n *= 2
-
-
-def _choose(rows: list[dict], n: int, rnd: int, cfg: SelectConfig, rng: np.random.Generator) -> list:
-    st = strategy(cfg.strategy)
-    if not st.ranked:
-        return st.choose(rows, n)
-    ranked = [r["id"] for r in sorted(rows, key=lambda r: -r["score"])]  # stable: ties keep order
-    k = k_for_round(cfg.num_k, cfg.decay_k, rnd) if cfg.stratification == "bucket" else 0
-    return stratify(ranked, n, cfg.stratification, cfg.pick, k, cfg.factor, rng)
-
-
-# ----------------------------------------------------------------------------------------------
-# stratified selection over a list sorted by score, best ("top") first
-
-
-def bucket_sizes(M: int, k: int) -> list[int]:
-    """k contiguous buckets over M items; the first M mod k get one extra item."""
-    return [M // k + (1 if b < M % k else 0) for b in range(k)]
-
-
-def bucket_quota(sizes: Sequence[int], n: int) -> list[int]:
-    """n // k from each bucket and n mod k more from the last; a bucket short of its share gives
-    what it has and its shortfall is taken from bucket i+1, then i-1, i+2, i-2, ... (from what
-    those buckets hold beyond their own share)."""
-    k = len(sizes)
-    want = [n // k] * k
-    want[-1] += n % k
-    take = [min(w, s) for w, s in zip(want, sizes)]
-    spare = [s - t for s, t in zip(sizes, take)]
-    for i in range(k):
-        short = want[i] - min(want[i], sizes[i])  # this bucket's own shortfall, not what it received
-        for d in range(1, k):
-            for j in (i + d, i - d):
-                if short and 0 <= j < k and spare[j]:
-                    g = min(short, spare[j])
-                    take[j] += g
-                    spare[j] -= g
-                    short -= g
-    return take
-
-
-def stratify(sorted_ids: Sequence, n: int, strategy: str, pick: str, k: int, factor: float,
-             rng: np.random.Generator) -> list[tuple[Any, int | None]]:
-    """Choose n of sorted_ids (best first). Returns (id, bucket) pairs in selection order;
-    bucket is None outside `bucket` stratification."""
-    D, M = list(sorted_ids), len(sorted_ids)
-    n = min(n, M)
-
-    def draw(items: list, m: int) -> list:
-        return [items[j] for j in sorted(rng.choice(len(items), size=m, replace=False))]
-
-    def choose(items: list, m: int) -> list:
-        if pick == "top":
-            return items[:m]
-        if pick == "bottom":
-            return items[len(items) - m:]
-        return draw(items, m)
-
-    if strategy == "greedy":
-        return [(i, None) for i in choose(D, n)]
-    if strategy == "mixed":
-        if pick == "uniform":
-            return [(i, None) for i in draw(D, n)]
-        t = int(factor * n)
-        if pick == "top":
-            return [(i, None) for i in D[:t] + draw(D[t:], n - t)]
-        return [(i, None) for i in D[M - t:] + draw(D[: M - t], n - t)]
-    if strategy == "bucket":
-        sizes = bucket_sizes(M, k)
-        quota = bucket_quota(sizes, n)
-        out, lo = [], 0
-        for b, (size, q) in enumerate(zip(sizes, quota)):
-            out += [(i, b) for i in choose(D[lo: lo + size], q)]
-            lo += size
-        return out
-    raise InputError(f"--stratification_strategy: unknown {strategy!r} ({', '.join(STRATIFICATIONS)})")
-
-
-def cluster_round_robin(rows: Sequence[dict], n: int) -> list[tuple[Any, int | None]]:
-    """Pick n across clusters in turn (clusters in order of their best score), highest score first
-    within each cluster. Rows must carry `cluster`; ties keep candidate order."""
-    by: dict[int, list] = {}
-    for r in sorted(rows, key=lambda r: -r["score"]):
-        by.setdefault(r["cluster"], []).append(r["id"])
-    queues = list(by.values())  # dict order = order of each cluster's best row
-    out: list = []
-    depth = 0
-    while len(out) < min(n, len(rows)):
-        out += [q[depth] for q in queues if depth < len(q)][: n - len(out)]
-        depth += 1
-    return [(i, None) for i in out]
-
-
-def k_for_round(num_k: int, decay: bool, rnd: int) -> int:
-    """Buckets used in round rnd >= 1: k_1 = num_k, k_{r+1} = max(2, k_r - 1); num_k = 1 stays 1."""
-    if not decay or num_k == 1:
-        return num_k
-    return max(2, num_k - (rnd - 1))

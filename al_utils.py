@@ -9,22 +9,23 @@ means "more uncertain" and sorts first ("top"). Bad input raises InputError whos
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import errno
-import hashlib
-import io
 import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 # ----------------------------------------------------------------------------------------------
 # errors and atomic files
@@ -54,6 +55,34 @@ def run_cli(main: Callable[[], Any]) -> None:
         print(f"error: {e.filename or '(a file)'}: {e.strerror} ({errno.errorcode[e.errno]}); nothing was left "
               "half-written: free space, then run again with --resume", file=sys.stderr)
         sys.exit(1)
+
+
+class _PhaseLine(tqdm):
+    """A progress bar writing into a file (nohup, SLURM logs): no carriage-return frames, one line
+    when the phase ends, saying what it did and how long it took."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.sp = None  # tqdm's close() then writes nothing of its own
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.disable and not getattr(self, "_said", False):
+            self._said = True
+            of = f"/{self.total}" if self.total else ""
+            with contextlib.suppress(ValueError, OSError):  # the file may be gone at exit
+                self.fp.write(f"{self.desc}: {self.n}{of} {self.unit}s in "
+                              f"{self.format_interval(self._time() - self.start_t)}\n")
+        super().close()
+
+
+def progress_bar(iterable: Iterable | None = None, *, desc: str, enabled: bool = True, **kw: Any) -> tqdm:
+    """The progress bar every loop uses, on stderr: tqdm's bar on a terminal, one line per phase
+    (_PhaseLine) when stderr is a file."""
+    cls = tqdm if sys.stderr.isatty() else _PhaseLine
+    return cls(iterable, desc=desc, disable=not enabled, file=sys.stderr, **kw)
 
 
 UMASK = os.umask(0)
@@ -167,18 +196,26 @@ TEMPLATES = ("alpaca", "chat")  # --prompt_template (al_prompts.py renders them)
 RUNTIME = "run control (may change between a run and its --resume: not part of what it selects or trains)"
 
 
-def add_common_args(p: argparse.ArgumentParser, seed_help: str = "seed of every random draw") -> Any:
+def add_common_args(p: argparse.ArgumentParser, seed_help: str = "seed of every random draw",
+                    template_default: str | None = "alpaca") -> Any:
     """--model_config_path, --prompt_template and --seed (part of what a run is), --threads,
     --no_progress and --deterministic (how it runs), defined once for every script. Returns the
     runtime group for the script's own runtime flags: runtime_flags() reads it back."""
     g = p.add_argument_group("model, prompt template and seed")
     g.add_argument("--model_config_path", default=None,
                    help="HF folder with config + tokenizer (default: the checkpoint's own)")
-    g.add_argument("--prompt_template", default="alpaca", choices=TEMPLATES,
+    g.add_argument("--prompt_template", default=template_default, choices=TEMPLATES,
                    help="alpaca: the original's instruction template; chat: the tokenizer's own chat template "
-                        "(user turn = instruction + input, assistant turn = answer)")
+                        "(user turn = instruction + input, assistant turn = answer)" + (
+                            "" if template_default else "; default: the one the checkpoint was trained with "
+                            "(recorded beside its weights), else alpaca"))
     g.add_argument("--seed", type=int, default=42, help=seed_help)
     rt = p.add_argument_group(RUNTIME)
+    rt.add_argument("--config", default=None, metavar="FILE.yaml",
+                    help="settings from a YAML file: keys are the flag names without dashes (e.g. lr: 5.0e-5, "
+                         "save_opt: true); flags on the command line override it")
+    rt.add_argument("--print_config", action="store_true",
+                    help="print the effective settings as YAML (loadable by --config) and exit")
     rt.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     rt.add_argument("--no_progress", action="store_true", help="no progress bars")
     rt.add_argument("--deterministic", action="store_true",
@@ -196,6 +233,112 @@ def add_save_opt_args(g: Any, default: bool) -> None:
                    help=f"save the optimizer state with the checkpoint {on}".rstrip())
     x.add_argument("--dont_save_opt", dest="save_opt", action="store_false",
                    help=f"save the model without optimizer state {off}".rstrip())
+
+
+def _settings(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Config key -> its flag's action: every long flag without its dashes (--help, --config and
+    --print_config aside; --dont_save_opt is a key too, the inverse of save_opt)."""
+    return {s[2:]: a for a in p._actions for s in a.option_strings
+            if s.startswith("--") and a.dest not in ("help", "config", "print_config")}
+
+
+def _typed(a: argparse.Action, v: Any, where: str) -> Any:
+    """One YAML value as its flag would have parsed it; a wrong type is one line naming the key."""
+    kind = a.type or str
+    name = {int: "an integer", float: "a number", str: "a string"}.get(kind, "a value")
+    if isinstance(v, bool) or isinstance(v, (list, dict)) or (kind is int and not isinstance(v, int)):
+        raise InputError(f"{where}: expected {name}, got {type(v).__name__} {v!r}")
+    if kind is str and not isinstance(v, str):
+        raise InputError(f"{where}: expected {name}, got {type(v).__name__} {v!r}")
+    try:
+        v = kind(v)  # float: YAML reads 1e-3 (no dot) as a string, which float() takes
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{where}: expected {name}, got {v!r} ({e})") from None
+    if a.choices is not None and v not in a.choices:
+        raise InputError(f"{where}: {v!r} is not one of {', '.join(map(str, a.choices))}")
+    return v
+
+
+def load_config(path: str, p: argparse.ArgumentParser) -> dict[str, Any]:
+    """A --config file as {dest: value}, each value checked as its flag would be. YAML through the
+    safe loader (a config file someone sends you runs no code)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise InputError(f"--config: {path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of settings (key: value), got {type(data).__name__}")
+    known, out = _settings(p), {}
+    for key, v in data.items():
+        a = known.get(str(key))
+        if a is None:
+            raise InputError(f"{path}: {key}: unknown setting (keys are the flag names without dashes; see --help)")
+        out[a.dest] = _setting(a, v, f"{path}: {key}")
+    return out
+
+
+def _setting(a: argparse.Action, v: Any, where: str) -> Any:
+    """A config file's value for one flag, as the flag would have parsed it."""
+    if v is None:
+        if a.default is not None or a.required:
+            raise InputError(f"{where}: expected a value, got null")
+        return None
+    if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(v, bool):
+            raise InputError(f"{where}: expected true or false, got {v!r}")
+        return v if isinstance(a, argparse._StoreTrueAction) else not v
+    if a.nargs in ("+", "*"):
+        if not isinstance(v, list) or (a.nargs == "+" and not v):
+            raise InputError(f"{where}: expected a list, got {type(v).__name__} {v!r}")
+        return [_typed(a, x, where) for x in v]
+    return _typed(a, v, where)
+
+
+def effective_config(p: argparse.ArgumentParser, args: argparse.Namespace, skip: Iterable[str] = ()) -> dict:
+    """{dest: value} of every setting, in --help order (what --print_config writes and a run records)."""
+    seen, skip = set(), {"help", "config", "print_config", *skip}
+    out = {}
+    for a in p._actions:
+        if a.dest not in skip and a.dest not in seen and a.option_strings:
+            seen.add(a.dest)
+            out[a.dest] = getattr(args, a.dest)
+    return out
+
+
+def parse_flags(p: argparse.ArgumentParser, argv: list[str] | None = None,
+                recorded: Callable[[list[str], dict], dict] | None = None) -> argparse.Namespace:
+    """Parse the command line over --config FILE over `recorded(argv, config)` (a run's recorded
+    settings, when it is continued) over the parser's defaults; with --print_config print the
+    effective settings as YAML and exit 0 (nothing is checked or created)."""
+    import yaml
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    cfg_path = pre.parse_known_args(argv)[0].config
+    cfg = load_config(cfg_path, p) if cfg_path else {}
+    defaults = {**(recorded(argv, cfg) if recorded else {}), **cfg}
+    known = {a.dest for a in p._actions}
+    p.set_defaults(**{k: v for k, v in defaults.items() if k in known})
+    for a in p._actions:
+        if a.dest in defaults and defaults[a.dest] is not None:
+            a.required = False  # given by the file or the run: the command line may leave it out
+    args = p.parse_args(argv)
+    if args.print_config:
+        sys.stdout.write(yaml.safe_dump(effective_config(p, args), sort_keys=False, default_flow_style=False))
+        sys.exit(0)
+    return args
 
 
 def runtime_flags(p: argparse.ArgumentParser, *more_titles: str) -> set[str]:
@@ -221,198 +364,6 @@ def kill_point(name: str, rnd: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def file_sha256(path: str) -> str:
-    """A data source's content hash (what --resume compares): the file's bytes, or a dataset's files."""
-    from al_datasets import dataset_sha256, is_dataset_source
-
-    if is_dataset_source(path):
-        return dataset_sha256(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------
-# records
-
-ALIASES = {
-    "instruction": ("instruction", "Instruction", "prompt"),
-    "input": ("input", "context"),
-    "output": ("output", "response"),
-}
-
-
-def _jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
-    """A .jsonl file streamed line by line: a million-record pool is never held as one string."""
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{path}:{i}: (encoding): invalid UTF-8 byte 0x{raw[e.start]:02x} "
-                                 f"at column {e.start + 1}") from None
-            if not line.strip():
-                continue  # a blank line holds no record
-            try:
-                yield i, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{i}: (json): malformed JSON: {e.msg} at column {e.colno}") from None
-
-
-def read_rows(path: str) -> Iterable[tuple[int, Any]]:
-    """(1-based line or element number, parsed value) for every record of a .json/.jsonl/.csv file
-    (.jsonl streamed), or (1-based row, row) of a Hugging Face dataset source (al_datasets)."""
-    from al_datasets import dataset_rows, is_dataset_source
-
-    if is_dataset_source(path):
-        return dataset_rows(path)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: file: no such file")
-    if path.endswith(".jsonl"):
-        return _jsonl_rows(path)
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise InputError(f"{path}:{line}: (encoding): invalid UTF-8 byte 0x{raw[e.start]:02x} "
-                         f"at column {col}") from None
-    if path.endswith(".json"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{e.lineno}: (json): malformed JSON: {e.msg}") from None
-        if not isinstance(data, list):
-            raise InputError(f"{path}:1: (json): expected a JSON array of records, got {type(data).__name__}")
-        return list(enumerate(data, start=1))
-    if path.endswith(".csv"):  # header row + one record per row; the line is where the row starts
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows, start = [], 2
-        try:
-            for row in reader:
-                if None in row:
-                    raise InputError(f"{path}:{start}: (csv): more fields than the header has")
-                rows.append((start, {k: v for k, v in row.items() if v is not None}))
-                start = reader.line_num + 1
-        except csv.Error as e:
-            raise InputError(f"{path}:{reader.line_num}: (csv): {e}") from None
-        return rows
-    raise InputError(f"{path}: file: expected a .json, .jsonl, .csv or .parquet file, a save_to_disk folder or "
-                     "hf:NAME[:SPLIT]")
-
-
-# conversation columns: name -> (role key, text key, role spellings -> user | assistant | system)
-CONVERSATIONS = {
-    "messages": ("role", "content", {"user": "user", "assistant": "assistant", "system": "system"}),
-    "conversations": ("from", "value", {"human": "user", "user": "user", "gpt": "assistant",
-                                        "assistant": "assistant", "system": "system"}),
-}
-
-
-def conversation_turns(row: dict, where: str = "") -> tuple[str, list[tuple[str, str]]] | None:
-    """(column, [(role, text)]) of a `messages` ([{role, content}]) or ShareGPT `conversations`
-    ([{from, value}]) row with roles as user | assistant | system, or None when it has neither.
-    Only a last assistant turn may be empty (an answer still to write)."""
-    col = next((c for c in CONVERSATIONS if c in row), None)
-    if col is None:
-        return None
-    key, text, roles = CONVERSATIONS[col]
-    turns = row[col]
-    if not isinstance(turns, list) or not turns:
-        raise InputError(f"{where}: {col}: expected a non-empty list of turns")
-    seq = []
-    for k, t in enumerate(turns, 1):
-        if not isinstance(t, dict) or key not in t or not isinstance(t.get(text), str):
-            raise InputError(f"{where}: {col}: turn {k}: expected an object with {key!r} and a string {text!r}")
-        if t[key] not in roles:
-            raise InputError(f"{where}: {col}: turn {k}: unknown {key} {t[key]!r} (known: {', '.join(roles)})")
-        if not t[text].strip() and not (k == len(turns) > 1 and roles[t[key]] == "assistant"):
-            raise InputError(f"{where}: {col}: turn {k}: empty {text}")
-        seq.append((roles[t[key]], t[text]))
-    return col, seq
-
-
-def conversation_record(row: dict, where: str, require_output: str, multi_turn: bool) -> dict | None:
-    """instruction/input/output of a conversation row (None when it is not one): the first user turn
-    and the final assistant turn (empty when the conversation ends on a user turn: unlabelled). The
-    alpaca template holds one user turn and its answer; with `multi_turn` (--prompt_template chat)
-    a system turn may open it and user/assistant turns alternate, the turns before the final
-    answer being its context (chat_context)."""
-    parsed = conversation_turns(row, where)
-    if parsed is None:
-        return None
-    col, seq = parsed
-    kinds = [r for r, _ in seq]
-    if not multi_turn and kinds not in (["user"], ["user", "assistant"]):
-        raise InputError(f"{where}: {col}: turns {' -> '.join(kinds)}; the alpaca template holds one user turn "
-                         "and its answer (multi-turn and system turns need --prompt_template chat)")
-    body = kinds[1:] if kinds[0] == "system" else kinds
-    if not body or any(k != ("user", "assistant")[j % 2] for j, k in enumerate(body)):
-        raise InputError(f"{where}: {col}: turns {' -> '.join(kinds)}; expected an optional system turn, then user "
-                         "and assistant turns alternating from a user turn")
-    answer = seq[-1][1] if kinds[-1] == "assistant" else ""
-    if require_output and not answer.strip():
-        raise InputError(f"{where}: {col}: no assistant answer after the last user turn ({require_output})")
-    return {"instruction": next(t for r, t in seq if r == "user"), "input": "", "output": answer}
-
-
-def load_records(path: str, require_output: str = "", template: str = "alpaca") -> list[dict]:
-    """Load a pool as records {id, instruction, input, output, ...extra columns}; a row without an
-    instruction column may be a conversation (`messages` or ShareGPT `conversations`): single-turn,
-    or under the chat template (--prompt_template chat) any number of turns (conversation_record).
-
-    `id` is the row's own id if it has one, else its 0-based position in the file (records only,
-    so the first record of a .jsonl is 0 even after blank lines). Extra columns are carried through.
-    A non-empty `require_output` (the reason) makes a record without an answer an error.
-    """
-    records: list[dict] = []
-    first_line: dict[Any, int] = {}
-    for pos, (line, row) in enumerate(read_rows(path)):
-        where = f"{path}:{line}"
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: (record): expected a JSON object, got {type(row).__name__}")
-        rec: dict[str, Any] = {}
-        used: set[str] = set()
-        has_instruction = any(n in row for n in ALIASES["instruction"])
-        conversation = None if has_instruction else conversation_record(row, where, require_output, template == "chat")
-        for field, names in ALIASES.items():
-            if conversation is not None:  # the conversation column itself is kept as it came
-                rec = conversation
-                break
-            name = next((n for n in names if n in row), None)
-            if name is None:
-                if field == "instruction":
-                    raise InputError(f"{where}: instruction: missing (columns found: {', '.join(row) or 'none'})")
-                rec[field] = ""
-                continue
-            used.add(name)
-            value = row[name]
-            if value is None and field != "instruction":
-                value = ""
-            if not isinstance(value, str):
-                raise InputError(f"{where}: {name}: expected a string, got {type(value).__name__}")
-            rec[field] = value
-        if not rec["instruction"].strip():
-            raise InputError(f"{where}: instruction: empty")
-        if require_output and not rec["output"].strip():
-            raise InputError(f"{where}: output: empty or missing ({require_output})")
-        rid = row.get("id", pos)
-        if not isinstance(rid, (int, str)) or isinstance(rid, bool):
-            raise InputError(f"{where}: id: expected a string or integer, got {type(rid).__name__}")
-        if rid in first_line:
-            raise InputError(f"{where}: id: duplicate id {rid!r} (first seen at line {first_line[rid]})")
-        first_line[rid] = line
-        extra = {k: v for k, v in row.items() if k not in used and k != "id"}
-        records.append({"id": rid, **rec, **extra})
-    if not records:
-        raise InputError(f"{path}: file: no records")
-    return records
-
-
 def answer_words(text: str) -> int:
     """What an annotator writes, counted in whitespace-separated words (comparable across tokenizers)."""
     return len(text.split())
@@ -429,3 +380,107 @@ def describe(x: np.ndarray) -> str:
         return "n/a"
     return f"mean {np.mean(x):.3f} min {np.min(x):.3f} max {np.max(x):.3f}"
 
+
+# ----------------------------------------------------------------------------------------------
+# a run directory's state across calls: the recorded spec, what a resume may change, chaining
+
+
+# what one invocation says, not what the run is: never recorded, never taken from the record
+PER_INVOCATION = ("model_path", "resume", "resume_checkpoint_path", "overwrite", "labels", "stop_after_round",
+                  "no_progress")
+
+
+def recorded_spec(argv: list[str], cfg: dict) -> dict:
+    """The settings a continued run recorded (state.json `spec`), so that `--model_path RUN --labels
+    FILE` or `--model_path RUN --resume` need nothing else; a chained run (--resume_checkpoint_path)
+    starts from the previous run's. Empty for a new run, or a run made before runs recorded them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    for f in ("--model_path", "--resume_checkpoint_path", "--labels"):
+        pre.add_argument(f)
+    pre.add_argument("--resume", action="store_true")
+    a = pre.parse_known_args(argv)[0]
+    get = lambda k: getattr(a, k) or cfg.get(k)  # noqa: E731
+    if not (get("resume") or get("labels")) or not get("model_path"):
+        return {}
+    state, where = read_state(get("model_path")), run_paths(get("model_path")).state
+    if state is None and get("resume_checkpoint_path"):
+        prev = run_of_checkpoint(get("resume_checkpoint_path"))
+        state, where = read_state(prev.run), prev.state
+    if state is not None and "spec" not in state and not (
+            any(a.startswith("--init_checkpoint_path") for a in argv) or "init_checkpoint_path" in cfg):
+        raise InputError(f"--resume: {where}: this run was made before runs recorded their settings: give its "
+                         "flags again (its state.json `command` holds them)")
+    # None marks a flag the run did not use: the parser's default stands in (a changed strategy is
+    # then refused by the resume's comparison, not by a None where a number belongs)
+    return {k: v for k, v in (state or {}).get("spec", {}).items() if v is not None}
+
+
+def check_same(state: dict, flags: dict, where: str, default: Callable[[str], Any]) -> None:
+    """Refuse a changed run flag. A flag the run's state does not know was added after it was made:
+    at its default (or unused, None) it is what that run did, so a run made before stays resumable
+    (save_opt was not recorded before: any value). After a round whose loss became non-finite
+    (state `failed`), --lr may change: the one exception, recorded in the round log."""
+    old = state["flags"]
+    free = {"lr"} if state.get("failed") else set()
+    diff = [f"{k}: {old.get(k)!r} -> {flags.get(k)!r}" for k in sorted(set(old) | set(flags))
+            if old.get(k) != flags.get(k) and k not in free
+            and not (k not in old and (k == "save_opt" or flags[k] in (None, default(k))))]
+    if diff:
+        raise InputError(f"--resume: {where}: flags or pool differ from the run being resumed: " + "; ".join(diff))
+
+
+def check_world(state: dict, where: str, w: int) -> None:
+    """Training batches are split over the ranks, so a run continues only with the world size it
+    started with (its results are reproducible for one world size; see docs/design.md)."""
+    was = state.get("world_size")
+    if was is not None and was != w:
+        raise InputError(f"--resume: {where}: the run was started with {was} process(es) and is resumed with {w}; "
+                         f"resume it with {was} (torchrun --nproc_per_node/--nnodes), or start a new run")
+
+
+def prepare_run_dir(paths: RunPaths, overwrite: bool, resume: bool, chain_from: str | None) -> None:
+    """Rank 0: clear an overwritten run, or seed a chained run with the rounds of the run whose
+    checkpoint `chain_from` is."""
+    if os.path.isfile(paths.state) and overwrite and not resume:
+        for p in (paths.rounds, paths.state, paths.selected, paths.labels, paths.ckpt):
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            elif os.path.exists(p):
+                os.remove(p)
+    if resume and not os.path.isfile(paths.state) and chain_from:
+        prev = run_of_checkpoint(chain_from)
+        prev_state = read_state(prev.run)
+        shutil.copytree(prev.rounds, paths.rounds, dirs_exist_ok=True)
+        if os.path.isfile(prev.labels):
+            shutil.copy2(prev.labels, paths.labels)
+        prev_state["chained_from"] = prev.run
+        prev_state["model_source"] = chain_from
+        atomic_write_json(paths.state, prev_state)
+
+
+def provenance() -> dict:
+    """What made a run: the command line, the code's git commit, the main packages' versions."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"command": sys.argv, "git_commit": commit,
+            "versions": {m: version(m) for m in ("torch", "transformers", "numpy", "scikit-learn")}}
+
+
+def plot_hist(scores: list[float], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(scores, bins=50)
+    ax.set_title(title)
+    ax.set_xlabel("score")
+    ax.set_ylabel("examples")
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)

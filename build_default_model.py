@@ -20,10 +20,10 @@ import tempfile
 import time
 
 import torch
-from tqdm import tqdm
 
+from al_datasets import load_records
 from al_prompts import ANSWER_SEP, format_prompt
-from al_utils import InputError, atomic_write_json, load_records, run_cli
+from al_utils import InputError, atomic_write_json, progress_bar, run_cli
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, out_dir: str):
@@ -57,7 +57,7 @@ def warm_up(model, tok, texts: list[str], steps: int, seq_len: int, batch: int, 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     model.train()
     loss = torch.tensor(float("nan"))
-    for step in (bar := tqdm(range(steps), desc="warm-up", file=sys.stderr)):
+    for step in (bar := progress_bar(range(steps), desc="warm-up")):
         starts = torch.randint(0, n, (batch,), generator=g) * seq_len
         x = torch.stack([stream[s: s + seq_len] for s in starts])
         loss = model(input_ids=x, labels=x).loss

@@ -26,10 +26,9 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-from tqdm import tqdm
 
 from al_lora import ADAPTER_DIR
-from al_utils import InputError, atomic_dir, run_cli
+from al_utils import InputError, atomic_dir, progress_bar, run_cli
 from fsdp_utils import TOKENIZER_FILES, copy_meta, safe_reader
 
 
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         size += nbytes
     groups.append(cur)
     with atomic_dir(args.save_path) as tmp:
-        index, bar = {}, tqdm(total=len(keys), desc="tensors", file=sys.stderr)
+        index, bar = {}, progress_bar(total=len(keys), desc="tensors")
         for g, group in enumerate(groups):
             m = meta.state_dict_metadata
             sd = {k: torch.empty(m[k].size, dtype=m[k].properties.dtype) for k in group}
@@ -91,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
                 json.dump({"metadata": {}, "weight_map": index}, f, indent=2)
         copy_meta(cfg_dir, tmp)
+        copy_meta(args.load_path, tmp, ("al_checkpoint.json",))  # how it was trained (eval's prompt template)
     print(f"{len(keys)} tensors in {len(groups)} file(s) -> {args.save_path}", file=sys.stderr)
 
 

@@ -20,9 +20,8 @@ import sys
 
 import torch.distributed.checkpoint as dcp
 from safetensors import safe_open
-from tqdm import tqdm
 
-from al_utils import InputError, atomic_dir, run_cli
+from al_utils import InputError, atomic_dir, progress_bar, run_cli
 from fsdp_utils import check_model_dir, copy_meta, safe_reader
 
 
@@ -61,8 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         # one safetensors file at a time: peak memory stays near the largest input file
         for g, path in enumerate(files):
             with safe_open(path, framework="pt") as fh:
-                sd = {k: fh.get_tensor(k) for k in tqdm(list(fh.keys()), desc=os.path.basename(path),
-                                                         file=sys.stderr)}
+                sd = {k: fh.get_tensor(k) for k in progress_bar(list(fh.keys()), desc=os.path.basename(path))}
             if tied and "model.embed_tokens.weight" in sd:  # HF stores a tied head once; the model has both keys
                 sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
             parts.append(f"part{g:05d}")

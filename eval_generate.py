@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import fsdp_utils
+from al_datasets import file_sha256, load_records
 from al_prompts import check_template, encode_records, pad_id_of, prompt_ids, truncate_prompt
 from al_scoring import ScoreConfig, answer_nll, generate, stop_ids
 from al_utils import (
@@ -29,8 +30,7 @@ from al_utils import (
     add_common_args,
     atomic_write_json,
     check_common_args,
-    file_sha256,
-    load_records,
+    parse_flags,
     read_state,
     run_cli,
     run_paths,
@@ -66,8 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--heldout_run", default=None,
                    help="with --metrics: an AL run directory whose held-out slice (state.json) to score")
     g.add_argument("--heldout_pool", default="data/dolly-1.5k.jsonl", help="the pool that run drew it from")
-    add_common_args(p, seed_help="sampling seed (each batch seeded from it)")
-    args = p.parse_args(argv)
+    add_common_args(p, seed_help="sampling seed (each batch seeded from it)", template_default=None)
+    p.add_argument("--force", action="store_true",
+                   help="evaluate with a --prompt_template other than the one the checkpoint was trained with")
+    args = parse_flags(p, argv)
     check_common_args(args)
     for flag, lo in (("batch_size", 1), ("model_context_length", 2), ("max_new_tokens", 1), ("limit", 1)):
         if getattr(args, flag) is not None and getattr(args, flag) < lo:
@@ -76,6 +78,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise InputError("--deterministic: top-p sampling (--top_p < 1) needs torch.cumsum, which has no "
                          "deterministic CUDA kernel; add --greedy or --top_p 1, or drop --deterministic")
     return args
+
+
+def template_of(model_dir: str, given: str | None, force: bool) -> str:
+    """The prompt template to evaluate with: the one the checkpoint was trained with (recorded beside
+    its weights), unless another is given; a different one given is refused unless --force (a model
+    trained on chat prompts answers alpaca prompts worse, and nothing would say why)."""
+    trained = fsdp_utils.checkpoint_meta(model_dir).get("prompt_template")
+    if given is None:
+        return trained or "alpaca"
+    if trained and given != trained and not force:
+        raise InputError(f"--prompt_template: {model_dir} was trained with --prompt_template {trained}, not {given}; "
+                         "drop the flag to use its own, or add --force")
+    return given
 
 
 def generate_answers(model, tok, prompts: list[list[int]], args: argparse.Namespace,
@@ -136,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     if not model_dir:
         raise InputError("--sharded_model: give the checkpoint to evaluate (or --model_path)")
     fsdp_utils.check_model_dir(model_dir, "--sharded_model" if args.sharded_model else "--model_path")
+    args.prompt_template = template_of(model_dir, args.prompt_template, args.force)
     path = ALPACA_EVAL if args.file_path == "alpaca_eval" else args.file_path
     records = load_records(path, template=args.prompt_template)
     n = 4 if args.debug else args.limit

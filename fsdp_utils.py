@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 import al_lora
 from al_lora import LoraSpec
-from al_utils import InputError, kill_point
+from al_utils import InputError, kill_point, progress_bar
 
 # DCP warns on every single-process save/load; single process is a supported mode here
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -284,12 +284,11 @@ def load_tokenizer(path: str):
 def read_safetensors(path: str, progress: bool = False) -> dict[str, torch.Tensor]:
     """All tensors of a HF folder's *.safetensors files, dtype as stored, read one by one."""
     from safetensors import safe_open
-    from tqdm import tqdm
 
     sd = {}
     for f in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
         with safe_open(f, framework="pt") as fh:
-            for k in tqdm(list(fh.keys()), desc=os.path.basename(f), disable=not progress, file=sys.stderr):
+            for k in progress_bar(list(fh.keys()), desc=os.path.basename(f), enabled=progress):
                 sd[k] = fh.get_tensor(k)
     return sd
 
@@ -405,14 +404,22 @@ def has_optimizer_state(path: str) -> bool:
     return any(k.startswith("optim.") for k in safe_reader(path).read_metadata().state_dict_metadata)
 
 
+def adamw(params: list, lr: float = 1e-3, weight_decay: float = 0.0,
+          betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """The AdamW that training builds (decay on matrices, none on vectors): adam_moments() rebuilds
+    it to load the saved state, so both must group the parameters the same way."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+
+
 def adam_moments(model: torch.nn.Module, path: str, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """name -> (exp_avg, exp_avg_sq) as full CPU tensors, from the optimizer state saved in `path`
     (an AdamW over the model's parameters, as train() builds it). Every rank must call it."""
     from torch.distributed.tensor import DTensor
 
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay}])
+    opt = adamw(list(model.parameters()))
     load_dcp(model, path, opt)
     params = dict(model.named_parameters())
     out = {}

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from al_strategies import bucket_sizes, k_for_round
+from al_selection import bucket_sizes, k_for_round
 from al_utils import InputError, atomic_savefig, atomic_write_text, read_jsonl, read_state, run_cli, run_paths
 
 METRICS = {"heldout": "held-out answer NLL", "test": "test answer NLL"}

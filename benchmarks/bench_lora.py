@@ -35,9 +35,9 @@ def status_gib(field: str) -> float:
 def child(a: argparse.Namespace) -> None:
     import al_lora
     import fsdp_utils
+    from al_datasets import load_records
     from al_prompts import encode_records, pad_id_of
-    from al_utils import load_records
-    from train_AL import TrainConfig, train
+    from al_training import TrainConfig, train
 
     device = fsdp_utils.setup(a.threads)
     tok = fsdp_utils.load_tokenizer(a.model)

@@ -47,10 +47,12 @@ def build_pool(n: int, path: str) -> None:
 def child(a: argparse.Namespace) -> None:
     import al_prompts
     import fsdp_utils
+    from al_datasets import load_records
     from al_prompts import encode_records, lazy_encodings
     from al_scoring import ScoreConfig
-    from al_strategies import SelectConfig, select
-    from al_utils import atomic_write_jsonl, load_records, round_rng
+    from al_selection import SelectConfig
+    from al_strategies import select
+    from al_utils import atomic_write_jsonl, round_rng
 
     tok = fsdp_utils.load_tokenizer(a.model)
     base = rss_gib()

@@ -49,7 +49,7 @@ def memory(args) -> dict:
 
 
 def train_speed(args) -> dict:
-    from train_AL import TrainConfig, train
+    from al_training import TrainConfig, train
 
     tok = fsdp_utils.load_tokenizer(args.model)
     model = fsdp_utils.load_model(args.model, torch.device("cpu"))

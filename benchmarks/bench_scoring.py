@@ -53,7 +53,7 @@ def main():
     ids = [r["id"] for r in records]
     seqs = [truncate_prompt(enc[i].prompt, args.max_length) for i in ids]
     cfg = ScoreConfig(token_budget=args.token_budget, progress=False)
-    groups = [enc[i].template for i in ids]
+    groups = [enc[i].input_block for i in ids]
     pad = pad_id_of(tok)
     n_tok = sum(len(s) for s in seqs)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart: build the embedded default model, then run the original README's budget loop
 # (scripts/run_al.sh) scaled to the embedded 1.5k pool: budgets 100..400, 50 labelled per round,
-# bucket/top/forward_ppl, no AlpacaEval step; print budget -> held-out loss. About 5-8 minutes
+# bucket/top/forward_ppl, no AlpacaEval step; print budget -> held-out loss. About 3-6 minutes
 # on 2 CPU cores.
 #
 # Lighter than the original's settings to fit that time (run_al.sh's defaults): 1 epoch (original 3),
@@ -17,3 +17,4 @@ for budget in $BUDGETS; do runs+=("$OUT/RUN_$budget"); done
 "$PY" scripts/budget_table.py "${runs[@]}"
 echo "elapsed: $(( $(date +%s) - start ))s"
 echo "model: $MODEL | runs: $OUT/RUN_<budget> (selected.json, state.json, rounds/) | checkpoints: $OUT/RUN_<budget>_sharded"
+echo "next: README.md \"Which strategy?\" for your own data and model; configs/quickstart.yaml is this loop as a config file"

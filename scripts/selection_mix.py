@@ -17,8 +17,9 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from al_datasets import load_records
 from al_prompts import has_input  # noqa: E402
-from al_utils import InputError, load_records, read_jsonl, read_state, run_cli, run_paths  # noqa: E402
+from al_utils import InputError, read_jsonl, read_state, run_cli, run_paths  # noqa: E402
 from report_AL import label  # noqa: E402
 
 

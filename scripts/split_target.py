@@ -22,7 +22,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from al_utils import InputError, atomic_write_jsonl, load_records, run_cli  # noqa: E402
+from al_datasets import load_records
+from al_utils import InputError, atomic_write_jsonl, run_cli  # noqa: E402
 
 
 def draw(records: list[dict], sizes: list[int], seed: int, what: str) -> list[list[dict]]:

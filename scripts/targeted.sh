@@ -13,7 +13,7 @@
 #   brainstorming (TARGETS=brainstorming): as summarization, a category with no input anywhere, so
 #     only content can be matched, not the format.
 # Each run goes straight to the part's largest budget (its rounds are the learning curve). random runs
-# to that budget, then a chained run (random2x) goes on to twice it (same curve: design.md), so
+# to that budget, then a chained run (random2x) goes on to twice it (same curve: docs/design.md), so
 # "random needs 2x the labels" is measurable and random has a checkpoint at the arms' last budget. A
 # finished run is skipped, an interrupted one resumes. After a run: greedy answers for (the first
 # ROUGE_LIMIT of) its test set from its final checkpoint, ROUGE-L against the references.

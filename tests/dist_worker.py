@@ -13,13 +13,13 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import al_datasets as D  # noqa: E402
 import al_prompts as P  # noqa: E402
 import al_scoring as SC  # noqa: E402
 import al_strategies as S  # noqa: E402
-import al_utils as U  # noqa: E402
 import fsdp_utils  # noqa: E402
 from al_similarity import Target  # noqa: E402
-from train_AL import TrainConfig, train  # noqa: E402
+from al_training import TrainConfig, train  # noqa: E402
 
 
 def run(mode: str, model_path: str, pool: str, out: str) -> None:
@@ -27,7 +27,7 @@ def run(mode: str, model_path: str, pool: str, out: str) -> None:
     os.makedirs(out, exist_ok=True)
     tok = fsdp_utils.load_tokenizer(model_path)
     model = fsdp_utils.load_model(model_path, device)
-    records = U.load_records(pool)
+    records = D.load_records(pool)
     enc = P.encode_records(tok, records)
     ids = [r["id"] for r in records]
     if mode == "train":

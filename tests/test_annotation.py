@@ -7,6 +7,7 @@ import os
 import pytest
 
 import acquisition_AL
+import al_datasets
 from conftest import write_jsonl
 
 FLAGS = ["--num_acquisition_samples", "40", "--stratification_strategy", "bucket", "--num_k", "3",
@@ -121,11 +122,10 @@ def test_conversation_export_and_import(tmp_path):
     """A conversation record goes out with its final assistant turn empty; the answer may come back
     in that turn (or in `output`)."""
     import al_annotation as A
-    import al_utils as U
 
     turns = [{"from": "human", "value": "Name a colour."}]
     pool = write_jsonl(tmp_path / "p.jsonl", [{"conversations": turns}, {"instruction": "Say hi."}])
-    records = {r["id"]: r for r in U.load_records(pool)}
+    records = {r["id"]: r for r in al_datasets.load_records(pool)}
     rows = A.batch_rows([{"id": 0, "score": 1.0, "bucket": None}, {"id": 1, "score": 0.5, "bucket": None}],
                         records, 1)
     assert rows[0]["conversations"] == turns + [{"from": "gpt", "value": ""}] and "conversations" not in rows[1]

@@ -236,6 +236,24 @@ CASES = {
         {"file_path": pool_file(t, [{**r, "response": r["response"] + "!"} if i == 0 else r
                                     for i, r in enumerate(b["rows"])])},
         f"error: --resume: {t / 'run'}/state.json: flags or pool differ from the run being resumed: file_path: ..."),
+    "a NaN learning rate": lambda t, b: ({"lr": "nan"}, "error: --lr: must be a finite number, not nan"),
+    "an infinite learning rate": lambda t, b: ({"lr": "inf"}, "error: --lr: must be a finite number, not inf"),
+    "a negative warmup ratio": lambda t, b: ({"warmup_ratio": "-0.5"}, "error: --warmup_ratio: must be in [0, 1]"),
+    "an unknown key in a config file": lambda t, b: (
+        {"config": raw_file(t, "c.yaml", b"lr: 0.001\nlearning_rate: 0.01\n")},
+        f"error: {t / 'c.yaml'}: learning_rate: unknown setting (keys are the flag names without dashes; see --help)"),
+    "a wrong type in a config file": lambda t, b: (
+        {"config": raw_file(t, "c.yaml", b"epochs: 1.5\n")},
+        f"error: {t / 'c.yaml'}: epochs: expected an integer, got float 1.5"),
+    "a switch that is not true/false in a config file": lambda t, b: (
+        {"config": raw_file(t, "c.yaml", b"warm_start: yes please\n")},
+        f"error: {t / 'c.yaml'}: warm_start: expected true or false, got 'yes please'"),
+    "a value outside the choices in a config file": lambda t, b: (
+        {"config": raw_file(t, "c.yaml", b"sampling_strategy: best\n")},
+        f"error: {t / 'c.yaml'}: sampling_strategy: 'best' is not one of ..."),
+    "malformed YAML in a config file": lambda t, b: (
+        {"config": raw_file(t, "c.yaml", b"lr: 0.001\nepochs: [1\n")},
+        f"error: {t / 'c.yaml'}:3: not valid YAML (expected ',' or ']', but got '<stream end>')"),
 }
 
 

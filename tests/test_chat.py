@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 
 import acquisition_AL
+import al_datasets as D
 import al_prompts as P
 import al_strategies as S
+import al_training
 import al_utils as U
 import eval_generate
 import fsdp_utils
-import train_AL
 from al_scoring import ScoreConfig, stop_ids
 from conftest import write_jsonl
 
@@ -38,7 +39,7 @@ def chat_model(tiny_model, tmp_path_factory):
 def setup(chat_model, pool):
     tok = fsdp_utils.load_tokenizer(chat_model)
     model = fsdp_utils.load_model(chat_model, torch.device("cpu")).eval()
-    records = U.load_records(pool)[:12]
+    records = D.load_records(pool)[:12]
     return model, tok, records
 
 
@@ -61,7 +62,7 @@ def test_prompt_answer_and_loss_mask_token_by_token(setup):
         assert e.answer[-1] == tok.eos_token_id  # the template's end of turn is part of the answer
     # training's labels: -100 on every prompt token and on padding, the token itself on the answer
     rows = [(enc[r["id"]].prompt, enc[r["id"]].answer) for r in records[:3]]
-    ids, mask, labels = train_AL.collate(rows, P.pad_id_of(tok))
+    ids, mask, labels = al_training.collate(rows, P.pad_id_of(tok))
     for b, r in enumerate(records[:3]):
         p, full = hand(tok, r)
         assert labels[b].tolist() == [-100] * len(p) + full[len(p):] + [-100] * (ids.shape[1] - len(full))
@@ -129,8 +130,10 @@ def test_chat_run_records_its_template_and_refuses_another_on_resume(chat_model,
     acquisition_AL.main([*argv, "--prompt_template", "chat"])
     state = json.load(open(tmp_path / "r" / "state.json"))
     assert state["flags"]["prompt_template"] == "chat" and np.isfinite(state["round_log"][-1]["heldout_loss"])
+    # not given, a setting is the run's own (state.json spec); given differently, it is refused
+    assert acquisition_AL.parse_args([*argv, "--resume"]).prompt_template == "chat"
     with pytest.raises(U.InputError, match="prompt_template: 'chat' -> 'alpaca'"):
-        acquisition_AL.main([*argv, "--al_data_fraction", "60", "--resume"])
+        acquisition_AL.main([*argv, "--al_data_fraction", "60", "--resume", "--prompt_template", "alpaca"])
 
 
 def test_tokenizer_without_chat_template_is_one_line(tiny_model, pool, tmp_path, capsys):
@@ -173,8 +176,8 @@ def test_multi_turn_loss_covers_every_assistant_turn(setup, tmp_path):
     rows = [{"messages": conversation(r, k), "id": f"c{k}"} for k, r in enumerate(records[:4])]
     path = write_jsonl(tmp_path / "conv.jsonl", rows)
     with pytest.raises(U.InputError, match="need --prompt_template chat"):
-        U.load_records(path)
-    recs = U.load_records(path, require_output="training", template="chat")
+        D.load_records(path)
+    recs = D.load_records(path, require_output="training", template="chat")
     assert [r["messages"] for r in recs] == [r["messages"] for r in rows]  # kept as they came
     assert recs[0]["instruction"] == records[0]["instruction"] and recs[0]["output"] == records[0]["output"][:40]
     enc = P.encode_records(tok, recs, "chat")
@@ -186,13 +189,13 @@ def test_multi_turn_loss_covers_every_assistant_turn(setup, tmp_path):
         assert len(e.spans) == 1  # the first answer, inside the prompt
         examples.append((e.prompt, e.answer, e.prompt_loss()))
         # labels: the token itself at every learnt position (both answers), -100 elsewhere
-        _, _, labels = train_AL.collate(examples[-1:], P.pad_id_of(tok))
+        _, _, labels = al_training.collate(examples[-1:], P.pad_id_of(tok))
         assert [j for j, x in enumerate(labels[0].tolist()) if x != -100] == learnt
         assert labels[0, learnt].tolist() == [ids[j] for j in learnt]
     # the training loss is the NLL over those positions, by hand
-    ids, mask, labels = train_AL.collate(examples, P.pad_id_of(tok))
+    ids, mask, labels = al_training.collate(examples, P.pad_id_of(tok))
     with torch.no_grad():
-        got = train_AL.token_nll_sum(model, ids, mask, labels).item()
+        got = al_training.token_nll_sum(model, ids, mask, labels).item()
     want = 0.0
     for r in recs:
         seq, learnt = hand_multi(tok, r["messages"])
@@ -200,7 +203,7 @@ def test_multi_turn_loss_covers_every_assistant_turn(setup, tmp_path):
             logp = model(input_ids=torch.tensor([seq])).logits[0].log_softmax(-1)
         want -= sum(logp[j - 1, seq[j]].item() for j in learnt)
     assert abs(got - want) < 1e-3 * len(recs)
-    assert sum(map(train_AL.learnt_tokens, examples)) == sum(len(hand_multi(tok, r["messages"])[1]) for r in recs)
+    assert sum(map(al_training.learnt_tokens, examples)) == sum(len(hand_multi(tok, r["messages"])[1]) for r in recs)
     # prompt-based scores cover every turn before the final answer (user turns included)
     sc = S.Scoring(model, tok, enc, {r["id"]: r for r in recs}, ScoreConfig(progress=False, max_length=4096), None,
                    template="chat")
@@ -215,7 +218,7 @@ def test_multi_turn_loss_covers_every_assistant_turn(setup, tmp_path):
 def test_multi_turn_run_keeps_conversations_and_exports_them_for_annotators(chat_model, pool, tmp_path):
     from al_annotation import batch_rows
 
-    rows = [{"messages": conversation(r, k)} for k, r in enumerate(U.load_records(pool)[:40])]
+    rows = [{"messages": conversation(r, k)} for k, r in enumerate(D.load_records(pool)[:40])]
     path = write_jsonl(tmp_path / "conv.jsonl", rows)
     argv = ["--file_path", path, "--init_checkpoint_path", chat_model, "--model_path", str(tmp_path / "r"),
             "--al_data_fraction", "20", "--num_acquisition_samples", "10", "--epochs", "1", "--grad_accum", "2",

@@ -29,16 +29,21 @@ RUN = {"file_path", "init_checkpoint_path", "heldout_size", "num_acquisition_sam
        "lora_target_modules", "target_aggregation", "target_normalize"}
 CONTROL = {"model_path", "al_data_fraction", "resume", "resume_checkpoint_path", "overwrite", "stop_after_round",
            "save_file_name", "plot_ppl_hist", "threads", "no_progress", "deterministic", "save_opt",
-           "activation_checkpointing", "annotate_out", "labels"}
+           "activation_checkpointing", "annotate_out", "labels", "config", "print_config"}
 
 
-def test_every_flag_is_classified():
+def test_every_flag_is_classified(tmp_path):
     p = acquisition_AL.parser()
     dests = {a.dest for a in p._actions if a.dest != "help"}
     assert dests == RUN | CONTROL
     assert U.runtime_flags(p, acquisition_AL.ANNOTATION) == CONTROL
     flags = acquisition_AL.run_flags(acquisition_AL.parse_args(BASE), "HASH", annotate=False)
     assert set(flags) == RUN | {"labels_from"} and flags["file_path"] == "HASH"
+    # save_opt joins them where the strategy reads what it saves (less: the Adam moments)
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    less = acquisition_AL.parse_args(BASE + ["--sampling_strategy", "less", "--target_file", str(tmp_path / "t.jsonl"),
+                                             "--save_opt"])
+    assert acquisition_AL.run_flags(less, "HASH", annotate=False)["save_opt"] is True
 
 
 @pytest.mark.parametrize("script", ["acquisition_AL.py", "train_AL.py", "eval_generate.py", "convert_fsdp_to_hf.py"])
@@ -125,3 +130,33 @@ def test_cluster_run_records_what_it_used(pool, tiny_model, tmp_path):
     for r in sorted(scores.values(), key=lambda r: -r["score"]):
         best.setdefault(r["cluster"], r["id"])
     assert picked[:3] == list(best.values())
+
+
+def test_progress_into_a_file_is_one_line_per_phase(tmp_path):
+    """nohup/SLURM logs get no carriage-return frames: one line when a phase ends; a terminal gets
+    tqdm's bar."""
+    import fcntl
+    import os
+    import pty
+    import re
+    import struct
+    import termios
+
+    code = "import al_utils\nfor _ in al_utils.progress_bar(range(50), desc='scoring'): pass\n"
+    with open(tmp_path / "log", "w") as f:
+        subprocess.run([sys.executable, "-c", code], stderr=f, cwd=ROOT, check=True)
+    assert re.fullmatch(r"scoring: 50/50 its in \d\d:\d\d\n", (tmp_path / "log").read_text())
+    main, term = pty.openpty()
+    fcntl.ioctl(term, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a pty starts 0 columns wide
+    subprocess.run([sys.executable, "-c", code], stderr=term, cwd=ROOT, check=True)
+    os.close(term)
+    out = b""
+    while True:  # until the terminal's other end reports it closed
+        try:
+            chunk = os.read(main, 1 << 16)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert b"\r" in out and b"scoring: 100%" in out and b"50/50" in out

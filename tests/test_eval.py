@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import al_datasets as D
 import al_prompts as P
 import al_utils as U
 import eval_generate
@@ -22,7 +23,7 @@ def talkative(loaded):
     eos = tok.eos_token_id
     model.lm_head.register_forward_hook(lambda m, i, o: o.index_add(-1, torch.tensor([eos]),
                                                                     torch.full_like(o[..., :1], -20.0)))
-    recs = U.load_records(eval_generate.ALPACA_EVAL)[:8]
+    recs = D.load_records(eval_generate.ALPACA_EVAL)[:8]
     prompts = [tok(P.format_prompt(r["instruction"], r["input"])).input_ids for r in recs]
     return model, tok, prompts
 

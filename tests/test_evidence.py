@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import acquisition_AL
+import al_datasets as D
 import al_scoring as SC
+import al_selection as SEL
 import al_strategies as S
 import al_utils as U
 import fsdp_utils
@@ -61,9 +63,9 @@ def test_test_loss_is_a_hand_computation_and_test_records_are_never_selected(tin
 def test_fill_to_cost_and_the_doubling_of_n():
     rows = [{"id": i, "score": float(10 - i)} for i in range(10)]
     cost = [3, 3, 3, 3, 1, 1, 1, 1, 1, 1].__getitem__
-    assert [r["id"] for r in S.fill_to_cost(rows, 10, cost)] == [0, 1, 2]  # 12 > 10: stops, never skips ahead
-    assert S.fill_to_cost(rows, 2, cost) == []
-    cfg = S.SelectConfig("forward_ppl", "greedy", "top")
+    assert [r["id"] for r in SEL.fill_to_cost(rows, 10, cost)] == [0, 1, 2]  # 12 > 10: stops, never skips ahead
+    assert SEL.fill_to_cost(rows, 2, cost) == []
+    cfg = SEL.SelectConfig("forward_ppl", "greedy", "top")
     calls = []
 
     def rng_of():
@@ -77,10 +79,10 @@ def test_fill_to_cost_and_the_doubling_of_n():
     picked, _ = S.select_by_cost(rows, 3, 100, cost, 1, cfg, SC.ScoreConfig(), rng_of)
     assert len(picked) == 10
     # a seeded random pick: the batch is what select gives for the final n with a fresh rng
-    ucfg = S.SelectConfig("forward_ppl", "greedy", "uniform")
+    ucfg = SEL.SelectConfig("forward_ppl", "greedy", "uniform")
     picked, _ = S.select_by_cost(rows, 2, 7, cost, 1, ucfg, SC.ScoreConfig(), lambda: np.random.default_rng(5))
     full, _ = S.select(rows, 8, 1, ucfg, SC.ScoreConfig(), np.random.default_rng(5))
-    assert picked == S.fill_to_cost(full, 7, cost) and sum(cost(r["id"]) for r in picked) <= 7
+    assert picked == SEL.fill_to_cost(full, 7, cost) and sum(cost(r["id"]) for r in picked) <= 7
 
 
 def test_word_budget_fills_batches_as_specified_and_resumes(tiny_model, test_data, tmp_path):
@@ -89,7 +91,7 @@ def test_word_budget_fills_batches_as_specified_and_resumes(tiny_model, test_dat
              "--stratification_strategy", "greedy", "--pick_samples_from", "top"]
     run(pool, tiny_model, tmp_path / "w", *words)
     state = json.load(open(tmp_path / "w" / "state.json"))
-    recs = {r["id"]: r for r in U.load_records(pool)}
+    recs = {r["id"]: r for r in D.load_records(pool)}
     n_words = {i: len(r["output"].split()) for i, r in recs.items()}
     # round 0: the seeded order (held-out slice first) up to the first record that would pass 1000 words
     perm = [int(i) for i in U.round_rng(42, 0, 0).permutation(100)][10:]  # --seed 42, the default
@@ -158,10 +160,10 @@ def test_split_is_seeded_and_disjoint(tmp_path):
         ids("summarization/test.jsonl")
     assert (len(target), len(test), len(pool)) == (30, 50, 1502 - 80)
     assert not set(target) & set(test) and not (set(target) | set(test)) & set(pool)
-    cats = {r["id"]: r.get("category") for r in U.load_records(str(tmp_path / "a" / "summarization/pool.jsonl"))}
+    cats = {r["id"]: r.get("category") for r in D.load_records(str(tmp_path / "a" / "summarization/pool.jsonl"))}
     assert sum(c == "summarization" for c in cats.values()) == 136 - 80  # the rest of it stays in the pool
     for name in ("summarization/target.jsonl", "summarization/test.jsonl"):
-        assert {r["category"] for r in U.load_records(str(tmp_path / "a" / name))} == {"summarization"}
+        assert {r["category"] for r in D.load_records(str(tmp_path / "a" / name))} == {"summarization"}
     a_t, a_s = ids("alpaca_eval/target.jsonl"), ids("alpaca_eval/test.jsonl")
     assert (len(a_t), len(a_s)) == (100, 300) and not set(a_t) & set(a_s)
     # another seed, another split
@@ -190,7 +192,7 @@ def test_per_seed_splits_are_deterministic_disjoint_and_differ(tmp_path):
             if name != "alpaca_eval":
                 assert not (ids["target"] | ids["test"]) & ids["pool"] and len(ids["pool"]) == 1502 - 80
                 cats = {r["category"] for f in ("target", "test")
-                        for r in U.load_records(str(tmp_path / f"{seed}a" / name / f"{f}.jsonl"))}
+                        for r in D.load_records(str(tmp_path / f"{seed}a" / name / f"{f}.jsonl"))}
                 assert cats == {name}
             seen.setdefault(name, []).append(frozenset(ids["target"]))
     assert all(len(set(v)) == 5 for v in seen.values())  # every seed its own target set

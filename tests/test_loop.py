@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import acquisition_AL
+import al_datasets as D
 import al_utils as U
 import fsdp_utils
 from conftest import ROOT, hand_answer_nll, outputs
@@ -62,7 +63,7 @@ def test_rounds_grow_disjoint_to_budget(full_run, pool, tiny_model):
     # held-out loss by hand: the round-2 checkpoint on the held-out slice, truncated as in training
     tok = fsdp_utils.load_tokenizer(tiny_model)
     model = fsdp_utils.load_model(str(full_run) + "_sharded", torch.device("cpu"))
-    by_id = {r["id"]: r for r in U.load_records(pool)}
+    by_id = {r["id"]: r for r in D.load_records(pool)}
     want = hand_answer_nll(model, tok, [by_id[i] for i in state["heldout_ids"]], 256)
     assert abs(m["heldout_loss"] - want) < 1e-5
     assert json.load(open(str(full_run) + "_sharded/al_checkpoint.json"))["round"] == 2

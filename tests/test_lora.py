@@ -8,11 +8,12 @@ import torch
 
 import acquisition_AL
 import al_lora
+import al_training
 import convert_fsdp_to_hf
 import fsdp_utils
 import train_AL
+from al_datasets import load_records
 from al_prompts import encode_records, pad_id_of
-from al_utils import load_records
 from conftest import outputs, torchrun, write_jsonl
 
 LORA = ["--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj,v_proj,down_proj"]
@@ -46,8 +47,8 @@ def test_only_adapters_train_and_merge_is_exact(tiny_model, data):
     tok = fsdp_utils.load_tokenizer(tiny_model)
     recs = load_records(data)
     enc = encode_records(tok, recs)
-    train_AL.train(model, [enc[r["id"]] for r in recs], train_AL.TrainConfig(lr=5e-3, epochs=1, train_batch_size=2,
-                   grad_accum=2, max_length=128, progress=False), pad_id_of(tok))
+    cfg = al_training.TrainConfig(lr=5e-3, epochs=1, train_batch_size=2, grad_accum=2, max_length=128, progress=False)
+    al_training.train(model, [enc[r["id"]] for r in recs], cfg, pad_id_of(tok))
     after = model.state_dict()
     changed = {k for k in after if not after[k].equal(before[k])}
     adapters = {k for k in after if al_lora.is_adapter(k)}

@@ -4,21 +4,21 @@ import os
 import subprocess
 import sys
 
+import al_datasets as D
 import al_prompts as P
-import al_utils as U
 from conftest import ROOT, hand_ids
 
 
 def test_compact_encodings_equal_per_record_tokenisation(loaded, pool, monkeypatch):
     _, tok = loaded
-    records = U.load_records(pool)[:50]
+    records = D.load_records(pool)[:50]
     monkeypatch.setattr(P, "ENCODE_CHUNK", 7)  # many chunks, one of them short
     enc = P.encode_records(tok, records)
     assert isinstance(enc, P.Encodings) and list(enc) == [r["id"] for r in records]
     for r in records:
         p, a = hand_ids(tok, r)
         e = enc[r["id"]]
-        assert (e.prompt, e.answer, e.template) == (p, a, int(bool(r["input"].strip())))
+        assert (e.prompt, e.answer, e.input_block) == (p, a, int(bool(r["input"].strip())))
         assert e.instruction_len == len(tok(r["instruction"]).input_ids)
     # a later id replaces an earlier one (annotators' answers over the pool's)
     relabelled = {**records[3], "output": "Another answer."}

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import fsdp_utils
+from al_datasets import load_records
 from al_prompts import encode_records
 from al_scoring import ScoreConfig
 from al_strategies import Scoring, forward_ppl
-from al_utils import load_records
 from conftest import ROOT, prompt_text
 from convert_gguf_to_hf import plain_copy, save_folder
 

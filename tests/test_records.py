@@ -1,7 +1,7 @@
 """Pool loading: column aliases, stable ids, extra columns carried through."""
 import json
 
-from al_utils import load_records
+from al_datasets import load_records
 from conftest import write_jsonl
 
 
@@ -59,7 +59,8 @@ def test_dataset_source_errors(pool, tmp_path):
     import datasets
     import pytest
 
-    from al_utils import InputError, file_sha256
+    from al_datasets import file_sha256
+    from al_utils import InputError
 
     parquet, disk, dd = hf_copies(pool, tmp_path)
     datasets.Dataset.from_list([{"question": "q", "answer": "a"}]).to_parquet(str(tmp_path / "cols.parquet"))

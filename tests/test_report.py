@@ -218,3 +218,14 @@ def test_a_committed_table_is_regenerated_from_its_committed_round_logs(part, ta
         name = f"baselines_{part}_{target}_{x if metric == 'test' else 'heldout'}.md"
         want = open(os.path.join(COMMITTED, name)).read()
         assert report_AL.report(report_AL.by_arm(report_AL.read_runs(runs, metric, x)), metric, x) == want
+
+
+def test_report_needs_no_torch():
+    """report_AL.py reads the selection rules from al_selection, which imports no torch."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = "import sys, report_AL; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

@@ -7,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import al_datasets as D
 import al_prompts as P
 import al_scoring as SC
+import al_selection as SEL
 import al_strategies as S
 import al_utils as U
 from conftest import NO_INPUT, hand_ids, keep_tail, prompt_text
@@ -17,7 +19,7 @@ from conftest import NO_INPUT, hand_ids, keep_tail, prompt_text
 @pytest.fixture(scope="module")
 def setup(loaded, pool):
     model, tok = loaded
-    records = U.load_records(pool)
+    records = D.load_records(pool)
     enc = P.encode_records(tok, records)
     return model, tok, {r["id"]: r for r in records}, enc
 
@@ -137,7 +139,7 @@ def test_answer_strategies_cover_the_same_answer_tokens(setup):
 def test_ifd_above_max_is_never_selected():
     rows = [{"id": i, "score": s} for i, s in enumerate([0.5, 1.2, 0.9, 1.0, 3.0, 0.7])]
     scfg = SC.ScoreConfig(ifd_max=1.0)
-    cfg = S.SelectConfig(strategy="ifd", stratification="greedy", pick="top")
+    cfg = SEL.SelectConfig(strategy="ifd", stratification="greedy", pick="top")
     got, skipped = S.select(rows, 3, 1, cfg, scfg, np.random.default_rng(0))
     assert [r["id"] for r in got] == [3, 2, 5] and skipped == []  # 1.0, 0.9, 0.7: 3.0 and 1.2 are ruled out
     assert len(S.allowed(rows, "ifd", scfg)) == 4
@@ -192,7 +194,7 @@ def setup_1024(pool, tmp_path_factory):
     build_default_model.main(["--file_path", pool, "--save_path", path, *argv])
     tok = fsdp_utils.load_tokenizer(path)
     model = fsdp_utils.load_model(path, torch.device("cpu")).eval()
-    records = U.load_records(pool)
+    records = D.load_records(pool)
     return model, tok, {r["id"]: r for r in records}, P.encode_records(tok, records)
 
 

@@ -5,7 +5,7 @@ import subprocess
 
 import torch
 
-import al_utils as U
+import al_datasets as D
 import eval_generate
 import fsdp_utils
 import report_AL
@@ -29,9 +29,9 @@ def test_run_al_sh_two_budgets(pool, tiny_model, tmp_path):
     # and the held-out loss, which eval and the loop both report (same slice, same truncation)
     tok = fsdp_utils.load_tokenizer(tiny_model)
     model = fsdp_utils.load_model(str(tmp_path / "RUN_100_sharded"), torch.device("cpu"))
-    alpaca = U.load_records(eval_generate.ALPACA_EVAL)[:3]
+    alpaca = D.load_records(eval_generate.ALPACA_EVAL)[:3]
     assert abs(m["reference_nll"] - hand_answer_nll(model, tok, alpaca, 256)) < 1e-5
-    by_id = {r["id"]: r for r in U.load_records(pool)}
+    by_id = {r["id"]: r for r in D.load_records(pool)}
     held = hand_answer_nll(model, tok, [by_id[i] for i in state["heldout_ids"]], 256)
     assert abs(m["heldout_loss"] - held) < 1e-5 and abs(state["round_log"][-1]["heldout_loss"] - held) < 1e-5
     report_AL.main([str(tmp_path / "RUN_100"), "--out", str(tmp_path / "rep")])

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from al_strategies import bucket_quota, bucket_sizes, cluster_round_robin, k_for_round, stratify
+from al_selection import bucket_quota, bucket_sizes, cluster_round_robin, k_for_round, stratify
 
 D = list(range(10))
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 import acquisition_AL
+import al_datasets as D
 import al_scoring as SC
+import al_selection as SEL
 import al_similarity as M
 import al_strategies as S
-import al_utils as U
 from conftest import TARGET_FLAGS as FLAGS
 from conftest import write_jsonl
 
@@ -101,10 +102,10 @@ def test_format_matched_random_draws_only_rows_shaped_like_the_target(tmp_path, 
     sc = scoring(records, with_input, tmp_path, loaded[1])
     rows = S.score_candidates("random_format", list(range(30)), sc)
     assert sum(r["format_match"] for r in rows) == 10
-    picked, _ = S.select(rows, 10, 1, S.SelectConfig("random_format", "greedy", "top"), sc.cfg,
+    picked, _ = S.select(rows, 10, 1, SEL.SelectConfig("random_format", "greedy", "top"), sc.cfg,
                          np.random.default_rng(0))
     assert {r["id"] for r in picked} == set(range(0, 30, 3))  # exactly the rows with an input
-    picked, _ = S.select(rows, 12, 1, S.SelectConfig("random_format", "greedy", "top"), sc.cfg,
+    picked, _ = S.select(rows, 12, 1, SEL.SelectConfig("random_format", "greedy", "top"), sc.cfg,
                          np.random.default_rng(0))
     assert {r["id"] for r in picked[:10]} == set(range(0, 30, 3)) and len(picked) == 12  # then the others
     # the other shape when most target records have no input; the order within is the seeded stream
@@ -155,7 +156,7 @@ def test_rules_in_the_loop(tiny_model, target_data, tmp_path):
     order = sorted(rows, key=lambda r: -r["score"])
     assert picked == [r["id"] for r in order[:30]] and sorted(r["score"] for r in rows) == list(
         range(1, len(rows) + 1))
-    n_target = len(U.load_records(target))
+    n_target = len(D.load_records(target))
     assert [r["target"] for r in order[:n_target]] == list(range(n_target))  # every target example its turn
     assert all("sims" not in r and -1 <= r["similarity"] <= 1 for r in rows)
     run(tiny_model, pool_t, target, tmp_path / "b", "--sampling_strategy", "bm25", "--target_aggregation", "coverage")
@@ -164,7 +165,7 @@ def test_rules_in_the_loop(tiny_model, target_data, tmp_path):
     state = json.load(open(tmp_path / "b" / "state.json"))
     assert state["flags"]["target_aggregation"] == "coverage" and state["round_log"][-1]["labelled"] == 60
     run(tiny_model, pool_t, target, tmp_path / "f", "--sampling_strategy", "random_format")
-    records = {r["id"]: r for r in U.load_records(pool_t)}
+    records = {r["id"]: r for r in D.load_records(pool_t)}
     picked = [json.loads(line)["id"] for line in open(tmp_path / "f" / "rounds" / "1" / "selected.jsonl")]
-    shaped = sum(bool(r["input"].strip()) for r in U.load_records(target)) * 2 >= n_target
+    shaped = sum(bool(r["input"].strip()) for r in D.load_records(target)) * 2 >= n_target
     assert all(bool(records[i]["input"].strip()) == shaped for i in picked[:5])

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import acquisition_AL
+import al_datasets as D
 import al_prompts as P
 import al_scoring as SC
+import al_selection as SEL
 import al_similarity as M
 import al_strategies as S
 import al_utils as U
@@ -19,7 +21,7 @@ from conftest import keep_tail, prompt_text, write_jsonl
 @pytest.fixture(scope="module")
 def setup(loaded, pool):
     model, tok = loaded
-    records = U.load_records(pool)
+    records = D.load_records(pool)
     return model, tok, {r["id"]: r for r in records}, P.encode_records(tok, records)
 
 
@@ -88,7 +90,7 @@ def test_similarity_guard_skips_exactly_the_close_ones():
            {"L": [1, 0], "a": [1, 0.05], "b": [0, 1], "c": [0.05, 1], "d": [1, 1], "e": [-1, 0.2]}.items()}
     rows = [{"id": i, "score": s} for i, s in (("a", 5), ("b", 4), ("c", 3), ("d", 2), ("e", 1))]
     keep = M.similarity_guard(emb, ["L"], tau=0.9)
-    cfg = S.SelectConfig(strategy="forward_ppl", stratification="greedy", pick="top")
+    cfg = SEL.SelectConfig(strategy="forward_ppl", stratification="greedy", pick="top")
     picked, skipped = S.select(rows, 3, 1, cfg, SC.ScoreConfig(), np.random.default_rng(0), keep)
     # a is close to the labelled L, c to the picked b; d (cos 0.71 to both) and e are kept
     assert [r["id"] for r in picked] == ["b", "d", "e"] and skipped == ["a", "c"]
@@ -209,7 +211,7 @@ def test_less_adam_preconditioning_from_a_saved_optimizer_state(setup, tmp_path)
     import copy
 
     import fsdp_utils
-    from train_AL import TrainConfig, train
+    from al_training import TrainConfig, train
 
     model, tok, records, enc = setup
     trained = copy.deepcopy(model)

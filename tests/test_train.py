@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import al_datasets as D
 import al_prompts as P
-import al_utils as U
-from train_AL import TrainConfig, collate, lr_at, token_nll_sum, train
+from al_training import TrainConfig, collate, lr_at, token_nll_sum, train, train_config
 
 
 @pytest.fixture(scope="module")
 def data(loaded, pool):
     model, tok = loaded
-    records = U.load_records(pool)
+    records = D.load_records(pool)
     enc = P.encode_records(tok, records)
     short = [enc[r["id"]] for r in records if len(enc[r["id"]].prompt) + len(enc[r["id"]].answer) < 200]
     return model, tok, short
@@ -84,7 +84,7 @@ def test_adamw_betas_default_to_pytorchs_and_are_flags(data):
     args = train_AL.parser().parse_args(["--init_checkpoint_path", "m", "--data_path", "d", "--save_path", "s",
                                          "--adam_beta2", "0.95", "--dont_save_opt"])
     assert not args.save_opt
-    cfg = train_AL.train_config(args, 0, progress=False)
+    cfg = train_config(args, 0, progress=False)
     cfg.epochs = 1
     _, opt = train(copy.deepcopy(model), ex[:4], cfg, P.pad_id_of(tok))
     assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)
