@@ -6,10 +6,16 @@ pick a stratified batch, label it (oracle: the pool's own answers; or real annot
         --al_data_fraction 200 --num_acquisition_samples 50 --stratification_strategy bucket \
         --num_k 5 --pick_samples_from top --model_path runs/RUN_200 --seed 42
 
+With a target set (examples of the task you want more of), the measured choice is the model-free
+bm25 (README "Which strategy?"):
+    ... --target_file target.jsonl --sampling_strategy bm25 --model_path runs/RUN_200
+
 With annotators (the pool needs no answers): each call exports the batch that needs labels and
-stops ("waiting for labels", exit 0); the next call imports the filled file and goes on:
+stops ("waiting for labels", exit 0); the next call imports the filled file and goes on with the
+settings the run recorded:
     ... --model_path runs/ann --annotate_out batch.csv            # exports the seed set
-    ... --model_path runs/ann --annotate_out batch.csv --labels batch_filled.csv   # train, export next
+    python acquisition_AL.py --model_path runs/ann --labels batch_filled.csv   # train, export next
+Settings can come from a file: --config FILE.yaml (--print_config writes one; configs/ has examples).
 
 Writes the run directory <model_path>/ (state.json, selected.json, rounds/<k>/...) after every
 round and the trained model to <model_path>_sharded. Chain budgets like the original README:
