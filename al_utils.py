@@ -387,7 +387,7 @@ def describe(x: np.ndarray) -> str:
 
 # what one invocation says, not what the run is: never recorded, never taken from the record
 PER_INVOCATION = ("model_path", "resume", "resume_checkpoint_path", "overwrite", "labels", "stop_after_round",
-                  "no_progress")
+                  "no_progress", "status")
 
 
 def recorded_spec(argv: list[str], cfg: dict) -> dict:

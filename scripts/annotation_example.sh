@@ -3,7 +3,7 @@
 # Makes a target split of Dolly (summarization, seed 1), strips the pool's answers, then runs
 # configs/annotation_example.yaml: each call exports a batch and stops; here the "annotators" fill it
 # from the original pool's answers, and the next call needs only the run and the filled file.
-# About 2-3 minutes on 2 CPU cores.
+# About 4-7 minutes on 2 CPU cores.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 OUT=runs/annotation_example  # the config's paths point here
 start=$(date +%s)

@@ -68,6 +68,14 @@ def test_annotation_campaign_continues_by_name(pools, tiny_model, tmp_path, caps
     run(oracle, tiny_model, tmp_path / "oracle")
     work = tmp_path / "ann"
     run(bare, tiny_model, work, "--annotate_out", str(tmp_path / "batch.jsonl"))
+    before = (work / "state.json").read_bytes()
+    capsys.readouterr()
+    acquisition_AL.main(["--model_path", str(work), "--status"])  # read only, needs no other flag
+    assert capsys.readouterr().out == (
+        f"run {work}: 0 round(s) done, 0 of 120 examples labelled\n"
+        f"waiting for labels: 40 of round 0's 40 examples are in {tmp_path / 'batch.jsonl'}; then: "
+        f"python acquisition_AL.py --model_path {work} --labels FILE\n")
+    assert (work / "state.json").read_bytes() == before
     for k in range(3):
         acquisition_AL.main(["--model_path", str(work),
                              "--labels", fill(tmp_path / "batch.jsonl", answers, tmp_path / f"f{k}.jsonl")])
@@ -75,6 +83,9 @@ def test_annotation_campaign_continues_by_name(pools, tiny_model, tmp_path, caps
             assert f"--model_path {work} --labels FILE" in capsys.readouterr().err
     state = json.load(open(work / "state.json"))
     assert state["rounds_done"] == 2 and state["spec"]["annotate_out"] == str(tmp_path / "batch.jsonl")
+    capsys.readouterr()
+    acquisition_AL.main(["--model_path", str(work), "--status"])
+    assert capsys.readouterr().out.startswith(f"run {work}: 3 round(s) done, 120 of 120 examples labelled (finished)\n")
     same_result(work, tmp_path / "oracle")
     # a setting given again with its value is accepted, a different one refused with the difference
     with pytest.raises(InputError, match=r"flags or pool differ .*: lr: 0.001 -> 0.002"):
