@@ -20,7 +20,7 @@ import fsdp_utils
 from al_lora import LoraSpec
 from al_prompts import Encoded, truncate_pair, truncate_prompt
 from al_scoring import pad
-from al_utils import InputError, progress_bar
+from al_utils import InputError, add_config_args, config_from, flag_of, progress_bar, setting
 
 
 class NonFiniteLoss(InputError):
@@ -34,29 +34,34 @@ class NonFiniteLoss(InputError):
 
 @dataclass
 class TrainConfig:
-    lr: float = 2e-5
-    epochs: int = 3
-    train_batch_size: int = 1  # rows per micro-batch
-    grad_accum: int = 16  # micro-batches per optimizer step
-    max_length: int = 2048  # training context; longer examples are truncated keeping answer tokens
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9  # PyTorch's AdamW defaults, as the original used
-    adam_beta2: float = 0.999
-    warmup_ratio: float = 0.03
-    max_grad_norm: float = 1.0
-    seed: int = 42
+    """Training settings. A field made by setting() is its flag too (add_train_args), with the
+    original's values as defaults; seed and progress come from the run."""
+    lr: float = setting(2e-5, "peak learning rate (AdamW)")
+    epochs: int = setting(3, "passes over the labelled set")
+    train_batch_size: int = setting(1, "rows per micro-batch")
+    grad_accum: int = setting(16, "micro-batches per optimizer step")
+    max_length: int = setting(2048, "training context length; longer examples keep their answer tokens",
+                              flag="train_max_length")
+    weight_decay: float = setting(0.0, "AdamW weight decay (on weight matrices; none on vectors)")
+    adam_beta1: float = setting(0.9, "AdamW beta1 (PyTorch's default, as the original used)")
+    adam_beta2: float = setting(0.999, "AdamW beta2 (PyTorch's default)")
+    warmup_ratio: float = setting(0.03, "share of steps in linear warmup")
+    max_grad_norm: float = setting(1.0, "gradient clipping")
+    seed: int = 42  # of the epoch order: the run's seed + the round
     progress: bool = True
 
     def __post_init__(self) -> None:
         """Out-of-range and non-finite values, named by their flag, before anything is created
         (a NaN learning rate would otherwise fail inside torch, an infinite one train to NaN)."""
-        flag = {"max_length": "train_max_length"}
+        def flag(name: str) -> str:
+            return flag_of(TrainConfig, name)
+
         for f in ("lr", "weight_decay", "adam_beta1", "adam_beta2", "warmup_ratio", "max_grad_norm"):
             if not math.isfinite(getattr(self, f)):
-                raise InputError(f"--{flag.get(f, f)}: must be a finite number, not {getattr(self, f)}")
+                raise InputError(f"{flag(f)}: must be a finite number, not {getattr(self, f)}")
         for f in ("epochs", "train_batch_size", "grad_accum", "max_length"):
             if getattr(self, f) < 1:
-                raise InputError(f"--{flag.get(f, f)}: must be >= 1")
+                raise InputError(f"{flag(f)}: must be >= 1")
         if self.lr <= 0:
             raise InputError("--lr: must be > 0")
         if self.max_grad_norm <= 0:
@@ -69,33 +74,19 @@ class TrainConfig:
         if not 0 <= self.warmup_ratio <= 1:
             raise InputError("--warmup_ratio: must be in [0, 1]")
 
+
 def add_train_args(p: argparse.ArgumentParser, runtime: Any) -> None:
-    """Training flags shared by train_AL.py and acquisition_AL.py (defaults: the original's);
+    """Training flags shared by train_AL.py and acquisition_AL.py, from TrainConfig's fields;
     `runtime` is the script's runtime group (al_utils.add_common_args)."""
-    d = TrainConfig()
-    g = p.add_argument_group("training")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the labelled set")
-    g.add_argument("--train_batch_size", type=int, default=d.train_batch_size, help="rows per micro-batch")
-    g.add_argument("--grad_accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
-    g.add_argument("--train_max_length", type=int, default=d.max_length,
-                   help="training context length; longer examples keep their answer tokens")
-    g.add_argument("--weight_decay", type=float, default=d.weight_decay)
-    g.add_argument("--adam_beta1", type=float, default=d.adam_beta1, help="AdamW beta1 (PyTorch's default)")
-    g.add_argument("--adam_beta2", type=float, default=d.adam_beta2, help="AdamW beta2 (PyTorch's default)")
-    g.add_argument("--warmup_ratio", type=float, default=d.warmup_ratio, help="share of steps in linear warmup")
-    g.add_argument("--max_grad_norm", type=float, default=d.max_grad_norm, help="gradient clipping")
+    add_config_args(p.add_argument_group("training"), TrainConfig)
     runtime.add_argument("--activation_checkpointing", action="store_true",
                          help="recompute layer activations in backward: less memory, ~30%% more compute")
     al_lora.add_lora_args(p)
 
 
 def train_config(args: argparse.Namespace, seed: int, progress: bool = True) -> TrainConfig:
-    return TrainConfig(lr=args.lr, epochs=args.epochs, train_batch_size=args.train_batch_size,
-                       grad_accum=args.grad_accum, max_length=args.train_max_length,
-                       weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
-                       warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=seed,
-                       progress=progress)
+    return config_from(TrainConfig, args, seed=seed, progress=progress)
+
 
 def lr_at(step: int, total: int, warmup: int) -> float:
     """Multiplier for optimizer step `step` (0-based): linear warmup, then cosine decay to 0."""

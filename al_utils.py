@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from importlib.metadata import version
 from typing import Any
 
@@ -233,6 +233,32 @@ def add_save_opt_args(g: Any, default: bool) -> None:
                    help=f"save the optimizer state with the checkpoint {on}".rstrip())
     x.add_argument("--dont_save_opt", dest="save_opt", action="store_false",
                    help=f"save the model without optimizer state {off}".rstrip())
+
+
+def setting(default: Any, help: str, flag: str | None = None) -> Any:
+    """A config dataclass field declared once: its default, its help and its flag (default: the
+    field's name). add_config_args makes the flags, config_from reads them back."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+def add_config_args(g: Any, cls: type) -> None:
+    """One flag per field of `cls` declared with setting(), typed by its default."""
+    for f in fields(cls):
+        if "help" in f.metadata:
+            g.add_argument(f"--{f.metadata['flag'] or f.name}", type=type(f.default), default=f.default,
+                           help=f.metadata["help"])
+
+
+def config_from(cls: type, args: argparse.Namespace, **more: Any) -> Any:
+    """`cls` from the parsed flags of its setting() fields; `more` sets the others."""
+    return cls(**{f.name: getattr(args, f.metadata["flag"] or f.name) for f in fields(cls) if "help" in f.metadata},
+               **more)
+
+
+def flag_of(cls: type, name: str) -> str:
+    """The flag of a config field (for error messages that name what the user typed)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return "--" + (f.metadata.get("flag") or f.name)
 
 
 def _settings(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:

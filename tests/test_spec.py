@@ -159,3 +159,19 @@ def test_example_configs_parse(name):
     args = acquisition_AL.parse_args(["--config", f"{ROOT}/configs/{name}.yaml", "--model_path", "runs/x",
                                       "--al_data_fraction", "100"])
     assert args.model_path == "runs/x" and args.al_data_fraction == 100
+
+
+def test_a_training_setting_is_declared_once():
+    """TrainConfig's fields are the training flags: default, type and help come from the field."""
+    from dataclasses import fields
+
+    from al_training import TrainConfig
+
+    acts = {a.dest: a for a in acquisition_AL.parser()._actions}
+    declared = [f for f in fields(TrainConfig) if "help" in f.metadata]
+    assert len(declared) == 10
+    for f in declared:
+        a = acts[f.metadata["flag"] or f.name]
+        assert (a.default, a.type, a.help) == (f.default, type(f.default), f.metadata["help"])
+    with pytest.raises(InputError, match="--train_max_length: must be >= 1"):
+        TrainConfig(max_length=0)
