@@ -86,6 +86,7 @@ from al_utils import (
     run_cli,
     run_of_checkpoint,
     run_paths,
+    run_status,
     runtime_flags,
 )
 
@@ -612,39 +613,6 @@ def wait_for_labels(run: Run, rnd: int, picked: list[dict]) -> bool:
             f"{waiting['exported_to']}; fill their `output`, then: python acquisition_AL.py --model_path "
             f"{run.paths.run} --labels FILE")
     return True
-
-
-def run_status(model_path: str | None) -> str:
-    """What --status prints: a run's progress from its state.json, read only."""
-    if not model_path:
-        raise InputError("--status: give the run: --model_path RUN")
-    paths = run_paths(model_path)
-    state = read_state(paths.run)
-    if state is None:
-        raise InputError(f"--model_path: {paths.run}: no run here (no state.json)")
-    words = state["flags"].get("budget_unit") == "answer_words"
-    log = state["round_log"]
-    spent = log[-1]["answer_words" if words else "labelled"] if log else 0
-    lines = [f"run {paths.run}: {state['rounds_done'] + 1} round(s) done, {spent} of {state.get('budget', '?')} "
-             f"{'answer words' if words else 'examples'} labelled"
-             + (" (finished)" if log and spent >= state.get("budget", spent + 1) else "")]
-    wait, failed = state.get("in_round", {}), state.get("failed")
-    if wait.get("waiting_for_labels"):
-        lines.append(f"waiting for labels: {wait['waiting_for_labels']} of round {wait['round']}'s {wait['batch']} "
-                     f"examples are in {wait['exported_to']}; then: python acquisition_AL.py --model_path "
-                     f"{paths.run} --labels FILE")
-    elif wait:
-        lines.append(f"round {wait['round']}: stopped after its {wait['finished']}; --resume goes on")
-    if failed:
-        lines.append(f"round {failed['round']}: training loss became {failed['loss']} at step {failed['step']} "
-                     f"(--lr {failed['lr']}); go on with --resume and a lower --lr")
-    if log:
-        last = log[-1]
-        losses = [f"{k} {last[k]:.4f}" for k in ("train_loss", "heldout_loss", "test_loss") if last.get(k) is not None]
-        lines.append(f"round {last['round']}: " + " | ".join(losses))
-    if os.path.isdir(paths.ckpt):
-        lines.append(f"model: {paths.ckpt}; labelled set: {paths.selected}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
