@@ -538,7 +538,8 @@ def run_status(model_path: str | None) -> str:
                      f"(--lr {failed['lr']}); go on with --resume and a lower --lr")
     if log:
         last = log[-1]
-        losses = [f"{k} {last[k]:.4f}" for k in ("train_loss", "heldout_loss", "test_loss") if last.get(k) is not None]
+        names = {"train_loss": "train loss", "heldout_loss": "held-out", "test_loss": "test"}
+        losses = [f"{n} {last[k]:.4f}" for k, n in names.items() if last.get(k) is not None]
         lines.append(f"round {last['round']}: " + " | ".join(losses))
     if os.path.isdir(paths.ckpt):
         lines.append(f"model: {paths.ckpt}; labelled set: {paths.selected}")
