@@ -88,6 +88,7 @@ from al_utils import (
     run_paths,
     run_status,
     runtime_flags,
+    waiting_line,
 )
 
 RNG_SHUFFLE, RNG_FRACTION, RNG_SELECT, RNG_SCORE = 0, 1, 2, 3
@@ -609,9 +610,7 @@ def wait_for_labels(run: Run, rnd: int, picked: list[dict]) -> bool:
     if waiting is None:
         return False
     run.mark(rnd, "selection", **waiting)
-    run.log(f"waiting for labels: {waiting['waiting_for_labels']} of round {rnd}'s {len(picked)} examples are in "
-            f"{waiting['exported_to']}; fill their `output`, then: python acquisition_AL.py --model_path "
-            f"{run.paths.run} --labels FILE")
+    run.log(waiting_line(run.paths.run, run.state["in_round"]))
     return True
 
 

@@ -69,8 +69,7 @@ class _PhaseLine(tqdm):
         return True
 
     def close(self) -> None:
-        if not self.disable and not getattr(self, "_said", False):
-            self._said = True
+        if not self.disable:  # tqdm's close() sets disable: a second close writes nothing
             of = f"/{self.total}" if self.total else ""
             with contextlib.suppress(ValueError, OSError):  # the file may be gone at exit
                 self.fp.write(f"{self.desc}: {self.n}{of} {self.unit}s in "
@@ -241,24 +240,32 @@ def setting(default: Any, help: str, flag: str | None = None) -> Any:
     return field(default=default, metadata={"help": help, "flag": flag})
 
 
+def _declared(cls: type) -> dict[str, Any]:
+    """flag name (without dashes) -> field, for the fields of `cls` declared with setting()."""
+    return {f.metadata["flag"] or f.name: f for f in fields(cls) if "help" in f.metadata}
+
+
 def add_config_args(g: Any, cls: type) -> None:
     """One flag per field of `cls` declared with setting(), typed by its default."""
-    for f in fields(cls):
-        if "help" in f.metadata:
-            g.add_argument(f"--{f.metadata['flag'] or f.name}", type=type(f.default), default=f.default,
-                           help=f.metadata["help"])
+    for flag, f in _declared(cls).items():
+        g.add_argument(f"--{flag}", type=type(f.default), default=f.default, help=f.metadata["help"])
 
 
 def config_from(cls: type, args: argparse.Namespace, **more: Any) -> Any:
     """`cls` from the parsed flags of its setting() fields; `more` sets the others."""
-    return cls(**{f.name: getattr(args, f.metadata["flag"] or f.name) for f in fields(cls) if "help" in f.metadata},
-               **more)
+    return cls(**{f.name: getattr(args, flag) for flag, f in _declared(cls).items()}, **more)
 
 
 def flag_of(cls: type, name: str) -> str:
     """The flag of a config field (for error messages that name what the user typed)."""
-    f = next(f for f in fields(cls) if f.name == name)
-    return "--" + (f.metadata.get("flag") or f.name)
+    return "--" + next(flag for flag, f in _declared(cls).items() if f.name == name)
+
+
+def waiting_line(run: str, wait: dict) -> str:
+    """What a run waiting for labels says (state.json `in_round`), when it stops and under --status."""
+    return (f"waiting for labels: {wait['waiting_for_labels']} of round {wait['round']}'s {wait['batch']} examples "
+            f"are in {wait['exported_to']}; fill their `output`, then: python acquisition_AL.py --model_path {run} "
+            "--labels FILE")
 
 
 def _settings(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -528,9 +535,7 @@ def run_status(model_path: str | None) -> str:
              + (" (finished)" if log and spent >= state.get("budget", spent + 1) else "")]
     wait, failed = state.get("in_round", {}), state.get("failed")
     if wait.get("waiting_for_labels"):
-        lines.append(f"waiting for labels: {wait['waiting_for_labels']} of round {wait['round']}'s {wait['batch']} "
-                     f"examples are in {wait['exported_to']}; then: python acquisition_AL.py --model_path "
-                     f"{paths.run} --labels FILE")
+        lines.append(waiting_line(paths.run, wait))
     elif wait:
         lines.append(f"round {wait['round']}: stopped after its {wait['finished']}; --resume goes on")
     if failed:

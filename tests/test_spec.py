@@ -73,8 +73,8 @@ def test_annotation_campaign_continues_by_name(pools, tiny_model, tmp_path, caps
     acquisition_AL.main(["--model_path", str(work), "--status"])  # read only, needs no other flag
     assert capsys.readouterr().out == (
         f"run {work}: 0 round(s) done, 0 of 120 examples labelled\n"
-        f"waiting for labels: 40 of round 0's 40 examples are in {tmp_path / 'batch.jsonl'}; then: "
-        f"python acquisition_AL.py --model_path {work} --labels FILE\n")
+        f"waiting for labels: 40 of round 0's 40 examples are in {tmp_path / 'batch.jsonl'}; fill their `output`, "
+        f"then: python acquisition_AL.py --model_path {work} --labels FILE\n")
     assert (work / "state.json").read_bytes() == before
     for k in range(3):
         acquisition_AL.main(["--model_path", str(work),
