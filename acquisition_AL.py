@@ -294,10 +294,7 @@ class Run:
     tok: Any
     enc: Encodings  # id -> Encoded (annotators' answers in annotation mode)
     budget: int
-    scfg: ScoreConfig
-    sel: SelectConfig
-    tcfg: TrainConfig  # seed: the run's (a round trains with seed + round)
-    lora: LoraSpec | None
+    cfg: Configs  # train and lora carry the run's seed; a round trains with seed + round
     device: torch.device
     target: Target | None = None
     test: list = field(default_factory=list)  # Encoded --test_file examples
@@ -337,8 +334,8 @@ class Run:
         if not encoded:
             return None, [], []
         with fsdp_utils.full_params(self.model):
-            s, c = answer_nll_parts(self.model, encoded, pad_id_of(self.tok), self.args.train_max_length, self.scfg,
-                                    fsdp_utils.my_slice(len(encoded)), fsdp_utils.gather_lists)
+            s, c = answer_nll_parts(self.model, encoded, pad_id_of(self.tok), self.cfg.train.max_length,
+                                    self.cfg.score, fsdp_utils.my_slice(len(encoded)), fsdp_utils.gather_lists)
         return float(s.sum() / c.sum()), s.tolist(), c.tolist()
 
     def words(self, i) -> int:
@@ -374,7 +371,6 @@ def open_run(args: argparse.Namespace) -> Run:
     prior = read_state(paths.run)
     annotate = annotation_mode(args.annotate_out, args.labels, args.resume, prior)
     cfg = check_numbers(args)
-    scfg, sel = cfg.score, cfg.select
     records, budget = load_pool(args, annotate, prior)
     tok = check_models(args, cfg.lora)
     grads = f"--sampling_strategy {args.sampling_strategy} takes the target's gradients on its answers"
@@ -414,11 +410,11 @@ def open_run(args: argparse.Namespace) -> Run:
         state["flags"]["lr"] = flags["lr"]
         state.pop("failed")
     # prompts (+ the pool's answers, if any: oracle labels, held-out), tokenised when a round needs them
-    enc = lazy_encodings(tok, by_id, args.prompt_template, scfg.progress)
+    enc = lazy_encodings(tok, by_id, args.prompt_template, cfg.score.progress)
     enc.ensure(perm[: args.heldout_size])
     state["excluded_as_target"] = len(perm) - args.heldout_size - len(order)
     run = Run(args, paths, state, by_id, order, perm[: args.heldout_size], labels, annotate, tok, enc, budget,
-              scfg, sel, cfg.train, cfg.lora, device, target,
+              cfg, device, target,
               list(encode_records(tok, test, args.prompt_template).values()),
               model_source=state.get("model_source", paths.ckpt), lock=lock)
     if annotate and labels:  # the annotators' answers, never the pool's, are what training sees
@@ -454,7 +450,7 @@ def resume_rounds(run: Run) -> None:
 
 def round_strategy(run: Run, rnd: int) -> str:
     """Round 0 picks the seed set by --seed_strategy, later rounds by --sampling_strategy."""
-    return run.sel.seed_strategy if rnd == 0 else run.sel.strategy
+    return run.cfg.select.seed_strategy if rnd == 0 else run.cfg.select.strategy
 
 
 def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
@@ -468,12 +464,12 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
     if fsdp_utils.broadcast(os.path.isfile(sel_file)):
         return read_jsonl(sel_file), read_jsonl(scores_file) if os.path.isfile(scores_file) else []
     scores: list[dict] = []
-    sel = dataclasses.replace(run.sel, strategy=round_strategy(run, rnd))
+    sel = dataclasses.replace(run.cfg.select, strategy=round_strategy(run, rnd))
     if rnd == 0 and sel.strategy == "random":  # the seed set: the first n of the seeded order
         picked = [{"id": i, "bucket": None, "score": None} for i in remaining]
         picked = fill_to_cost(picked, want, run.words) if run.words_budget else picked[:n]
     else:
-        cands = candidates(remaining, run.sel.fraction, round_rng(run.args.seed, rnd, RNG_FRACTION)) \
+        cands = candidates(remaining, run.cfg.select.fraction, round_rng(run.args.seed, rnd, RNG_FRACTION)) \
             if rnd > 0 else remaining
         if run.words_budget and cands:  # examples the strategy picks first: the words over the mean answer
             n = math.ceil(want / np.mean([run.words(i) for i in cands]))
@@ -484,8 +480,8 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
         kill_point("scoring", rnd)
         rng_of = lambda: round_rng(run.args.seed, rnd, RNG_SELECT)  # noqa: E731
         picked, skipped = fsdp_utils.broadcast(
-            select_by_cost(scores, n, want, run.words, rnd, sel, run.scfg, rng_of, keep_of) if run.words_budget
-            else select(scores, n, rnd, sel, run.scfg, rng_of(), keep_of() if keep_of else None))
+            select_by_cost(scores, n, want, run.words, rnd, sel, run.cfg.score, rng_of, keep_of) if run.words_budget
+            else select(scores, n, rnd, sel, run.cfg.score, rng_of(), keep_of() if keep_of else None))
         skipped = set(skipped)
         for r in scores:
             if r["id"] in skipped:
@@ -508,10 +504,10 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
     (or None)."""
     if not cands:
         return [], None
-    tau = run.sel.max_similarity
+    tau = run.cfg.select.max_similarity
     if run.model is None and (strategy(name).model or tau is not None):
         run.model = run.load(run.model_source if rnd > 0 else run.args.init_checkpoint_path)
-    sc = Scoring(run.model, run.tok, run.enc, run.by_id, run.scfg, round_rng(run.args.seed, rnd, RNG_SCORE),
+    sc = Scoring(run.model, run.tok, run.enc, run.by_id, run.cfg.score, round_rng(run.args.seed, rnd, RNG_SCORE),
                  run.target, run.labelled, n, template=run.args.prompt_template)
     if strategy(name).grads:  # LESS: Adam moments of the last round (with --save_opt), a plain model copy
         if rnd > 0 and fsdp_utils.has_optimizer_state(run.model_source):
@@ -538,13 +534,13 @@ def train_round(run: Run, rnd: int) -> dict:
         run.model = run.load(ckpt)
         tstats = meta["train"]
     else:
-        lora = dataclasses.replace(run.lora, seed=args.seed + rnd) if run.lora is not None else None
+        lora = dataclasses.replace(run.cfg.lora, seed=args.seed + rnd) if run.cfg.lora is not None else None
         warm = args.warm_start and rnd > 0
         base = run.model_source if warm else args.init_checkpoint_path
         if lora is not None or not warm or run.model is None:  # else: warm, from the model in memory
             run.model = run.load(base, lora)
         torch.manual_seed(args.seed + rnd)
-        tcfg = dataclasses.replace(run.tcfg, seed=args.seed + rnd)
+        tcfg = dataclasses.replace(run.cfg.train, seed=args.seed + rnd)
         run.enc.ensure(run.labelled)
         try:
             stats, opt = train(run.model, [run.enc[i] for i in run.labelled], tcfg, pad_id_of(run.tok),
@@ -581,7 +577,7 @@ def finish_round(run: Run, rnd: int, picked: list[dict], scores: list[dict], tst
                "heldout_loss": held, "heldout_examples": len(run.heldout), "test_loss": test,
                "test_examples": len(run.test), "test_example_nll": test_nll, "test_example_tokens": test_tokens,
                "candidates_scored": len(scores),
-               "candidates_ruled_out": len(scores) - len(allowed(scores, round_strategy(run, rnd), run.scfg)),
+               "candidates_ruled_out": len(scores) - len(allowed(scores, round_strategy(run, rnd), run.cfg.score)),
                "skipped_as_similar": sum(bool(r.get("skipped_similar")) for r in scores),
                "score_stats": describe(sc), "seconds": seconds}
     run.state["rounds_done"] = rnd
