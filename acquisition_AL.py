@@ -39,11 +39,18 @@ import torch
 
 import al_lora
 import fsdp_utils
-from al_annotation import annotation_mode, export_for_annotators, load_labels, pending_labels, save_labels
+from al_annotation import (
+    LABEL_STUDIO,
+    annotation_mode,
+    export_for_annotators,
+    load_labels,
+    pending_labels,
+    save_labels,
+)
 from al_datasets import file_sha256, load_records
 from al_lora import LoraSpec
-from al_prompts import Encodings, check_template, encode_records, lazy_encodings, pad_id_of
-from al_scoring import ScoreConfig, answer_nll_parts
+from al_prompts import Encodings, check_template, encode_records, lazy_encodings, pad_id_of, truncate_prompt
+from al_scoring import ScoreConfig, answer_nll_parts, generate, stop_ids
 from al_selection import SelectConfig, candidates, fill_to_cost
 from al_similarity import Target, less_modules, load_target, similarity_guard, target_keys
 from al_strategies import (
@@ -135,11 +142,17 @@ def parser() -> argparse.ArgumentParser:
     add_save_opt_args(rt, default=False)
     g = p.add_argument_group(ANNOTATION)
     g.add_argument("--annotate_out", default=None,
-                   help="write each batch that needs answers here (.jsonl, or .csv) and stop, exit 0; answers "
-                        "then come only from annotators (--labels), so the pool needs no answer column")
+                   help="write each batch that needs answers here (.jsonl; .csv; NAME.ls.json: Label Studio tasks, "
+                        "with the project's labeling configuration beside it) and stop, exit 0; answers then come "
+                        "only from annotators (--labels), so the pool needs no answer column")
     g.add_argument("--labels", default=None,
-                   help="the annotators' filled batch (.jsonl/.json/.csv: id + output): checked, imported, then "
-                        "the run goes on (implies --resume); blank answers stay pending")
+                   help="the annotators' filled batch (.jsonl/.json/.csv: id + output) or the Label Studio "
+                        "project's JSON export: checked, imported, then the run goes on (implies --resume); blank "
+                        "answers and tasks not annotated (or skipped) stay pending")
+    g.add_argument("--draft_answers", action="store_true",
+                   help="Label Studio batches: the current model's greedy answer as each task's prediction, which "
+                        "annotators edit instead of writing from scratch (drafts can anchor annotators)")
+    g.add_argument("--draft_max_new_tokens", type=int, default=256, help="cap on a draft answer's tokens")
     add_selection_args(p)
     add_score_args(p)
     add_train_args(p, rt)
@@ -175,6 +188,10 @@ def check_numbers(args: argparse.Namespace) -> Configs:
             raise InputError(f"--{flag}: must be >= {lo}")
     if args.al_data_fraction <= 0:
         raise InputError("--al_data_fraction: must be > 0")
+    if args.draft_answers and not (args.annotate_out or "").endswith(LABEL_STUDIO):
+        raise InputError(f"--draft_answers: drafts go to Label Studio tasks: needs --annotate_out NAME{LABEL_STUDIO}")
+    if args.draft_max_new_tokens < 1:
+        raise InputError("--draft_max_new_tokens: must be >= 1")
     progress = not args.no_progress and fsdp_utils.is_main()
     tcfg, lora = train_config(args, args.seed, progress), al_lora.lora_spec(args, args.seed)
     if lora is not None and args.save_opt:
@@ -599,10 +616,25 @@ def finish_round(run: Run, rnd: int, picked: list[dict], scores: list[dict], tst
             f"{losses or 'no held-out or test set'} | {seconds['total']:.1f}s")
 
 
+def draft_answers(run: Run, rnd: int, ids: list) -> list[str]:
+    """The current model's greedy answers to `ids` (--draft_answers): the base model's for the seed
+    set, then the last round's; each rank generates its share."""
+    if run.model is None:
+        run.model = run.load(run.model_source if rnd > 0 else run.args.init_checkpoint_path)
+    run.enc.ensure(ids)
+    cfg, mine = run.cfg.score, ids[fsdp_utils.my_slice(len(ids))]
+    prompts = [truncate_prompt(run.enc[i].prompt, cfg.max_length - 1) for i in mine]
+    with fsdp_utils.full_params(run.model):
+        gens = generate(run.model, prompts, [run.args.draft_max_new_tokens] * len(mine), pad_id_of(run.tok),
+                        stop_ids(run.model, run.tok), cfg.max_rows, cfg.progress, "drafts")
+    return fsdp_utils.gather_lists([run.tok.decode(g, skip_special_tokens=True).strip() for g, _ in gens])
+
+
 def wait_for_labels(run: Run, rnd: int, picked: list[dict]) -> bool:
     """Export the round's picks that have no answer yet and record that the run waits (True)."""
+    drafts = (lambda ids: draft_answers(run, rnd, ids)) if run.args.draft_answers else None
     waiting = export_for_annotators(picked, rnd, run.by_id, run.labels, run.paths, run.args.annotate_out,
-                                    run.main)
+                                    run.main, drafts)
     if waiting is None:
         return False
     run.mark(rnd, "selection", **waiting)

@@ -263,9 +263,15 @@ def flag_of(cls: type, name: str) -> str:
 
 def waiting_line(run: str, wait: dict) -> str:
     """What a run waiting for labels says (state.json `in_round`), when it stops and under --status."""
-    return (f"waiting for labels: {wait['waiting_for_labels']} of round {wait['round']}'s {wait['batch']} examples "
-            f"are in {wait['exported_to']}; fill their `output`, then: python acquisition_AL.py --model_path {run} "
-            "--labels FILE")
+    head = (f"waiting for labels: {wait['waiting_for_labels']} of round {wait['round']}'s {wait['batch']} examples "
+            f"are in {wait['exported_to']}")
+    if "label_studio_config" in wait:  # a Label Studio batch: tasks to import, its export to bring back
+        todo = "import them into the project" if wait["waiting_for_labels"] == wait["batch"] else \
+            "they are already in the project (this file lists what is still pending)"
+        return (f"{head} (Label Studio tasks; the project's labeling configuration: {wait['label_studio_config']}); "
+                f"{todo}, annotate, export the project as JSON, then: python acquisition_AL.py --model_path {run} "
+                "--labels EXPORT.json")
+    return f"{head}; fill their `output`, then: python acquisition_AL.py --model_path {run} --labels FILE"
 
 
 def _settings(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:

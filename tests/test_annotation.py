@@ -133,5 +133,5 @@ def test_conversation_export_and_import(tmp_path):
     back = [json.loads(line) for line in open(tmp_path / "batch.jsonl")]
     back[0]["conversations"][-1]["value"] = "Blue."  # filled in the conversation, `output` left blank
     back[1]["output"] = "Hi."
-    new, blank, again = A.import_labels(write_jsonl(tmp_path / "filled.jsonl", back), [0, 1], 1, records, {})
-    assert new == {0: "Blue.", 1: "Hi."} and (blank, again) == (0, 0)
+    new, words = A.import_labels(write_jsonl(tmp_path / "filled.jsonl", back), [0, 1], 1, records, {})
+    assert new == {0: "Blue.", 1: "Hi."} and "(0 already imported, 0 left blank)" in words

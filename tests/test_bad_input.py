@@ -93,6 +93,19 @@ def sharded_truncated(t, b):
     return str(d)
 
 
+def ls_export(t, b, result=None, record=None, data=None):
+    """A Label Studio JSON export (the shape of tests/fixtures/label_studio) answering the pending
+    batch's first row: `result` replaces the text area, `record` the record id, `data` the data."""
+    r = b["pending"][0]
+    area = [{"from_name": "answer", "to_name": "instruction", "type": "textarea",
+             "value": {"text": [b["rows"][r["id"]]["response"]]}}]
+    task = {"id": 100, "data": data or {"record_id": r["id"] if record is None else record,
+                                        "instruction": r["instruction"], "input": r["input"], "round": 2},
+            "annotations": [{"id": 1, "result": area if result is None else result, "was_cancelled": False,
+                             "created_at": "2026-11-30T05:41:43.389026Z", "updated_at": "2026-11-30T05:41:43.389111Z"}]}
+    return raw_file(t, "export.json", json.dumps([task]).encode())
+
+
 def pending_row(b, i=0, **changes):
     r = b["pending"][i]
     return {**r, "output": b["rows"][r["id"]]["response"], **changes}
@@ -172,6 +185,28 @@ CASES = {
         f"error: {p}:1: output: expected a string, got int"),
     "labels: no id column": lambda t, b: (
         {"labels": (p := labels_file(t, b, [{"output": "x"}]))}, f"error: {p}:1: id: missing (columns found: output)"),
+    "labels: a Label Studio export of another project": lambda t, b: (
+        {"labels": (p := ls_export(t, b, record=(x := min(set(range(60)) - set(b["labelled"])
+                                                          - {r["id"] for r in b["pending"]}))))},
+        f"error: {p}: task 100: id: {x} was not requested in the pending batch (round 2)"),
+    "labels: a Label Studio annotation that is not a text area": lambda t, b: (
+        {"labels": (p := ls_export(t, b, result=[{"from_name": "ok", "to_name": "instruction", "type": "choices",
+                                                  "value": {"choices": ["yes"]}}]))},
+        f"error: {p}: task 100: answer: the annotation's result is not a text area (choices); the project needs the "
+        "labeling configuration written beside the batch (label_studio_config.xml)"),
+    "labels: a Label Studio annotation with an empty answer": lambda t, b: (
+        {"labels": (p := ls_export(t, b, result=[{"from_name": "answer", "to_name": "instruction",
+                                                  "type": "textarea", "value": {"text": ["  "]}}]))},
+        f"error: {p}: task 100: answer: empty answer"),
+    "labels: a Label Studio task this tool did not export": lambda t, b: (
+        {"labels": (p := ls_export(t, b, data={"text": "x"}))},
+        f"error: {p}: task 100: data.record_id: missing (not a task this tool exported; found: text)"),
+    "labels: a malformed Label Studio export": lambda t, b: (
+        {"labels": (p := raw_file(t, "export.json", b'[{"id": 1,\n "data": {"record_id": 3}, "annotations": [}]'))},
+        f"error: {p}:2: (json): malformed JSON: Expecting value"),
+    "--draft_answers without a Label Studio batch": lambda t, b: (
+        {"draft_answers": ""}, "error: --draft_answers: drafts go to Label Studio tasks: needs --annotate_out "
+                               "NAME.ls.json"),
     "labels for a run that waits for none": lambda t, b: (
         {"labels": labels_file(t, b, [pending_row(b)]), "model_path": str(t / "fresh")},
         f"error: --labels: {t / 'fresh'}: no run there waiting for labels (start one with --annotate_out)"),

@@ -29,7 +29,8 @@ RUN = {"file_path", "init_checkpoint_path", "heldout_size", "num_acquisition_sam
        "lora_target_modules", "target_aggregation", "target_normalize"}
 CONTROL = {"model_path", "al_data_fraction", "resume", "resume_checkpoint_path", "overwrite", "stop_after_round",
            "save_file_name", "plot_ppl_hist", "threads", "no_progress", "deterministic", "save_opt",
-           "activation_checkpointing", "annotate_out", "labels", "config", "print_config", "status"}
+           "activation_checkpointing", "annotate_out", "labels", "draft_answers", "draft_max_new_tokens", "config",
+           "print_config", "status"}
 
 
 def test_every_flag_is_classified(tmp_path):
