@@ -14,26 +14,48 @@ import torch
 import torch.nn.functional as F
 
 from al_prompts import Encoded, truncate_pair
-from al_utils import progress_bar
+from al_utils import InputError, flag_of, progress_bar, setting
+
+CLUSTER_EMBEDDINGS = ("tfidf", "hidden")
+GRAD_ANSWERS = ("generated", "pool")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoreConfig:
-    """Scoring settings. These defaults are the flags' defaults: al_strategies.add_score_args builds
-    the flags from them and score_config checks them."""
-    max_length: int = 1024  # --model_max_length: scored sequences are cut to this (truncate_prompt)
-    token_budget: int = 2048  # --score_token_budget: tokens per length-sorted batch; 0 = fixed rows
-    batch_size: int = 4  # --batch_size: rows per batch when token_budget is 0
-    gen_max_new_tokens: int = 32  # generation_ppl: tokens generated
-    self_ask_positions: int = 3  # self_ask: generated positions read
-    num_clusters: int = 10  # cluster: KMeans clusters
-    cluster_embedding: str = "tfidf"  # cluster: tfidf | hidden
-    ifd_max: float = 1.0  # ifd: candidates above this are not selected (Cherry_LLM drops IFD > 1)
-    grad_dim: int = 8192  # less: dimensions of the projected gradients
-    grad_answers: str = "generated"  # less: candidate answers are the model's greedy ones, or the pool's
-    target_aggregation: str = "mean"  # rds, less, bm25: mean | round_robin | coverage over the target examples
+    """Scoring settings. A field made by setting() is its flag too (al_strategies.add_score_args,
+    in this order under --help); the strategies that do not read one refuse it (check_flag_use)."""
+    max_length: int = setting(1024, "scoring truncation in tokens: prompts keep BOS and their last tokens",
+                              "model_max_length")
+    token_budget: int = setting(2048, "tokens per length-sorted scoring batch; 0 = fixed --batch_size rows",
+                                "score_token_budget")
+    batch_size: int = setting(4, "rows per scoring batch when --score_token_budget is 0")
+    gen_max_new_tokens: int = setting(32, "generation_ppl: tokens generated")
+    self_ask_positions: int = setting(3, "self_ask: generated positions whose P(no) is averaged (after EOS: 0)")
+    num_clusters: int = setting(10, "cluster: KMeans clusters")
+    cluster_embedding: str = setting("tfidf", "cluster: what KMeans clusters (TF-IDF of the text, or mean-pooled "
+                                     "hidden states)", choices=CLUSTER_EMBEDDINGS)
+    grad_dim: int = setting(8192, "less: dimensions of the randomly projected gradient features")
+    grad_answers: str = setting("generated", "less: candidates' gradients on the model's own greedy answer (an "
+                                "unlabelled pool has no other), or on the pool's answers (an oracle upper bound)",
+                                choices=GRAD_ANSWERS)
+    ifd_max: float = setting(1.0, "ifd: candidates with IFD above this are never selected (Cherry_LLM drops IFD "
+                                  "> 1: the prompt makes the answer harder, a sign of a mismatched pair)")
+    target_aggregation: str = "mean"  # rds, less, bm25: mean | round_robin | coverage (flag: the target group)
     target_normalize: bool = False  # rds, less, bm25: z-score each target example's similarities first
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        lows = {"max_length": (2, " (BOS and at least one scored token)"), "token_budget": (0, ""),
+                "batch_size": (1, ""), "gen_max_new_tokens": (1, ""), "self_ask_positions": (1, ""),
+                "num_clusters": (1, ""), "grad_dim": (1, "")}
+        for name, (lo, why) in lows.items():
+            if getattr(self, name) < lo:
+                raise InputError(f"{flag_of(ScoreConfig, name)}: must be >= {lo}{why}")
+        if not self.ifd_max > 0:
+            raise InputError("--ifd_max: must be > 0")
+        if self.target_normalize and self.target_aggregation == "round_robin":
+            raise InputError("--target_normalize: has no effect with --target_aggregation round_robin (each target "
+                             "example ranks candidates by its own similarities); leave it out")
 
     @property
     def max_rows(self) -> int:  # rows per batch (scoring and generation)

@@ -45,14 +45,12 @@ from al_similarity import (
     typicality,
     typiclust_pick,
 )
-from al_utils import InputError
+from al_utils import InputError, add_config_args, config_from
 
 SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
                      "Request: {instruction}")
 NO_SPELLINGS = ("no", "No", "NO")
-CLUSTER_EMBEDDINGS = ("tfidf", "hidden")
 SEED_STRATEGIES = ("random", "typiclust")
-GRAD_ANSWERS = ("generated", "pool")
 LESS_GEN_ROWS = 16  # less's answers: a batch of max_rows (256) long prompts holds a KV cache of ~1 GB
 
 
@@ -413,56 +411,18 @@ def score_candidates(name: str, cand_ids: Sequence, sc: Scoring, part: slice = s
 
 
 def add_score_args(p: argparse.ArgumentParser) -> None:
-    d = ScoreConfig()
     g = p.add_argument_group("scoring (the strategy-specific ones are refused by the strategies that do not read them)")
-    g.add_argument("--model_max_length", type=int, default=d.max_length,
-                   help="scoring truncation in tokens: prompts keep BOS and their last tokens")
-    g.add_argument("--score_token_budget", type=int, default=d.token_budget,
-                   help="tokens per length-sorted scoring batch; 0 = fixed --batch_size rows")
-    g.add_argument("--batch_size", type=int, default=d.batch_size,
-                   help="rows per scoring batch when --score_token_budget is 0")
-    g.add_argument("--gen_max_new_tokens", type=int, default=d.gen_max_new_tokens,
-                   help="generation_ppl: tokens generated")
-    g.add_argument("--self_ask_positions", type=int, default=d.self_ask_positions,
-                   help="self_ask: generated positions whose P(no) is averaged (after EOS: 0)")
-    g.add_argument("--num_clusters", type=int, default=d.num_clusters, help="cluster: KMeans clusters")
-    g.add_argument("--cluster_embedding", default=d.cluster_embedding, choices=CLUSTER_EMBEDDINGS,
-                   help="cluster: what KMeans clusters (TF-IDF of the text, or mean-pooled hidden states)")
-    g.add_argument("--grad_dim", type=int, default=d.grad_dim,
-                   help="less: dimensions of the randomly projected gradient features")
-    g.add_argument("--grad_answers", default=d.grad_answers, choices=GRAD_ANSWERS,
-                   help="less: candidates' gradients on the model's own greedy answer (an unlabelled pool has no "
-                        "other), or on the pool's answers (an oracle upper bound)")
-    g.add_argument("--ifd_max", type=float, default=d.ifd_max,
-                   help="ifd: candidates with IFD above this are never selected (Cherry_LLM drops IFD > 1: "
-                        "the prompt makes the answer harder, a sign of a mismatched pair)")
+    add_config_args(g, ScoreConfig)
 
 
 def score_config(args: argparse.Namespace, progress: bool = True) -> ScoreConfig:
-    """ScoreConfig from the (checked) flags; a flag that does not apply (None) keeps its default."""
-    checks = {"model_max_length": (2, "BOS and at least one scored token"), "score_token_budget": (0, ""),
-              "batch_size": (1, ""), "gen_max_new_tokens": (1, ""), "self_ask_positions": (1, ""),
-              "num_clusters": (1, ""), "grad_dim": (1, "")}
-    for flag, (lo, why) in checks.items():
-        v = getattr(args, flag)
-        if v is not None and v < lo:
-            raise InputError(f"--{flag}: must be >= {lo}" + (f" ({why})" if why else ""))
-    if args.ifd_max is not None and not args.ifd_max > 0:
-        raise InputError("--ifd_max: must be > 0")
+    """ScoreConfig from the flags (checked there); a flag that does not apply (None) keeps its default."""
     rule = args.target_aggregation
     if args.target_group_field and rule not in (None, "mean"):
         raise InputError(f"--target_group_field: groups are scored separately by --target_aggregation mean only; "
                          f"{rule} already gives every target example its share")
-    if args.target_normalize and rule == "round_robin":
-        raise InputError("--target_normalize: has no effect with --target_aggregation round_robin (each target "
-                         "example ranks candidates by its own similarities); leave it out")
-    given = {"max_length": args.model_max_length, "token_budget": args.score_token_budget,
-             "batch_size": args.batch_size, "gen_max_new_tokens": args.gen_max_new_tokens,
-             "self_ask_positions": args.self_ask_positions, "num_clusters": args.num_clusters,
-             "cluster_embedding": args.cluster_embedding, "ifd_max": args.ifd_max, "grad_dim": args.grad_dim,
-             "grad_answers": args.grad_answers, "target_aggregation": args.target_aggregation,
-             "target_normalize": args.target_normalize}
-    return ScoreConfig(**{k: v for k, v in given.items() if v is not None}, progress=progress)
+    more = {k: getattr(args, k) for k in ("target_aggregation", "target_normalize") if getattr(args, k) is not None}
+    return config_from(ScoreConfig, args, **more, progress=progress)
 
 
 def add_selection_args(p: argparse.ArgumentParser) -> None:

@@ -234,10 +234,10 @@ def add_save_opt_args(g: Any, default: bool) -> None:
                    help=f"save the model without optimizer state {off}".rstrip())
 
 
-def setting(default: Any, help: str, flag: str | None = None) -> Any:
-    """A config dataclass field declared once: its default, its help and its flag (default: the
-    field's name). add_config_args makes the flags, config_from reads them back."""
-    return field(default=default, metadata={"help": help, "flag": flag})
+def setting(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
+    """A config dataclass field declared once: its default, its help, its flag (default: the
+    field's name) and its choices. add_config_args makes the flags, config_from reads them back."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
 
 
 def _declared(cls: type) -> dict[str, Any]:
@@ -248,12 +248,15 @@ def _declared(cls: type) -> dict[str, Any]:
 def add_config_args(g: Any, cls: type) -> None:
     """One flag per field of `cls` declared with setting(), typed by its default."""
     for flag, f in _declared(cls).items():
-        g.add_argument(f"--{flag}", type=type(f.default), default=f.default, help=f.metadata["help"])
+        kind = {} if f.metadata["choices"] else {"type": type(f.default)}
+        g.add_argument(f"--{flag}", **kind, default=f.default, choices=f.metadata["choices"], help=f.metadata["help"])
 
 
 def config_from(cls: type, args: argparse.Namespace, **more: Any) -> Any:
-    """`cls` from the parsed flags of its setting() fields; `more` sets the others."""
-    return cls(**{f.name: getattr(args, flag) for flag, f in _declared(cls).items()}, **more)
+    """`cls` from the parsed flags of its setting() fields (one that does not apply, None, keeps
+    its default); `more` sets the others."""
+    given = {f.name: getattr(args, flag) for flag, f in _declared(cls).items()}
+    return cls(**{k: v for k, v in given.items() if v is not None}, **more)
 
 
 def flag_of(cls: type, name: str) -> str:

@@ -120,7 +120,10 @@ def main() -> None:
     for rnd in range(2):
         shutil.copy(batch, f"{w}/batch_r{rnd}.ls.json")
         tasks = json.load(open(batch))
-        assert all(t["predictions"][0]["result"][0]["value"]["text"][0] is not None for t in tasks), "drafts missing"
+        drafts = {r["id"]: r["draft"] for r in map(json.loads, open(f"{ann}/rounds/{rnd}/to_annotate.jsonl"))}
+        shown = {t["data"]["record_id"]: t["predictions"][0]["result"][0]["value"]["text"][0] for t in tasks
+                 if t.get("predictions") and t["predictions"][0]["result"]}
+        assert len(drafts) == 40 and shown == {i: d for i, d in drafts.items() if d}, "drafts missing"
         api("POST", f"/api/projects/{project}/import", tasks)
         mine = tasks_of(api, project, rnd)
         assert len(mine) == 40, f"round {rnd}: {len(mine)} tasks in the project"
