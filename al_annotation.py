@@ -35,7 +35,7 @@ def batch_rows(picked: list[dict], records: dict, rnd: int) -> list[dict]:
         r = records[p["id"]]
         row = {"id": p["id"], "instruction": r["instruction"], "input": r["input"], "output": "", "round": rnd,
                "score": p["score"], "bucket": p["bucket"]}
-        col = next((c for c in CONVERSATIONS if c in r), None)
+        col = _conversation(r)
         if col is not None:
             key, text, roles = CONVERSATIONS[col]
             turns = r[col][:-1] if roles[r[col][-1][key]] == "assistant" else r[col]  # all but the answer
@@ -52,7 +52,7 @@ def _answer(row: dict, where: str) -> tuple[str, Any]:
     name = next((n for n in ALIASES["output"] if n in row), None)
     if name is not None:
         found.append((name, row[name]))
-    col = next((c for c in CONVERSATIONS if c in row), None)
+    col = _conversation(row)
     if col is not None and isinstance(row[col], list) and row[col] and isinstance(row[col][-1], dict):
         key, text, roles = CONVERSATIONS[col]
         if roles.get(row[col][-1].get(key)) == "assistant":
