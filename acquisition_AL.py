@@ -31,7 +31,7 @@ import sys
 import al_lora
 import fsdp_utils
 from al_annotation import (
-    LABEL_STUDIO,
+    AnnotationConfig,
     annotation_mode,
     load_labels,
     pending_labels,
@@ -56,11 +56,13 @@ from al_utils import (
     InputError,
     RunPaths,
     add_common_args,
+    add_config_args,
     add_save_opt_args,
     answer_words,
     check_common_args,
     check_same,
     check_world,
+    config_from,
     effective_config,
     parse_flags,
     prepare_run_dir,
@@ -117,19 +119,7 @@ def parser() -> argparse.ArgumentParser:
     rt.add_argument("--save_file_name", default=None, help="also write the selected set here (JSON array)")
     rt.add_argument("--plot_ppl_hist", action="store_true", help="save a histogram of each round's scores")
     add_save_opt_args(rt, default=False)
-    g = p.add_argument_group(ANNOTATION)
-    g.add_argument("--annotate_out", default=None,
-                   help="write each batch that needs answers here (.jsonl; .csv; NAME.ls.json: Label Studio tasks, "
-                        "with the project's labeling configuration beside it) and stop, exit 0; answers then come "
-                        "only from annotators (--labels), so the pool needs no answer column")
-    g.add_argument("--labels", default=None,
-                   help="the annotators' filled batch (.jsonl/.json/.csv: id + output) or the Label Studio "
-                        "project's JSON export: checked, imported, then the run goes on (implies --resume); blank "
-                        "answers and tasks not annotated (or skipped) stay pending")
-    g.add_argument("--draft_answers", action="store_true",
-                   help="Label Studio batches: the current model's greedy answer as each task's prediction, which "
-                        "annotators edit instead of writing from scratch (drafts can anchor annotators)")
-    g.add_argument("--draft_max_new_tokens", type=int, default=256, help="cap on a draft answer's tokens")
+    add_config_args(p.add_argument_group(ANNOTATION), AnnotationConfig)
     add_selection_args(p)
     add_score_args(p)
     add_train_args(p, rt)
@@ -155,16 +145,13 @@ def check_numbers(args: argparse.Namespace) -> Configs:
             raise InputError(f"--{flag}: must be >= {lo}")
     if args.al_data_fraction <= 0:
         raise InputError("--al_data_fraction: must be > 0")
-    if args.draft_answers and not (args.annotate_out or "").endswith(LABEL_STUDIO):
-        raise InputError(f"--draft_answers: drafts go to Label Studio tasks: needs --annotate_out NAME{LABEL_STUDIO}")
-    if args.draft_max_new_tokens < 1:
-        raise InputError("--draft_max_new_tokens: must be >= 1")
     progress = not args.no_progress and fsdp_utils.is_main()
     tcfg, lora = train_config(args, args.seed, progress), al_lora.lora_spec(args, args.seed)
     if lora is not None and args.save_opt:
         raise InputError("--save_opt: a LoRA run keeps no optimizer state (its adapters are merged into each "
                          "round's checkpoint); less then uses plain gradients: drop --save_opt or --lora_r")
-    return Configs(score_config(args, progress), selection_config(args), tcfg, lora)
+    return Configs(score_config(args, progress), selection_config(args), tcfg, lora,
+                   config_from(AnnotationConfig, args))
 
 
 def load_pool(args: argparse.Namespace, annotate: bool, prior: dict | None) -> tuple[list[dict], int]:
@@ -331,9 +318,7 @@ def open_run(args: argparse.Namespace) -> Run:
                    model_config=args.model_config_path, prompt_template=args.prompt_template,
                    activation_checkpointing=args.activation_checkpointing,
                    words_budget=args.budget_unit == "answer_words", warm_start=args.warm_start,
-                   save_opt=args.save_opt, plot_scores=args.plot_ppl_hist, save_file_name=args.save_file_name,
-                   annotate_out=args.annotate_out, draft_answers=args.draft_answers,
-                   draft_max_new_tokens=args.draft_max_new_tokens)
+                   save_opt=args.save_opt, plot_scores=args.plot_ppl_hist, save_file_name=args.save_file_name)
     run = Run(spec, paths, state, by_id, order, perm[: args.heldout_size], labels, annotate, tok, enc, budget,
               cfg, device, target,
               list(encode_records(tok, test, args.prompt_template).values()),

@@ -14,16 +14,49 @@ import json
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from al_datasets import ALIASES, CONVERSATIONS, read_rows
-from al_utils import InputError, RunPaths, atomic_write_jsonl, atomic_write_text, read_jsonl, run_paths
+from al_utils import (
+    InputError,
+    RunPaths,
+    atomic_write_jsonl,
+    atomic_write_text,
+    read_jsonl,
+    run_paths,
+    setting,
+)
 
 EXPORT_FIELDS = ("id", "instruction", "input", "output", "round", "score", "bucket")
 LABEL_STUDIO = ".ls.json"  # a batch written as Label Studio tasks (its export comes back as .json)
 LS_CONFIG = "label_studio_config.xml"  # the project's labeling configuration, beside the batch
 ANSWER = "answer"  # the text area's name in that configuration: where an annotation's answer is
+
+
+@dataclass(frozen=True)
+class AnnotationConfig:
+    """Real annotators' settings: each field is its flag too (acquisition_AL.py's annotation group)."""
+    annotate_out: str | None = setting(
+        None, "write each batch that needs answers here (.jsonl; .csv; NAME.ls.json: Label Studio tasks, with the "
+        "project's labeling configuration beside it) and stop, exit 0; answers then come only from annotators "
+        "(--labels), so the pool needs no answer column", type=str)
+    labels: str | None = setting(
+        None, "the annotators' filled batch (.jsonl/.json/.csv: id + output) or the Label Studio project's JSON "
+        "export: checked, imported, then the run goes on (implies --resume); blank answers and tasks not annotated "
+        "(or skipped) stay pending", type=str)
+    draft_answers: bool = setting(False, "Label Studio batches: the current model's greedy answer as each task's "
+                                  "prediction, which annotators edit instead of writing from scratch (drafts can "
+                                  "anchor annotators)")
+    draft_max_new_tokens: int = setting(256, "cap on a draft answer's tokens")
+
+    def __post_init__(self) -> None:
+        if self.draft_answers and not (self.annotate_out or "").endswith(LABEL_STUDIO):
+            raise InputError(f"--draft_answers: drafts go to Label Studio tasks: needs --annotate_out "
+                             f"NAME{LABEL_STUDIO}")
+        if self.draft_max_new_tokens < 1:
+            raise InputError("--draft_max_new_tokens: must be >= 1")
 
 
 def batch_rows(picked: list[dict], records: dict, rnd: int) -> list[dict]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import fsdp_utils
-from al_annotation import export_for_annotators
+from al_annotation import AnnotationConfig, export_for_annotators
 from al_lora import LoraSpec
 from al_prompts import Encodings, pad_id_of, truncate_prompt
 from al_scoring import ScoreConfig, answer_nll_parts, generate, stop_ids
@@ -45,11 +45,12 @@ RNG_SHUFFLE, RNG_FRACTION, RNG_SELECT, RNG_SCORE = 0, 1, 2, 3
 @dataclass(frozen=True)
 class Configs:
     """What the flags say, checked once: scoring, selection, training (its seed is the run's; each
-    round trains with seed + round) and LoRA (None: full fine-tuning)."""
+    round trains with seed + round), LoRA (None: full fine-tuning) and annotation."""
     score: ScoreConfig
     select: SelectConfig
     train: TrainConfig
     lora: LoraSpec | None
+    annotation: AnnotationConfig
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,6 @@ class RunSpec:
     save_opt: bool
     plot_scores: bool
     save_file_name: str | None
-    annotate_out: str | None
-    draft_answers: bool
-    draft_max_new_tokens: int
 
 
 @dataclass
@@ -303,15 +301,15 @@ def draft_answers(run: Run, rnd: int, ids: list) -> list[str]:
     cfg, mine = run.cfg.score, ids[fsdp_utils.my_slice(len(ids))]
     prompts = [truncate_prompt(run.enc[i].prompt, cfg.max_length - 1) for i in mine]
     with fsdp_utils.full_params(run.model):
-        gens = generate(run.model, prompts, [run.spec.draft_max_new_tokens] * len(mine), pad_id_of(run.tok),
+        gens = generate(run.model, prompts, [run.cfg.annotation.draft_max_new_tokens] * len(mine), pad_id_of(run.tok),
                         stop_ids(run.model, run.tok), cfg.max_rows, cfg.progress, "drafts")
     return fsdp_utils.gather_lists([run.tok.decode(g, skip_special_tokens=True).strip() for g, _ in gens])
 
 
 def wait_for_labels(run: Run, rnd: int, picked: list[dict]) -> bool:
     """Export the round's picks that have no answer yet and record that the run waits (True)."""
-    drafts = (lambda ids: draft_answers(run, rnd, ids)) if run.spec.draft_answers else None
-    waiting = export_for_annotators(picked, rnd, run.by_id, run.labels, run.paths, run.spec.annotate_out,
+    drafts = (lambda ids: draft_answers(run, rnd, ids)) if run.cfg.annotation.draft_answers else None
+    waiting = export_for_annotators(picked, rnd, run.by_id, run.labels, run.paths, run.cfg.annotation.annotate_out,
                                     run.main, drafts)
     if waiting is None:
         return False

@@ -13,24 +13,48 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
-from al_utils import InputError
+from al_utils import InputError, add_config_args, config_from, flag_of, setting
 
 ADAPTER_DIR = "adapter"  # inside a LoRA run's checkpoint
 DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # every Llama projection
-DEFAULTS = {"lora_alpha": 16.0, "lora_dropout": 0.0, "lora_target_modules": DEFAULT_TARGETS}
 
 
 @dataclass(frozen=True)
 class LoraSpec:
-    r: int
-    alpha: float
-    dropout: float
-    targets: tuple[str, ...]
+    """LoRA settings: each field but seed is its flag too (add_lora_args). lora_spec() gives None
+    for full fine-tuning (r = 0)."""
+    r: int = setting(0, "LoRA rank; 0 = full fine-tuning (default). LoRA usually wants a larger --lr (1e-4..1e-3)",
+                     flag="lora_r")
+    alpha: float = setting(16.0, "LoRA scaling numerator: updates are alpha/r x BA", flag="lora_alpha")
+    dropout: float = setting(0.0, "dropout on the adapters' input (> 0 makes results depend on the number of ranks)",
+                             flag="lora_dropout")
+    target_modules: str = setting(DEFAULT_TARGETS, "comma-separated names of the linear modules that get adapters",
+                                  flag="lora_target_modules")
     seed: int = 0  # of the adapters' initialisation (A random, B zero)
+
+    def __post_init__(self) -> None:
+        if self.r < 0:
+            raise InputError(f"--lora_r: {self.r}: must be >= 0 (0 = full fine-tuning)")
+        if self.r == 0:  # the others are refused rather than recorded and ignored
+            for f in fields(self):
+                if f.name != "seed" and getattr(self, f.name) != f.default:
+                    raise InputError(f"{flag_of(LoraSpec, f.name)}: {getattr(self, f.name)} has no effect without "
+                                     "--lora_r (full fine-tuning); leave it out or give --lora_r")
+            return
+        if self.alpha <= 0:
+            raise InputError(f"--lora_alpha: {self.alpha}: must be > 0")
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"--lora_dropout: {self.dropout}: must be in [0, 1)")
+        if not self.targets:
+            raise InputError("--lora_target_modules: empty")
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.target_modules.split(",") if t.strip())
 
     def peft_config(self):
         from peft import LoraConfig
@@ -40,35 +64,13 @@ class LoraSpec:
 
 
 def add_lora_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("LoRA (peft)")
-    g.add_argument("--lora_r", type=int, default=0,
-                   help="LoRA rank; 0 = full fine-tuning (default). LoRA usually wants a larger --lr (1e-4..1e-3)")
-    g.add_argument("--lora_alpha", type=float, default=DEFAULTS["lora_alpha"],
-                   help="LoRA scaling numerator: updates are alpha/r x BA")
-    g.add_argument("--lora_dropout", type=float, default=DEFAULTS["lora_dropout"],
-                   help="dropout on the adapters' input (> 0 makes results depend on the number of ranks)")
-    g.add_argument("--lora_target_modules", default=DEFAULTS["lora_target_modules"],
-                   help="comma-separated names of the linear modules that get adapters")
+    add_config_args(p.add_argument_group("LoRA (peft)"), LoraSpec)
 
 
 def lora_spec(args: argparse.Namespace, seed: int = 0) -> LoraSpec | None:
     """The run's LoRA settings (None = full fine-tuning), checked."""
-    if args.lora_r < 0:
-        raise InputError(f"--lora_r: {args.lora_r}: must be >= 0 (0 = full fine-tuning)")
-    if args.lora_r == 0:
-        for flag, default in DEFAULTS.items():  # refused rather than recorded and ignored
-            if getattr(args, flag) != default:
-                raise InputError(f"--{flag}: {getattr(args, flag)} has no effect without --lora_r (full "
-                                 "fine-tuning); leave it out or give --lora_r")
-        return None
-    if args.lora_alpha <= 0:
-        raise InputError(f"--lora_alpha: {args.lora_alpha}: must be > 0")
-    if not 0 <= args.lora_dropout < 1:
-        raise InputError(f"--lora_dropout: {args.lora_dropout}: must be in [0, 1)")
-    targets = tuple(t.strip() for t in args.lora_target_modules.split(",") if t.strip())
-    if not targets:
-        raise InputError("--lora_target_modules: empty")
-    return LoraSpec(args.lora_r, args.lora_alpha, args.lora_dropout, targets, seed)
+    spec = config_from(LoraSpec, args, seed=seed)
+    return spec if spec.r else None
 
 
 def check_targets(spec: LoraSpec | None, config_dir: str) -> None:
@@ -171,4 +173,5 @@ def save_adapter(path: str, spec: LoraSpec, adapters: dict[str, torch.Tensor], b
 
 def as_meta(spec: LoraSpec | None) -> dict | None:
     """What al_checkpoint.json records about a run's LoRA."""
-    return None if spec is None else {**asdict(spec), "targets": list(spec.targets)}
+    return None if spec is None else {"r": spec.r, "alpha": spec.alpha, "dropout": spec.dropout,
+                                      "targets": list(spec.targets), "seed": spec.seed}

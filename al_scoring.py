@@ -18,12 +18,14 @@ from al_utils import InputError, flag_of, progress_bar, setting
 
 CLUSTER_EMBEDDINGS = ("tfidf", "hidden")
 GRAD_ANSWERS = ("generated", "pool")
+TARGET_AGGREGATIONS = ("mean", "round_robin", "coverage")
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     """Scoring settings. A field made by setting() is its flag too (al_strategies.add_score_args,
-    in this order under --help); the strategies that do not read one refuse it (check_flag_use)."""
+    in this order under --help; the target_ ones under the target section); the strategies that do
+    not read one refuse it (check_flag_use)."""
     max_length: int = setting(1024, "scoring truncation in tokens: prompts keep BOS and their last tokens",
                               "model_max_length")
     token_budget: int = setting(2048, "tokens per length-sorted scoring batch; 0 = fixed --batch_size rows",
@@ -40,8 +42,14 @@ class ScoreConfig:
                                 choices=GRAD_ANSWERS)
     ifd_max: float = setting(1.0, "ifd: candidates with IFD above this are never selected (Cherry_LLM drops IFD "
                                   "> 1: the prompt makes the answer harder, a sign of a mismatched pair)")
-    target_aggregation: str = "mean"  # rds, less, bm25: mean | round_robin | coverage (flag: the target group)
-    target_normalize: bool = False  # rds, less, bm25: z-score each target example's similarities first
+    target_aggregation: str = setting(
+        "mean", "rds, less, bm25: from similarities to each target example to one order. mean: by the mean "
+        "similarity (LESS, RDS); round_robin: target examples take turns taking their most similar candidate (RDS+); "
+        "coverage: greedy facility location, each pick the one that most raises every target example's best "
+        "similarity (near-duplicates wait)", choices=TARGET_AGGREGATIONS, section="target")
+    target_normalize: bool = setting(False, "rds, less, bm25 with mean or coverage: z-score each target example's "
+                                     "similarities over the candidates first, so no target example dominates (BIDS)",
+                                     section="target")
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -14,24 +14,49 @@ from typing import Any
 
 import numpy as np
 
-from al_utils import InputError
+from al_utils import InputError, setting
 
+STRATEGY_NAMES = ("forward_ppl", "data_pruning_w_answers", "ifd", "generation_ppl", "self_ask", "length_and_ppl",
+                  "instruction_length", "random", "cluster", "rds", "less", "bm25", "random_format", "typiclust")
+"""--sampling_strategy's choices; al_strategies.STRATEGIES defines each, in this order (checked on import).
+Named here so the selection settings are declared without importing the scorers (and torch)."""
 STRATIFICATIONS = ("greedy", "bucket", "mixed")
 PICKS = ("top", "bottom", "uniform")
+SEED_STRATEGIES = ("random", "typiclust")
 Rule = Callable[[list[dict], int], list[tuple[Any, int | None]]]  # an unranked strategy's own pick
 
 
-@dataclass
+@dataclass(frozen=True)
 class SelectConfig:
-    strategy: str = "forward_ppl"
-    stratification: str | None = "greedy"
-    pick: str | None = "top"
-    num_k: int | None = 5
-    decay_k: bool | None = False
-    factor: float | None = 0.7
-    fraction: float = 1.0  # share of the remaining pool scored (cluster_data_fraction)
-    seed_strategy: str = "random"
-    max_similarity: float | None = None
+    """Selection settings: each field is its flag too (al_strategies.add_selection_args). A
+    field the strategy does not read keeps its default (al_strategies.check_flag_use)."""
+    strategy: str = setting("forward_ppl", "how candidates are scored (README: What is computed)",
+                            flag="sampling_strategy", choices=STRATEGY_NAMES)
+    stratification: str = setting("greedy", "how the batch is taken from the sorted scores (not cluster: it picks "
+                                  "round-robin)", flag="stratification_strategy", choices=STRATIFICATIONS)
+    pick: str = setting("top", "which end of the sorted list (or of each bucket) is taken; uniform = seeded random",
+                        flag="pick_samples_from", choices=PICKS)
+    num_k: int = setting(5, "bucket: number of buckets")
+    decay_k: bool = setting(False, "bucket: one bucket fewer each round, never below 2")
+    factor: float = setting(0.7, "mixed with top/bottom: share taken from that end, the rest at random",
+                            flag="mixed_sampling_factor")
+    fraction: float = setting(1.0, "share of the remaining pool scored each round (seeded random subset)",
+                              flag="cluster_data_fraction")
+    seed_strategy: str = setting("random", "round 0: a seeded random seed set, or TypiClust's most typical examples "
+                                 "under the base model", choices=SEED_STRATEGIES)
+    max_similarity: float | None = setting(
+        None, "diversity guard (any strategy): skip a candidate whose prompt embedding has cosine >= TAU with a "
+        "labelled or already picked example, and go on down the strategy's order", type=float, metavar="TAU")
+
+    def __post_init__(self) -> None:
+        if self.num_k < 1:
+            raise InputError("--num_k: must be >= 1")
+        if not 0 < self.fraction <= 1:
+            raise InputError("--cluster_data_fraction: must be in (0, 1]")
+        if not 0 <= self.factor <= 1:
+            raise InputError("--mixed_sampling_factor: must be in [0, 1]")
+        if self.max_similarity is not None and not 0 < self.max_similarity <= 1:
+            raise InputError("--max_similarity: must be in (0, 1]")
 
 
 def candidates(remaining: list, fraction: float, rng: np.random.Generator) -> list:

@@ -20,7 +20,7 @@ from al_datasets import load_records, read_rows
 from al_prompts import Encoded, encode_records
 from al_scoring import ScoreConfig, pad
 from al_selection import take_in_turns
-from al_utils import InputError
+from al_utils import InputError, setting
 
 
 @torch.no_grad()
@@ -56,6 +56,19 @@ class Target:
     records: list[dict]
     enc: list[Encoded]
     groups: list[str]  # group of each record ("" when there is no --target_group_field)
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """What the model should get good at: each field is its flag too (al_strategies.add_selection_args);
+    how similarities to it become an order is ScoreConfig's (target_aggregation, target_normalize)."""
+    file: str | None = setting(None, "examples of the wanted behaviour (any pool format; answers optional); pool "
+                               "records with the same instruction and input are never selected", flag="target_file",
+                               type=str)
+    group_field: str | None = setting(
+        None, "a target column (e.g. category) splitting it into groups scored separately: a candidate's score is "
+        "the max over groups of its mean similarity to the group (--target_aggregation mean only)",
+        flag="target_group_field", type=str)
 
 
 def load_target(path: str, group_field: str | None, tok, needs_answers: str = "", template: str = "alpaca") -> Target:
@@ -106,8 +119,6 @@ def group_mean(S: np.ndarray, groups: Sequence[str]) -> tuple[np.ndarray, list[s
 # ----------------------------------------------------------------------------------------------
 # aggregation over target examples (--target_aggregation, --target_normalize): from the matrix
 # S [candidates, targets] to one order of the candidates, best first
-
-TARGET_AGGREGATIONS = ("mean", "round_robin", "coverage")
 
 
 def normalize_targets(S: np.ndarray) -> np.ndarray:

@@ -27,16 +27,15 @@ from al_prompts import (
 )
 from al_scoring import ScoreConfig, generate, mean_nll, sequence_nll, stop_ids
 from al_selection import (
-    PICKS,
-    STRATIFICATIONS,
+    STRATEGY_NAMES,
     SelectConfig,
     cluster_round_robin,
     fill_to_cost,
     pick,
 )
 from al_similarity import (
-    TARGET_AGGREGATIONS,
     Target,
+    TargetConfig,
     embed,
     grad_features,
     group_similarity,
@@ -50,7 +49,6 @@ from al_utils import InputError, add_config_args, config_from
 SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
                      "Request: {instruction}")
 NO_SPELLINGS = ("no", "No", "NO")
-SEED_STRATEGIES = ("random", "typiclust")
 LESS_GEN_ROWS = 16  # less's answers: a batch of max_rows (256) long prompts holds a KV cache of ~1 GB
 
 
@@ -381,6 +379,8 @@ STRATEGIES: dict[str, Strategy] = {
     "random_format": Strategy(_random_format, model=False, flags=("target_file",), target=True),
     "typiclust": Strategy(_typiclust, finish=_typiclust_clusters, choose=typiclust_pick),
 }
+if tuple(STRATEGIES) != STRATEGY_NAMES:  # the flag's choices are declared without this table
+    raise ImportError(f"al_selection.STRATEGY_NAMES {STRATEGY_NAMES} != STRATEGIES {tuple(STRATEGIES)}")
 STRATEGY_FLAGS = tuple(sorted({f for s in STRATEGIES.values() for f in s.flags}))
 SCORING_PASS_FLAGS = ("model_max_length", "batch_size", "score_token_budget")
 
@@ -421,48 +421,17 @@ def score_config(args: argparse.Namespace, progress: bool = True) -> ScoreConfig
     if args.target_group_field and rule not in (None, "mean"):
         raise InputError(f"--target_group_field: groups are scored separately by --target_aggregation mean only; "
                          f"{rule} already gives every target example its share")
-    more = {k: getattr(args, k) for k in ("target_aggregation", "target_normalize") if getattr(args, k) is not None}
-    return config_from(ScoreConfig, args, **more, progress=progress)
+    return config_from(ScoreConfig, args, progress=progress)
 
 
 def add_selection_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("acquisition")
-    g.add_argument("--sampling_strategy", default="forward_ppl", choices=tuple(STRATEGIES),
-                   help="how candidates are scored (README: What is computed)")
-    g.add_argument("--stratification_strategy", default="greedy", choices=STRATIFICATIONS,
-                   help="how the batch is taken from the sorted scores (not cluster: it picks round-robin)")
-    g.add_argument("--pick_samples_from", default="top", choices=PICKS,
-                   help="which end of the sorted list (or of each bucket) is taken; uniform = seeded random")
-    g.add_argument("--mixed_sampling_factor", type=float, default=0.7,
-                   help="mixed with top/bottom: share taken from that end, the rest at random")
-    g.add_argument("--num_k", type=int, default=5, help="bucket: number of buckets")
-    g.add_argument("--decay_k", action="store_true", help="bucket: one bucket fewer each round, never below 2")
-    g.add_argument("--cluster_data_fraction", type=float, default=1.0,
-                   help="share of the remaining pool scored each round (seeded random subset)")
+    add_config_args(g, SelectConfig)
     g.add_argument("--random_pool_fraction", action="store_true",
                    help="accepted for compatibility: candidates are always the remaining pool")
-    g.add_argument("--seed_strategy", default="random", choices=SEED_STRATEGIES,
-                   help="round 0: a seeded random seed set, or TypiClust's most typical examples under the base model")
-    g.add_argument("--max_similarity", type=float, default=None, metavar="TAU",
-                   help="diversity guard (any strategy): skip a candidate whose prompt embedding has cosine >= TAU "
-                        "with a labelled or already picked example, and go on down the strategy's order")
     g = p.add_argument_group("target (rds, less: what the model should get good at)")
-    g.add_argument("--target_file", default=None,
-                   help="examples of the wanted behaviour (any pool format; answers optional); pool "
-                        "records with the same instruction and input are never selected")
-    g.add_argument("--target_group_field", default=None,
-                   help="a target column (e.g. category) splitting it into groups scored separately: a "
-                        "candidate's score is the max over groups of its mean similarity to the group "
-                        "(--target_aggregation mean only)")
-    d = ScoreConfig()
-    g.add_argument("--target_aggregation", default=d.target_aggregation, choices=TARGET_AGGREGATIONS,
-                   help="rds, less, bm25: from similarities to each target example to one order. mean: by the "
-                        "mean similarity (LESS, RDS); round_robin: target examples take turns taking their most "
-                        "similar candidate (RDS+); coverage: greedy facility location, each pick the one that "
-                        "most raises every target example's best similarity (near-duplicates wait)")
-    g.add_argument("--target_normalize", action="store_true",
-                   help="rds, less, bm25 with mean or coverage: z-score each target example's similarities over "
-                        "the candidates first, so no target example dominates (BIDS)")
+    add_config_args(g, TargetConfig)
+    add_config_args(g, ScoreConfig, section="target")
 
 
 def _flag_applies(args: argparse.Namespace) -> dict[str, tuple[bool, str]]:
@@ -506,20 +475,11 @@ def check_flag_use(args: argparse.Namespace, p: argparse.ArgumentParser) -> None
 
 
 def selection_config(args: argparse.Namespace) -> SelectConfig:
-    if args.num_k is not None and args.num_k < 1:
-        raise InputError("--num_k: must be >= 1")
-    if not 0 < args.cluster_data_fraction <= 1:
-        raise InputError("--cluster_data_fraction: must be in (0, 1]")
-    if args.mixed_sampling_factor is not None and not 0 <= args.mixed_sampling_factor <= 1:
-        raise InputError("--mixed_sampling_factor: must be in [0, 1]")
-    if args.max_similarity is not None and not 0 < args.max_similarity <= 1:
-        raise InputError("--max_similarity: must be in (0, 1]")
+    """SelectConfig from the flags (checked there); a flag that does not apply (None) keeps its default."""
     if strategy(args.sampling_strategy).target and not args.target_file:
         raise InputError(f"--target_file: --sampling_strategy {args.sampling_strategy} selects for a target: "
                          "give the examples it should find more of")
-    return SelectConfig(args.sampling_strategy, args.stratification_strategy, args.pick_samples_from, args.num_k,
-                        args.decay_k, args.mixed_sampling_factor, args.cluster_data_fraction, args.seed_strategy,
-                        args.max_similarity)
+    return config_from(SelectConfig, args)
 
 
 def allowed(rows: list[dict], name: str, scfg: ScoreConfig) -> list[dict]:

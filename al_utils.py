@@ -234,10 +234,14 @@ def add_save_opt_args(g: Any, default: bool) -> None:
                    help=f"save the model without optimizer state {off}".rstrip())
 
 
-def setting(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
+def setting(default: Any, help: str, flag: str | None = None, choices: tuple | None = None,
+            type: Callable | None = None, metavar: str | None = None, section: str | None = None) -> Any:
     """A config dataclass field declared once: its default, its help, its flag (default: the
-    field's name) and its choices. add_config_args makes the flags, config_from reads them back."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+    field's name), its choices, its type where the default does not say it (None) and the --help
+    section it is listed under when not its class's. A field whose default is False is an
+    on-switch (store_true). add_config_args makes the flags, config_from reads them back."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "type": type,
+                                            "metavar": metavar, "section": section})
 
 
 def _declared(cls: type) -> dict[str, Any]:
@@ -245,11 +249,19 @@ def _declared(cls: type) -> dict[str, Any]:
     return {f.metadata["flag"] or f.name: f for f in fields(cls) if "help" in f.metadata}
 
 
-def add_config_args(g: Any, cls: type) -> None:
-    """One flag per field of `cls` declared with setting(), typed by its default."""
+def add_config_args(g: Any, cls: type, section: str | None = None) -> None:
+    """One flag per field of `cls` declared with setting() for `section` (None: the class's own),
+    in declaration order."""
     for flag, f in _declared(cls).items():
-        kind = {} if f.metadata["choices"] else {"type": type(f.default)}
-        g.add_argument(f"--{flag}", **kind, default=f.default, choices=f.metadata["choices"], help=f.metadata["help"])
+        m = f.metadata
+        if m["section"] != section:
+            continue
+        if f.default is False:
+            g.add_argument(f"--{flag}", action="store_true", help=m["help"])
+            continue
+        kind = {} if m["choices"] else {"type": m["type"] or type(f.default)}
+        g.add_argument(f"--{flag}", **kind, default=f.default, choices=m["choices"], metavar=m["metavar"],
+                       help=m["help"])
 
 
 def config_from(cls: type, args: argparse.Namespace, **more: Any) -> Any:

@@ -17,7 +17,7 @@ from al_prompts import encode_records, pad_id_of
 from conftest import outputs, torchrun, write_jsonl
 
 LORA = ["--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj,v_proj,down_proj"]
-SPEC = al_lora.LoraSpec(r=4, alpha=8.0, dropout=0.0, targets=("q_proj", "v_proj", "down_proj"), seed=3)
+SPEC = al_lora.LoraSpec(r=4, alpha=8.0, dropout=0.0, target_modules="q_proj,v_proj,down_proj", seed=3)
 IDS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46], [1, 50, 51, 52, 53, 54, 2, 2]])
 
 

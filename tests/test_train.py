@@ -135,7 +135,7 @@ def test_activation_checkpointing_changes_nothing_but_memory(tiny_model, data, l
     import fsdp_utils
 
     _, tok, ex = data
-    spec = al_lora.LoraSpec(4, 8.0, 0.0, ("q_proj", "down_proj"), seed=1) if lora else None
+    spec = al_lora.LoraSpec(4, 8.0, 0.0, "q_proj,down_proj", seed=1) if lora else None
     out = []
     for ac in (False, True):
         model = fsdp_utils.load_model(tiny_model, torch.device("cpu"), activation_checkpointing=ac, lora=spec)
