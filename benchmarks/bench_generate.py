@@ -19,8 +19,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval_generate  # noqa: E402
 import fsdp_utils  # noqa: E402
+from al_datasets import load_records  # noqa: E402
 from al_prompts import format_prompt  # noqa: E402
-from al_utils import atomic_write_text, load_records  # noqa: E402
+from al_utils import atomic_write_text  # noqa: E402
 
 
 def main():

@@ -27,8 +27,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import fsdp_utils  # noqa: E402
+from al_datasets import load_records  # noqa: E402
 from al_prompts import encode_records, pad_id_of, truncate_pair  # noqa: E402
-from al_utils import atomic_write_text, load_records  # noqa: E402
+from al_utils import atomic_write_text  # noqa: E402
 from bench_sharded_load import GB, peak, rss  # noqa: E402
 
 

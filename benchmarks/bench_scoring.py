@@ -21,9 +21,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fsdp_utils  # noqa: E402
+from al_datasets import load_records  # noqa: E402
 from al_prompts import encode_records, pad_id_of, truncate_prompt  # noqa: E402
 from al_scoring import ScoreConfig, batch_nll, mean_nll, sequence_nll  # noqa: E402
-from al_utils import atomic_write_text, load_records  # noqa: E402
+from al_utils import atomic_write_text  # noqa: E402
 
 
 def original(model, seqs, pad):

@@ -26,9 +26,10 @@ sys.path.insert(0, ROOT)
 import al_similarity as M  # noqa: E402
 import al_strategies as S  # noqa: E402
 import fsdp_utils  # noqa: E402
+from al_datasets import load_records  # noqa: E402
 from al_prompts import encode_records  # noqa: E402
 from al_scoring import ScoreConfig  # noqa: E402
-from al_utils import atomic_write_text, load_records  # noqa: E402
+from al_utils import atomic_write_text  # noqa: E402
 
 
 def child(a: argparse.Namespace) -> None:

@@ -1,8 +1,12 @@
-"""scripts/run_al.sh end to end with tiny settings: two chained budgets, eval after each, report."""
+"""scripts/run_al.sh end to end with tiny settings: two chained budgets, eval after each, report;
+every benchmark still imports what it uses."""
+import glob
+import importlib.util
 import json
 import os
 import subprocess
 
+import pytest
 import torch
 
 import al_datasets as D
@@ -36,3 +40,12 @@ def test_run_al_sh_two_budgets(pool, tiny_model, tmp_path):
     assert abs(m["heldout_loss"] - held) < 1e-5 and abs(state["round_log"][-1]["heldout_loss"] - held) < 1e-5
     report_AL.main([str(tmp_path / "RUN_100"), "--out", str(tmp_path / "rep")])
     assert "| forward_ppl bucket/top |" in open(tmp_path / "rep.md").read()
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))),
+                         ids=os.path.basename)
+def test_benchmark_imports(path, monkeypatch):
+    """A benchmark is run by hand, rarely: a helper moved or renamed must fail here, not months later."""
+    monkeypatch.syspath_prepend(os.path.dirname(path))  # as `python benchmarks/X.py` would have it
+    spec = importlib.util.spec_from_file_location("bench_under_test", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))  # not __main__: nothing runs
