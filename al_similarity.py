@@ -287,49 +287,65 @@ def adam_direction(G: torch.Tensor, m: torch.Tensor, v: torch.Tensor, betas: tup
     return (b1 * m + (1 - b1) * G) / torch.sqrt(b2 * v + (1 - b2) * G * G + eps)
 
 
-def grad_features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,
-                  proj: list, moments: dict | None = None, betas: tuple[float, float] = (0.9, 0.999)) -> np.ndarray:
-    """[N, dim] projected gradients of each row's mean NLL over seqs[i][starts[i]:] with respect to
-    the LESS_MODULES weights, Adam-preconditioned when `moments` (name -> (exp_avg, exp_avg_sq)).
+def project_grad(x: torch.Tensor, d: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
+                 moments: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 betas: tuple[float, float] = (0.9, 0.999)) -> torch.Tensor:
+    """[B, d1 * d2]: A^T G_b B flattened, for each row's weight gradient G_b = sum_t d_bt x_bt^T
+    (x [B, T, in]: the layer's inputs, d [B, T, out]: the loss's gradient at its outputs).
 
-    Per-example gradients of a linear layer from one batched backward: G_b = sum_t delta_bt x_bt^T
-    (delta: the loss's gradient at the layer's output, x: its input). `model` must be a plain
-    (unsharded) module: the backward only asks for those deltas, never touches parameter grads."""
-    mods = less_modules(model)
-    dim = proj[0][0].shape[1] * proj[0][1].shape[1]
-    out = np.zeros((len(seqs), dim), dtype=np.float32)
+    Without preconditioning G_b is never formed: A^T G_b B = sum_t (A^T d_bt)(x_bt^T B) =
+    (d_b A)^T (x_b B) (LoGra, Choe et al. 2024), T (out d1 + in d2) + d1 T d2 multiply-adds per row
+    against out T in + d1 out in for forming and projecting G_b. Adam's elementwise direction needs
+    G_b itself."""
+    if moments is None:
+        return torch.bmm((d @ A).transpose(1, 2), x @ Bm).flatten(1)
+    G = adam_direction(torch.bmm(d.transpose(1, 2), x), *moments, betas)  # [B, out, in]
+    return (A.T @ G @ Bm).flatten(1)
+
+
+def layer_grads(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig):
+    """Per batch of rows (length-sorted): (row indices, [(x, d) per LESS_MODULES weight]) with x
+    [B, T, in] the weight's inputs and d [B, T, out] the gradient of the sum of the rows' mean NLL
+    over seqs[i][starts[i]:] at its outputs (fp32, CPU; zero where a row is padding). `model` must
+    be a plain (unsharded) module: the backward only asks for those deltas, never touches
+    parameter grads."""
+    mods = [m for _, m in less_modules(model)]
     dev = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     # a backward keeps every layer's activations: batches of a quarter of the scoring token budget
     # keep the peak near a no-grad scoring pass's
     small = dataclasses.replace(cfg, token_budget=max(1, cfg.token_budget // GRAD_BUDGET_SHARE)) \
         if cfg.token_budget else cfg
     for idx in small.batches([len(s) for s in seqs]):
-        B = len(idx)
         ids, _ = pad([seqs[i] for i in idx], pad_id)
         tgt = torch.full_like(ids, -100)  # position t predicts token t + 1
         for b, i in enumerate(idx):
             tgt[b, starts[i] - 1: len(seqs[i]) - 1] = ids[b, starts[i]: len(seqs[i])]
         seen: dict = {}  # module -> (its input, its output) in this forward
         hooks = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__(m, (a[0].detach(), o)))
-                 for _, m in mods]
+                 for m in mods]
         try:
             with torch.enable_grad():
                 logits = model(input_ids=ids.to(dev)).logits.float()
                 nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.to(dev), reduction="none")
                 loss = (nll.sum(1) / (tgt != -100).sum(1).clamp(min=1).to(dev)).sum()  # sum of per-row means
-                deltas = torch.autograd.grad(loss, [seen[m][1] for _, m in mods])
+                deltas = torch.autograd.grad(loss, [seen[m][1] for m in mods])
         finally:
             for h in hooks:
                 h.remove()
-        feats = torch.zeros(B, dim)
-        for (name, m), (A, Bm), d in zip(mods, proj, deltas):
-            x = seen[m][0]
-            G = torch.bmm(d.float().cpu().transpose(1, 2), x.float().cpu())  # [B, out, in]: sum_t delta x^T
-            if moments is not None:
-                G = adam_direction(G, *moments[name], betas)
-            feats += (A.T @ G @ Bm).reshape(B, -1)  # A^T G B per row
-        out[idx] = feats.numpy()
+        yield idx, [(seen[m][0].float().cpu(), d.float().cpu()) for m, d in zip(mods, deltas)]
+
+
+def grad_features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,
+                  proj: list, moments: dict | None = None, betas: tuple[float, float] = (0.9, 0.999)) -> np.ndarray:
+    """[N, dim] projected gradients of each row's mean NLL over seqs[i][starts[i]:] with respect to
+    the LESS_MODULES weights (layer_grads), Adam-preconditioned when `moments` (name -> (exp_avg,
+    exp_avg_sq)); the blocks of all weights are summed (project_grad)."""
+    names = [name for name, _ in less_modules(model)]
+    out = np.zeros((len(seqs), proj[0][0].shape[1] * proj[0][1].shape[1]), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    for idx, acts in layer_grads(model, seqs, starts, pad_id, cfg):
+        out[idx] = sum(project_grad(x, d, A, Bm, None if moments is None else moments[name], betas)
+                       for name, (A, Bm), (x, d) in zip(names, proj, acts)).numpy()
     model.train(was_training)
     return out

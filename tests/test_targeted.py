@@ -207,6 +207,22 @@ def test_less_features_equal_projected_autograd_gradients(setup):
         np.testing.assert_allclose(row, want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
 
 
+def test_factored_projection_equals_the_projection_of_the_formed_gradient():
+    """project_grad without Adam never forms G = sum_t d x^T; it must equal A^T G B (1e-5)."""
+    g = torch.Generator().manual_seed(0)
+    x, d = torch.randn(3, 7, 12, generator=g), torch.randn(3, 7, 10, generator=g)
+    d[1, 5:] = 0  # a padded row: no gradient there
+    A, B = torch.randn(10, 4, generator=g), torch.randn(12, 6, generator=g)
+    G = torch.einsum("bto,bti->boi", d, x)
+    want = torch.stack([(A.T @ G[b] @ B).reshape(-1) for b in range(3)])
+    torch.testing.assert_close(M.project_grad(x, d, A, B), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    m, v = torch.randn(10, 12, generator=g), torch.rand(10, 12, generator=g)  # with Adam: G formed, as LESS does
+    gamma = (0.9 * m + 0.1 * G) / torch.sqrt(0.999 * v + 0.001 * G ** 2 + 1e-8)
+    want = torch.stack([(A.T @ gamma[b] @ B).reshape(-1) for b in range(3)])
+    torch.testing.assert_close(M.project_grad(x, d, A, B, (m, v), (0.9, 0.999)), want, rtol=1e-5,
+                               atol=1e-5 * float(want.abs().max()))
+
+
 def test_less_adam_preconditioning_from_a_saved_optimizer_state(setup, tmp_path):
     import copy
 
