@@ -175,3 +175,30 @@ def test_a_training_setting_is_declared_once():
         assert (a.default, a.type, a.help) == (f.default, type(f.default), f.metadata["help"])
     with pytest.raises(InputError, match="--train_max_length: must be >= 1"):
         TrainConfig(max_length=0)
+
+
+@pytest.mark.parametrize("where", ["al_training.TrainConfig", "al_scoring.ScoreConfig", "al_selection.SelectConfig",
+                                   "al_similarity.TargetConfig", "al_lora.LoraSpec", "al_annotation.AnnotationConfig"])
+def test_every_config_declares_its_flags(where):
+    """Each config's setting() fields are acquisition_AL.py's flags: default, help and choices from the
+    field, an on-switch where the default is False; and every declared flag belongs to one field."""
+    import importlib
+    from dataclasses import fields
+
+    mod, name = where.split(".")
+    cls = getattr(importlib.import_module(mod), name)
+    acts = {a.dest: a for a in acquisition_AL.parser()._actions}
+    declared = [f for f in fields(cls) if "help" in f.metadata]
+    assert declared
+    for f in declared:
+        a = acts.pop(f.metadata["flag"] or f.name)
+        assert (a.default, a.help, a.choices) == (f.default, f.metadata["help"], f.metadata["choices"])
+        assert (a.nargs == 0) == (f.default is False)  # store_true
+    assert cls() == cls(**{f.name: f.default for f in declared})  # the defaults pass the class's own checks
+
+
+def test_strategy_names_match_the_strategy_table():
+    import al_selection
+    import al_strategies
+
+    assert tuple(al_strategies.STRATEGIES) == al_selection.STRATEGY_NAMES
