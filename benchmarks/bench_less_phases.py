@@ -31,11 +31,11 @@ from scipy.stats import spearmanr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench_targeted import targeted_pass  # noqa: E402
+
 import al_similarity as M  # noqa: E402
 import al_strategies as S  # noqa: E402
-import fsdp_utils  # noqa: E402
-from al_datasets import load_records  # noqa: E402
-from al_prompts import encode_records, truncate_pair  # noqa: E402
+from al_prompts import truncate_pair  # noqa: E402
 from al_scoring import ScoreConfig, pad  # noqa: E402
 from al_utils import atomic_write_text  # noqa: E402
 
@@ -95,18 +95,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/less_phases.md")
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    tok = fsdp_utils.load_tokenizer(a.model)
-    model = fsdp_utils.load_model(a.model, torch.device("cpu"))
-    records = load_records(os.path.join(ROOT, "data", "dolly-1.5k.jsonl"))
-    pool, rest = records[: a.n], records[a.n:]
-    target_rows = [r for r in rest if r["category"] == "summarization"][:30]
-    enc = encode_records(tok, pool)
-    ids = [r["id"] for r in pool]
-    cfg = ScoreConfig(max_length=a.max_length, progress=False, gen_max_new_tokens=a.gen_max_new_tokens,
-                      grad_dim=a.grad_dim)
-    target = M.Target("target", target_rows, list(encode_records(tok, target_rows).values()), [""] * len(target_rows))
-    sc = S.Scoring(model, tok, enc, {r["id"]: r for r in pool}, cfg, np.random.default_rng(0), target)
+    sc, ids = targeted_pass(a)
+    model, enc, target, cfg = sc.model, sc.enc, sc.target, sc.cfg
     t: dict = defaultdict(float)
     t0 = time.perf_counter()
     S.score_candidates("forward_ppl", ids, sc)

@@ -32,20 +32,27 @@ from al_scoring import ScoreConfig  # noqa: E402
 from al_utils import atomic_write_text  # noqa: E402
 
 
-def child(a: argparse.Namespace) -> None:
-    """One strategy's pass; prints a JSON line with seconds, breakdown and peak RSS (GiB)."""
+def targeted_pass(a: argparse.Namespace) -> tuple[S.Scoring, list]:
+    """The scoring of a targeted round: the first --n pool records as candidates, 30 summarization
+    records from the rest as the target, the --model loaded (also bench_less_phases.py's setup)."""
     torch.set_num_threads(a.threads)
     tok = fsdp_utils.load_tokenizer(a.model)
     model = fsdp_utils.load_model(a.model, torch.device("cpu"))
     records = load_records(os.path.join(ROOT, "data", "dolly-1.5k.jsonl"))
     pool, rest = records[: a.n], records[a.n:]
     target_rows = [r for r in rest if r["category"] == "summarization"][:30]
-    enc = encode_records(tok, pool)
-    ids = [r["id"] for r in pool]
     cfg = ScoreConfig(max_length=a.max_length, progress=False, gen_max_new_tokens=a.gen_max_new_tokens,
                       grad_dim=a.grad_dim)
     target = M.Target("target", target_rows, list(encode_records(tok, target_rows).values()), [""] * len(target_rows))
-    sc = S.Scoring(model, tok, enc, {r["id"]: r for r in pool}, cfg, np.random.default_rng(0), target)
+    sc = S.Scoring(model, tok, encode_records(tok, pool), {r["id"]: r for r in pool}, cfg, np.random.default_rng(0),
+                   target)
+    return sc, [r["id"] for r in pool]
+
+
+def child(a: argparse.Namespace) -> None:
+    """One strategy's pass; prints a JSON line with seconds, breakdown and peak RSS (GiB)."""
+    sc, ids = targeted_pass(a)
+    model, enc, target, cfg = sc.model, sc.enc, sc.target, sc.cfg
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     parts = {}
     t0 = time.perf_counter()
