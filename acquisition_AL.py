@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import os
 import sys
 
@@ -126,10 +127,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@functools.cache
+def defaults() -> argparse.ArgumentParser:
+    """The parser as declared, built once and never parsed with (parse_flags sets a parser's
+    defaults from a config file or a run's spec): the real defaults and the flag groups."""
+    return parser()
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = parser()
-    args = parse_flags(p, argv, recorded_spec)
-    check_flag_use(args, parser())  # against the real defaults, not the file's or the run's
+    args = parse_flags(parser(), argv, recorded_spec)
+    check_flag_use(args, defaults())  # against the real defaults, not the file's or the run's
     args.resume = args.resume or bool(args.labels)
     return args
 
@@ -221,7 +228,7 @@ def check_models(args: argparse.Namespace, lora: LoraSpec | None):
 def run_flags(args: argparse.Namespace, pool_hash: str, annotate: bool) -> dict:
     """What a run is: every flag outside the run-control groups; the pool by content. --save_opt
     too where the strategy reads what it saves (less: the Adam moments)."""
-    skip = runtime_flags(parser(), ANNOTATION)
+    skip = runtime_flags(defaults(), ANNOTATION)
     flags = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
     if strategy(args.sampling_strategy).grads:
         flags["save_opt"] = args.save_opt
@@ -239,11 +246,11 @@ def check_run_dir(args: argparse.Namespace, paths: RunPaths, prior: dict | None,
         if not args.resume and not args.overwrite:
             raise InputError(f"--model_path: {paths.run}: run exists; pass --resume to continue or --overwrite")
         if args.resume:
-            check_same(prior, flags, paths.state, parser().get_default)
+            check_same(prior, flags, paths.state, defaults().get_default)
             check_world(prior, paths.state, fsdp_utils.world())
     elif args.resume and args.resume_checkpoint_path:
         prev = run_of_checkpoint(args.resume_checkpoint_path)
-        check_same(read_state(prev.run), flags, prev.state, parser().get_default)
+        check_same(read_state(prev.run), flags, prev.state, defaults().get_default)
         check_world(read_state(prev.run), prev.state, fsdp_utils.world())
 
 
@@ -304,7 +311,7 @@ def open_run(args: argparse.Namespace) -> Run:
         "version": 1, "flags": flags, "pool_sha256": pool_hash, "heldout_ids": perm[: args.heldout_size],
         "rounds_done": -1, "rng": "numpy default_rng([seed, round, purpose]) per draw", "round_log": [],
         "world_size": fsdp_utils.world()}
-    state.update(budget=budget, spec=effective_config(parser(), args, PER_INVOCATION), **provenance())
+    state.update(budget=budget, spec=effective_config(defaults(), args, PER_INVOCATION), **provenance())
     if state.get("failed") and flags["lr"] != state["flags"]["lr"]:  # going on after a non-finite loss
         state.setdefault("changes", []).append({"from_round": state["failed"]["round"], "lr": flags["lr"],
                                                 "was": state["flags"]["lr"]})
