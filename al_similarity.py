@@ -303,6 +303,14 @@ def project_grad(x: torch.Tensor, d: torch.Tensor, A: torch.Tensor, Bm: torch.Te
     return (A.T @ G @ Bm).flatten(1)
 
 
+def grad_batches(cfg: ScoreConfig, lengths: Sequence[int]) -> list[list[int]]:
+    """The length-sorted batches of a gradient pass: a backward keeps every layer's activations, so
+    batches of a quarter of the scoring token budget keep the peak near a no-grad scoring pass's."""
+    small = dataclasses.replace(cfg, token_budget=max(1, cfg.token_budget // GRAD_BUDGET_SHARE)) \
+        if cfg.token_budget else cfg
+    return small.batches(lengths)
+
+
 def layer_grads(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig):
     """Per batch of rows (length-sorted): (row indices, [(x, d) per LESS_MODULES weight]) with x
     [B, T, in] the weight's inputs and d [B, T, out] the gradient of the sum of the rows' mean NLL
@@ -311,11 +319,7 @@ def layer_grads(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad
     parameter grads."""
     mods = [m for _, m in less_modules(model)]
     dev = next(model.parameters()).device
-    # a backward keeps every layer's activations: batches of a quarter of the scoring token budget
-    # keep the peak near a no-grad scoring pass's
-    small = dataclasses.replace(cfg, token_budget=max(1, cfg.token_budget // GRAD_BUDGET_SHARE)) \
-        if cfg.token_budget else cfg
-    for idx in small.batches([len(s) for s in seqs]):
+    for idx in grad_batches(cfg, [len(s) for s in seqs]):
         ids, _ = pad([seqs[i] for i in idx], pad_id)
         tgt = torch.full_like(ids, -100)  # position t predicts token t + 1
         for b, i in enumerate(idx):

@@ -36,7 +36,7 @@ from bench_targeted import targeted_pass  # noqa: E402
 import al_similarity as M  # noqa: E402
 import al_strategies as S  # noqa: E402
 from al_prompts import truncate_pair  # noqa: E402
-from al_scoring import ScoreConfig, pad  # noqa: E402
+from al_scoring import pad  # noqa: E402
 from al_utils import atomic_write_text  # noqa: E402
 
 
@@ -72,8 +72,7 @@ def features(sc: S.Scoring, proj: list, pairs: list, moments: dict | None, t: di
             t[f"floor: {what} features as before (form G, project)"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
-        for idx in ScoreConfig(token_budget=max(1, cfg.token_budget // M.GRAD_BUDGET_SHARE)).batches(
-                [len(s) for s in seqs]):
+        for idx in M.grad_batches(cfg, [len(s) for s in seqs]):
             model(input_ids=pad([seqs[i] for i in idx], sc.pad_id)[0])
     t[f"floor: {what} forward (no grad, same batches)"] += time.perf_counter() - t0
     return new, old
