@@ -154,9 +154,6 @@ def check_numbers(args: argparse.Namespace) -> Configs:
         raise InputError("--al_data_fraction: must be > 0")
     progress = not args.no_progress and fsdp_utils.is_main()
     tcfg, lora = train_config(args, args.seed, progress), al_lora.lora_spec(args, args.seed)
-    if lora is not None and args.save_opt:
-        raise InputError("--save_opt: a LoRA run keeps no optimizer state (its adapters are merged into each "
-                         "round's checkpoint); less then uses plain gradients: drop --save_opt or --lora_r")
     return Configs(score_config(args, progress), selection_config(args), tcfg, lora,
                    config_from(AnnotationConfig, args))
 

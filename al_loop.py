@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import al_lora
 import fsdp_utils
 from al_annotation import AnnotationConfig, export_for_annotators
 from al_lora import LoraSpec
@@ -203,10 +204,14 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
     sc = Scoring(run.model, run.tok, run.enc, run.by_id, run.cfg.score, round_rng(run.spec.seed, rnd, RNG_SCORE),
                  run.target, run.labelled, n, template=run.spec.prompt_template)
     if strategy(name).grads:  # LESS: Adam moments of the last round (with --save_opt), a plain model copy
-        if rnd > 0 and fsdp_utils.has_optimizer_state(run.model_source):
+        sc.betas = (run.cfg.train.adam_beta1, run.cfg.train.adam_beta2)
+        if run.cfg.lora is None and rnd > 0 and fsdp_utils.has_optimizer_state(run.model_source):
             sc.moments = fsdp_utils.adam_moments(run.model, run.model_source, [k for k, _ in less_modules(run.model)])
-            sc.betas = (run.cfg.train.adam_beta1, run.cfg.train.adam_beta2)
         sc.grad_model = fsdp_utils.plain_replica(run.model)
+        if run.cfg.lora is not None:  # the last round's adapters, or (none there) those this round starts from
+            saved = al_lora.read_adapters(run.model_source) if rnd > 0 else None
+            sc.adapters, sc.moments = saved or (al_lora.fresh_adapters(
+                sc.grad_model, dataclasses.replace(run.cfg.lora, seed=run.spec.seed + rnd)), None)
     with fsdp_utils.full_params(run.model) if run.model is not None else contextlib.nullcontext():
         rows = score_candidates(name, cands, sc, fsdp_utils.my_slice(len(cands)), fsdp_utils.gather_lists)
         if tau is None:

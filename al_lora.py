@@ -23,6 +23,24 @@ ADAPTER_DIR = "adapter"  # inside a LoRA run's checkpoint
 DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # every Llama projection
 
 
+OPTIMIZER_FILE = "optimizer.safetensors"  # inside adapter/: the adapters' Adam moments (--save_opt)
+PEFT_PREFIX = "base_model.model."  # PEFT's file names: PEFT_PREFIX + module + ".lora_A.weight"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """The LoRA adapter of one linear module (`module`: its name in the plain model), which then
+    computes W x + scale B A x."""
+    module: str
+    A: torch.Tensor  # [r, in]
+    B: torch.Tensor  # [out, r]
+    scale: float
+
+    @property
+    def size(self) -> int:
+        return self.A.numel() + self.B.numel()
+
+
 @dataclass(frozen=True)
 class LoraSpec:
     """LoRA settings: each field but seed is its flag too (add_lora_args). lora_spec() gives None
@@ -131,16 +149,26 @@ def _assign(param: torch.Tensor, full: torch.Tensor) -> None:
             param.copy_(full)
 
 
-def init_adapters(model: torch.nn.Module, seed: int) -> None:
-    """peft's default initialisation (A: kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in));
-    B: zero, so training starts from the base model), drawn from a seeded generator as full tensors
-    so that 1 rank and N ranks start from the same adapters."""
+def initial_weights(shapes: list[tuple[int, int]], r: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """peft's default initialisation of the adapters of linear modules with weights [out, in], in
+    order (A: kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)); B: zero, so
+    training starts from the base model), drawn from a seeded generator as full tensors so that 1
+    rank and N ranks start from the same adapters."""
     gen = torch.Generator().manual_seed(seed)
-    for _, layer in lora_layers(model):
-        for a, b in zip(layer.lora_A.values(), layer.lora_B.values()):
-            bound = 1 / math.sqrt(a.weight.shape[1])
-            _assign(a.weight, torch.rand(a.weight.shape, generator=gen, dtype=torch.float32) * 2 * bound - bound)
-            _assign(b.weight, torch.zeros(b.weight.shape))
+    out = []
+    for o, i in shapes:
+        bound = 1 / math.sqrt(i)
+        out.append((torch.rand((r, i), generator=gen, dtype=torch.float32) * 2 * bound - bound, torch.zeros(o, r)))
+    return out
+
+
+def init_adapters(model: torch.nn.Module, seed: int) -> None:
+    """Set every adapter of `model` to initial_weights (one rank or many alike)."""
+    pairs = [(a, b) for _, layer in lora_layers(model) for a, b in zip(layer.lora_A.values(), layer.lora_B.values())]
+    shapes = [(b.weight.shape[0], a.weight.shape[1]) for a, b in pairs]
+    for (a, b), (A, B) in zip(pairs, initial_weights(shapes, pairs[0][0].weight.shape[0] if pairs else 0, seed)):
+        _assign(a.weight, A)
+        _assign(b.weight, B)
 
 
 def merge(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -153,15 +181,29 @@ def merge(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         A, B = _full(a.weight).detach().float(), _full(b.weight).detach().float()
         w = layer.base_layer.weight
         _assign(w, _full(w).detach() + (B @ A * layer.scaling[key]).to(w.dtype))
-        adapters[f"base_model.model.{name}.lora_A.weight"] = A.cpu().contiguous()
-        adapters[f"base_model.model.{name}.lora_B.weight"] = B.cpu().contiguous()
+        adapters[f"{PEFT_PREFIX}{name}.lora_A.weight"] = A.cpu().contiguous()
+        adapters[f"{PEFT_PREFIX}{name}.lora_B.weight"] = B.cpu().contiguous()
         parent, child = name.rsplit(".", 1)
         setattr(model.get_submodule(parent), child, layer.base_layer)
     return adapters
 
 
-def save_adapter(path: str, spec: LoraSpec, adapters: dict[str, torch.Tensor], base: str) -> None:
-    """PEFT's adapter folder: adapter_config.json + adapter_model.safetensors (rank 0)."""
+def adapter_moments(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The adapters' Adam moments as full CPU tensors, under PEFT's parameter names + ".exp_avg" /
+    ".exp_avg_sq" (call before merge(), which removes the adapters). Every rank must call it."""
+    out = {}
+    for name, layer in lora_layers(model):
+        for part, mods in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B)):
+            state = opt.state[next(iter(mods.values())).weight]
+            for k in ("exp_avg", "exp_avg_sq"):
+                out[f"{PEFT_PREFIX}{name}.{part}.weight.{k}"] = _full(state[k]).detach().float().cpu().contiguous()
+    return out
+
+
+def save_adapter(path: str, spec: LoraSpec, adapters: dict[str, torch.Tensor], base: str,
+                 moments: dict[str, torch.Tensor] | None = None) -> None:
+    """PEFT's adapter folder: adapter_config.json + adapter_model.safetensors (rank 0), and with
+    `moments` (adapter_moments) the adapters' Adam state in OPTIMIZER_FILE, which PEFT ignores."""
     from safetensors.torch import save_file
 
     os.makedirs(path, exist_ok=True)
@@ -169,6 +211,43 @@ def save_adapter(path: str, spec: LoraSpec, adapters: dict[str, torch.Tensor], b
     cfg.base_model_name_or_path = base
     cfg.save_pretrained(path)
     save_file(adapters, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
+    if moments is not None:
+        save_file(moments, os.path.join(path, OPTIMIZER_FILE), metadata={"format": "pt"})
+
+
+def read_adapters(ckpt: str) -> tuple[list[Adapter], dict | None] | None:
+    """A LoRA checkpoint's adapters (in file order) and, when it was saved with --save_opt, their
+    Adam moments (module -> (exp_avg, exp_avg_sq) of A and B flattened and concatenated, A first,
+    as al_similarity.lora_grad lays out a gradient); None when `ckpt` has no adapter folder."""
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = os.path.join(ckpt, ADAPTER_DIR)
+    if not os.path.isfile(os.path.join(folder, "adapter_model.safetensors")):
+        return None
+    cfg = json.load(open(os.path.join(folder, "adapter_config.json")))
+    scale = cfg["lora_alpha"] / cfg["r"]
+    w = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    modules = [k[len(PEFT_PREFIX):-len(".lora_A.weight")] for k in sorted(w) if k.endswith(".lora_A.weight")]
+    key = lambda m, part: f"{PEFT_PREFIX}{m}.{part}.weight"  # noqa: E731
+    adapters = [Adapter(m, w[key(m, "lora_A")], w[key(m, "lora_B")], scale) for m in modules]
+    opt_file = os.path.join(folder, OPTIMIZER_FILE)
+    if not os.path.isfile(opt_file):
+        return adapters, None
+    st = load_file(opt_file)
+    moments = {m: tuple(torch.cat([st[f"{key(m, 'lora_A')}.{k}"].flatten(), st[f"{key(m, 'lora_B')}.{k}"].flatten()])
+                        for k in ("exp_avg", "exp_avg_sq")) for m in modules}
+    return adapters, moments
+
+
+def fresh_adapters(model: torch.nn.Module, spec: LoraSpec) -> list[Adapter]:
+    """The adapters a round training `spec` on `model` (plain, no adapters) starts from
+    (initial_weights with spec.seed)."""
+    mods = [(n, m) for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in spec.targets]
+    weights = initial_weights([tuple(m.weight.shape) for _, m in mods], spec.r, spec.seed)
+    return [Adapter(n, A, B, spec.alpha / spec.r) for (n, _), (A, B) in zip(mods, weights)]
 
 
 def as_meta(spec: LoraSpec | None) -> dict | None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from al_datasets import load_records, read_rows
+from al_lora import Adapter
 from al_prompts import Encoded, encode_records
 from al_scoring import ScoreConfig, pad
 from al_selection import take_in_turns
@@ -311,13 +312,14 @@ def grad_batches(cfg: ScoreConfig, lengths: Sequence[int]) -> list[list[int]]:
     return small.batches(lengths)
 
 
-def layer_grads(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig):
-    """Per batch of rows (length-sorted): (row indices, [(x, d) per LESS_MODULES weight]) with x
-    [B, T, in] the weight's inputs and d [B, T, out] the gradient of the sum of the rows' mean NLL
-    over seqs[i][starts[i]:] at its outputs (fp32, CPU; zero where a row is padding). `model` must
-    be a plain (unsharded) module: the backward only asks for those deltas, never touches
-    parameter grads."""
-    mods = [m for _, m in less_modules(model)]
+def layer_grads(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,
+                mods: Sequence[torch.nn.Module] | None = None):
+    """Per batch of rows (length-sorted): (row indices, [(x, d) per linear module of `mods`, by
+    default the LESS_MODULES]) with x [B, T, in] the module's inputs and d [B, T, out] the gradient
+    of the sum of the rows' mean NLL over seqs[i][starts[i]:] at its outputs (fp32, CPU; zero where
+    a row is padding). `model` must be a plain (unsharded) module: the backward only asks for those
+    deltas, never touches parameter grads."""
+    mods = [m for _, m in less_modules(model)] if mods is None else list(mods)
     dev = next(model.parameters()).device
     for idx in grad_batches(cfg, [len(s) for s in seqs]):
         ids, _ = pad([seqs[i] for i in idx], pad_id)
@@ -327,6 +329,9 @@ def layer_grads(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad
         seen: dict = {}  # module -> (its input, its output) in this forward
         hooks = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__(m, (a[0].detach(), o)))
                  for m in mods]
+        # frozen weights (a merged LoRA model) leave the graph without grad: start it at the embeddings
+        hooks.append(model.get_input_embeddings().register_forward_hook(
+            lambda m, a, o: None if o.requires_grad else o.requires_grad_()))
         try:
             with torch.enable_grad():
                 logits = model(input_ids=ids.to(dev)).logits.float()
@@ -339,17 +344,75 @@ def layer_grads(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad
         yield idx, [(seen[m][0].float().cpu(), d.float().cpu()) for m, d in zip(mods, deltas)]
 
 
+def _features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,
+              mods: Sequence[torch.nn.Module], dim: int, block: Callable) -> np.ndarray:
+    """[N, dim]: per row the sum over `mods` of block(j, x, d) (layer_grads' activations of module j)."""
+    out = np.zeros((len(seqs), dim), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    for idx, acts in layer_grads(model, seqs, starts, pad_id, cfg, mods):
+        out[idx] = sum(block(j, x, d) for j, (x, d) in enumerate(acts)).numpy()
+    model.train(was_training)
+    return out
+
+
 def grad_features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,
                   proj: list, moments: dict | None = None, betas: tuple[float, float] = (0.9, 0.999)) -> np.ndarray:
     """[N, dim] projected gradients of each row's mean NLL over seqs[i][starts[i]:] with respect to
     the LESS_MODULES weights (layer_grads), Adam-preconditioned when `moments` (name -> (exp_avg,
     exp_avg_sq)); the blocks of all weights are summed (project_grad)."""
-    names = [name for name, _ in less_modules(model)]
-    out = np.zeros((len(seqs), proj[0][0].shape[1] * proj[0][1].shape[1]), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    for idx, acts in layer_grads(model, seqs, starts, pad_id, cfg):
-        out[idx] = sum(project_grad(x, d, A, Bm, None if moments is None else moments[name], betas)
-                       for name, (A, Bm), (x, d) in zip(names, proj, acts)).numpy()
-    model.train(was_training)
+    named = less_modules(model)
+
+    def block(j: int, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return project_grad(x, d, *proj[j], None if moments is None else moments[named[j][0]], betas)
+
+    return _features(model, seqs, starts, pad_id, cfg, [m for _, m in named],
+                     proj[0][0].shape[1] * proj[0][1].shape[1], block)
+
+
+# ----------------------------------------------------------------------------------------------
+# LESS on LoRA adapters (LESS's own setup): gradients with respect to each adapter's A and B
+
+
+def lora_grad(x: torch.Tensor, d: torch.Tensor, ad: Adapter) -> torch.Tensor:
+    """[B, r in + out r]: each row's gradient with respect to the adapter's A and B (flattened, A
+    first), from the module's inputs x [B, T, in] and output gradients d [B, T, out]; the same on
+    the merged model as on the adapted one, whose module outputs are equal. dA = s (d B)^T x,
+    dB = s d^T (x A^T), each summed over the row's tokens."""
+    gA = torch.bmm((d @ ad.B).transpose(1, 2), x)
+    gB = torch.bmm(d.transpose(1, 2), x @ ad.A.T)
+    return ad.scale * torch.cat([gA.flatten(1), gB.flatten(1)], 1)
+
+
+def count_sketches(sizes: Sequence[int], dim: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per flattened gradient block of `sizes[j]` entries a seeded bucket in [0, dim) and sign for
+    each entry: a CountSketch, which keeps inner products in expectation and (benchmarks/results/
+    less_projection.md) ranks candidates closer to exact gradients than a Kronecker projection of
+    the same dimension. LoRA's gradients are small enough to form, so the sketch applies to them."""
+    out = []
+    for j, n in enumerate(sizes):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + j)
+        out.append((torch.randint(dim, (n,), generator=g), torch.randint(2, (n,), generator=g) * 2.0 - 1))
     return out
+
+
+def sketch(G: torch.Tensor, bucket: torch.Tensor, sign: torch.Tensor, dim: int) -> torch.Tensor:
+    """[B, dim]: each row of G [B, n] CountSketched."""
+    return torch.zeros(len(G), dim).index_add_(1, bucket, G * sign)
+
+
+def lora_features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,
+                  adapters: Sequence[Adapter], sketches: list, moments: dict | None = None,
+                  betas: tuple[float, float] = (0.9, 0.999)) -> np.ndarray:
+    """[N, dim] CountSketched gradients of each row's mean NLL over seqs[i][starts[i]:] with respect
+    to every adapter's A and B, on the model with the adapters merged in; Adam-preconditioned when
+    `moments` (module -> (exp_avg, exp_avg_sq) of the flattened [A, B])."""
+    dim = cfg.grad_dim  # what the sketches were drawn for
+
+    def block(j: int, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        G = lora_grad(x, d, adapters[j])
+        if moments is not None:
+            G = adam_direction(G, *moments[adapters[j].module], betas)
+        return sketch(G, *sketches[j], dim)
+
+    return _features(model, seqs, starts, pad_id, cfg, [model.get_submodule(a.module) for a in adapters], dim, block)

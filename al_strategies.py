@@ -36,9 +36,11 @@ from al_selection import (
 from al_similarity import (
     Target,
     TargetConfig,
+    count_sketches,
     embed,
     grad_features,
     group_similarity,
+    lora_features,
     projections,
     target_rows,
     typicality,
@@ -66,7 +68,8 @@ class Scoring:
     labelled: list = field(default_factory=list)  # typiclust: ids labelled so far
     n: int = 0  # typiclust: examples this round picks
     grad_model: Any = None  # less: a plain (unsharded) copy of the model for per-example gradients
-    moments: dict | None = None  # less: the previous round's Adam moments of the LESS_MODULES weights
+    moments: dict | None = None  # less: the previous round's Adam moments of the weights it differentiates
+    adapters: list | None = None  # less under LoRA: the adapters (al_lora.Adapter) it differentiates instead
     betas: tuple[float, float] = (0.9, 0.999)  # less: the Adam betas those moments were made with
     template: str = "alpaca"  # --prompt_template: how ifd's direct pass and self_ask's question are formatted
 
@@ -188,11 +191,14 @@ def _random_format(sc: Scoring, ids: list) -> list[dict]:
 
 def _less(sc: Scoring, ids: list) -> list[dict]:
     """LESS: cosine between the candidate's and the target examples' gradient features (answer-token
-    loss, LESS_MODULES weights, seeded projection), max over target groups of the mean. Candidates'
+    loss; the LESS_MODULES weights, Kronecker-projected, or under LoRA the adapters, CountSketched;
+    seeded), max over target groups of the mean. Candidates'
     gradients are Adam-preconditioned when the last round's moments exist (targets' never: LESS
     takes plain gradients for its validation set); their answers are the model's own greedy answer
     (at most --gen_max_new_tokens tokens) unless --grad_answers pool."""
-    proj = projections(sc.grad_model or sc.model, sc.cfg.grad_dim, int(sc.rng.integers(2**31 - 1)))
+    seed = int(sc.rng.integers(2**31 - 1))
+    proj = projections(sc.grad_model or sc.model, sc.cfg.grad_dim, seed) if sc.adapters is None else \
+        count_sketches([a.size for a in sc.adapters], sc.cfg.grad_dim, seed)
     answers = less_answers(sc, ids)
     X = less_features(sc, proj, [(sc.enc[i].prompt, a) for i, a in zip(ids, answers)], sc.moments)
     T = less_features(sc, proj, [(e.prompt, e.answer) for e in sc.target.enc], None)
@@ -217,8 +223,9 @@ def less_features(sc: Scoring, proj: list, pairs: Sequence[tuple[list[int], list
                   moments: dict | None) -> np.ndarray:
     """Unit gradient features of (prompt, answer) pairs, truncated like training (truncate_pair)."""
     pairs = [truncate_pair(p, a, sc.cfg.max_length)[:2] for p, a in pairs]
-    X = grad_features(sc.grad_model or sc.model, [p + a for p, a in pairs], [len(p) for p, _ in pairs], sc.pad_id,
-                      sc.cfg, proj, moments, sc.betas)
+    args = (sc.grad_model or sc.model, [p + a for p, a in pairs], [len(p) for p, _ in pairs], sc.pad_id, sc.cfg)
+    X = grad_features(*args, proj, moments, sc.betas) if sc.adapters is None else \
+        lora_features(*args, sc.adapters, proj, moments, sc.betas)
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 

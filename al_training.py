@@ -215,10 +215,12 @@ def save_trained(model, tok, path: str, meta: dict, opt: torch.optim.Optimizer |
                  lora: LoraSpec | None, base: str) -> None:
     """Save a trained model as a checkpoint; a LoRA model is first merged into an ordinary one (in
     place: what stays in memory is what the checkpoint loads as) and its adapters, relative to
-    `base`, go to the checkpoint's adapter/ folder. `opt` is saved too when given (full fine-tuning)."""
+    `base`, go to the checkpoint's adapter/ folder. `opt` is saved too when given: with the
+    checkpoint, or under LoRA the adapters' moments in adapter/ (what less preconditions with)."""
     if lora is None:
         fsdp_utils.save_checkpoint(model, tok, path, meta, opt)
         return
+    moments = al_lora.adapter_moments(model, opt) if opt is not None else None
     adapters = al_lora.merge(model)
     fsdp_utils.save_checkpoint(model, tok, path, {**meta, "lora": al_lora.as_meta(lora)}, extra=lambda d: (
-        al_lora.save_adapter(os.path.join(d, al_lora.ADAPTER_DIR), lora, adapters, base)))
+        al_lora.save_adapter(os.path.join(d, al_lora.ADAPTER_DIR), lora, adapters, base, moments)))

@@ -51,8 +51,6 @@ def main(argv: list[str] | None = None) -> None:
     enc = encode_records(tok, records, args.prompt_template)
     stats, opt = train(model, [enc[r["id"]] for r in records], cfg, pad_id_of(tok))
     meta = {"trained_on": args.data_path, "train": summary(stats), "prompt_template": args.prompt_template}
-    if lora is not None and args.save_opt and fsdp_utils.is_main():
-        print("LoRA: no optimizer state saved (the adapters are merged into the checkpoint)", file=sys.stderr)
     save_trained(model, tok, args.save_path, meta, opt if args.save_opt else None, lora, args.init_checkpoint_path)
     if fsdp_utils.is_main():
         print(f"trained {stats['examples']} examples, {stats['steps']} steps, final-epoch loss "

@@ -256,10 +256,6 @@ CASES = {
     "a LoRA flag without --lora_r": lambda t, b: (
         {"lora_alpha": "32"}, "error: --lora_alpha: 32.0 has no effect without --lora_r (full fine-tuning); leave it "
                               "out or give --lora_r"),
-    "--save_opt with LoRA": lambda t, b: (
-        {"lora_r": "4", "save_opt": ""}, "error: --save_opt: a LoRA run keeps no optimizer state (its adapters are "
-                                         "merged into each round's checkpoint); less then uses plain gradients: drop "
-                                         "--save_opt or --lora_r"),
     "a multi-turn conversation under the alpaca template": lambda t, b: (
         {"file_path": (p := pool_file(t, [{"messages": MSGS}, {"messages": MSGS + MSGS}]))},
         f"error: {p}:2: messages: turns user -> assistant -> user -> assistant; the alpaca template holds one user "

@@ -3,6 +3,7 @@ and a LoRA loop run resumes identically after a kill."""
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +68,60 @@ def test_only_adapters_train_and_merge_is_exact(tiny_model, data):
     assert torch.allclose(model.state_dict()["model.layers.1.mlp.down_proj.weight"], want, atol=1e-6)
 
 
+def test_less_lora_features_equal_autograd_on_the_adapters(tiny_model, data, tmp_path):
+    """less under LoRA: features from the merged model and the saved adapters equal the CountSketch
+    (as an explicit matrix) of autograd's gradients on the adapted model's A and B (1e-4), plain and
+    Adam-preconditioned by the moments --save_opt keeps in adapter/ (equal to the optimizer's)."""
+    import al_similarity as M
+    from al_scoring import ScoreConfig
+
+    model = fsdp_utils.load_model(tiny_model, torch.device("cpu"), lora=SPEC)
+    tok = fsdp_utils.load_tokenizer(tiny_model)
+    recs = load_records(data)
+    enc = encode_records(tok, recs)
+    cfg = al_training.TrainConfig(lr=5e-3, epochs=1, train_batch_size=2, grad_accum=2, max_length=128, progress=False)
+    _, opt = al_training.train(model, [enc[r["id"]] for r in recs], cfg, pad_id_of(tok))
+    starts = [min(40, len(enc[r["id"]].prompt)) for r in recs[:4]]
+    seqs = [enc[r["id"]].prompt[:s] + enc[r["id"]].answer[:12] for r, s in zip(recs, starts)]
+    layers = dict(al_lora.lora_layers(model))
+    ab = {n: (lay.lora_A["default"].weight, lay.lora_B["default"].weight) for n, lay in layers.items()}
+
+    def hand(seq: list[int], start: int) -> dict:
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=torch.tensor([seq])).logits[0]
+        torch.nn.functional.cross_entropy(out[start - 1:-1], torch.tensor(seq[start:])).backward()
+        return {n: torch.cat([a.grad.flatten(), b.grad.flatten()]) for n, (a, b) in ab.items()}
+
+    grads = [hand(s, st) for s, st in zip(seqs, starts)]
+    state = {n: [torch.cat([opt.state[a][k].flatten(), opt.state[b][k].flatten()]) for k in ("exp_avg", "exp_avg_sq")]
+             for n, (a, b) in ab.items()}
+    al_training.save_trained(model, tok, str(tmp_path / "ck"), {"round": 1}, opt, SPEC, tiny_model)
+    adapters, moments = al_lora.read_adapters(str(tmp_path / "ck"))
+    assert sorted(a.module for a in adapters) == sorted(layers) and len(adapters) == 6
+    assert {a.scale for a in adapters} == {2.0}  # alpha / r
+    for n, (m, v) in state.items():
+        assert moments[n][0].equal(m) and moments[n][1].equal(v)
+    dim = 64
+    sk = M.count_sketches([a.size for a in adapters], dim, seed=5)
+    mats = []  # each sketch as the matrix it applies: row i has its sign at its bucket
+    for (bucket, sign), a in zip(sk, adapters):
+        S = torch.zeros(a.size, dim)
+        S[torch.arange(a.size), bucket] = sign
+        mats.append(S)
+    for mom in (None, moments):
+        got = M.lora_features(model, seqs, starts, pad_id_of(tok), ScoreConfig(grad_dim=dim, token_budget=512),
+                              adapters, sk, mom)
+        for row, g in zip(got, grads):
+            want = 0
+            for a, S in zip(adapters, mats):
+                x = g[a.module]
+                if mom is not None:  # LESS's formula
+                    m, v = mom[a.module]
+                    x = (0.9 * m + 0.1 * x) / torch.sqrt(0.999 * v + 0.001 * x ** 2 + 1e-8)
+                want = want + x @ S
+            np.testing.assert_allclose(row, want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
 @pytest.fixture(scope="module")
 def one_rank(tiny_model, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora1") / "ckpt"
@@ -78,7 +133,9 @@ def test_checkpoint_holds_merged_weights_and_a_peft_adapter(tiny_model, one_rank
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    assert sorted(os.listdir(one_rank / "adapter")) == ["adapter_config.json", "adapter_model.safetensors"]
+    # train_AL saves the optimizer by default: under LoRA the adapters' moments, beside PEFT's two files
+    assert sorted(os.listdir(one_rank / "adapter")) == ["adapter_config.json", "adapter_model.safetensors",
+                                                        al_lora.OPTIMIZER_FILE]
     meta = fsdp_utils.checkpoint_meta(str(one_rank))
     assert meta["lora"]["r"] == 4 and meta["lora"]["targets"] == ["q_proj", "v_proj", "down_proj"]
     assert not fsdp_utils.has_optimizer_state(str(one_rank))
@@ -158,12 +215,15 @@ def test_lora_and_full_fine_tuning_differ_only_in_training(pool, tiny_model, tmp
                        for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")}
 
 
-def test_lora_loop_on_two_ranks_equals_one_process(pool, tiny_model, tmp_path):
-    """The loop under torchrun with LoRA: adapters sharded with their layer, merged after training,
-    the merged model then scores round 1 under FSDP: the same selections and held-out losses as 1 process."""
+def test_lora_loop_on_two_ranks_equals_one_process(pool, tiny_model, target_data, tmp_path):
+    """The loop under torchrun with LoRA: adapters sharded with their layer, merged after training
+    with their Adam moments saved (--save_opt); round 1 is less on those adapters' preconditioned
+    gradients, its answers generated by the merged model under FSDP: the same selections and
+    held-out losses as 1 process."""
     from test_distributed import ACQ
 
-    common = ["--file_path", pool, "--init_checkpoint_path", tiny_model, *ACQ, *LORA]
+    common = ["--file_path", pool, "--init_checkpoint_path", tiny_model, *ACQ, *LORA, "--sampling_strategy", "less",
+              "--target_file", target_data[0], "--save_opt", "--grad_dim", "64", "--gen_max_new_tokens", "4"]
     torchrun("acquisition_AL.py", *common, "--model_path", str(tmp_path / "two"), "--grad_accum", "2")
     acquisition_AL.main([*common, "--model_path", str(tmp_path / "one"), "--grad_accum", "4", "--threads", "2"])
     for r in ("0", "1"):
@@ -172,4 +232,8 @@ def test_lora_loop_on_two_ranks_equals_one_process(pool, tiny_model, tmp_path):
         assert ids[0] == ids[1] and len(ids[0]) == 50
         m1, m2 = (json.load(open(tmp_path / run / "rounds" / r / "metrics.json")) for run in ("one", "two"))
         assert abs(m1["heldout_loss"] - m2["heldout_loss"]) < 1e-4
-    assert os.path.isfile(tmp_path / "two_sharded" / "adapter" / "adapter_model.safetensors")
+    scores = [[json.loads(line) for line in open(tmp_path / run / "rounds" / "1" / "scores.jsonl")]
+              for run in ("one", "two")]
+    assert [r["id"] for r in scores[0]] == [r["id"] for r in scores[1]] and len(scores[0]) > 50
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(*scores)) < 1e-4
+    assert os.path.isfile(tmp_path / "two_sharded" / "adapter" / al_lora.OPTIMIZER_FILE)
