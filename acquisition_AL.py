@@ -39,7 +39,7 @@ from al_annotation import (
     save_labels,
 )
 from al_datasets import file_sha256, load_records
-from al_loop import RNG_SHUFFLE, Configs, Run, RunSpec, run_rounds
+from al_loop import RNG_SHUFFLE, Configs, Run, RunSpec, RunState, run_rounds
 from al_lora import LoraSpec
 from al_prompts import check_template, encode_records, lazy_encodings, pad_id_of
 from al_similarity import load_target, target_keys
@@ -323,10 +323,9 @@ def open_run(args: argparse.Namespace) -> Run:
                    activation_checkpointing=args.activation_checkpointing,
                    words_budget=args.budget_unit == "answer_words", warm_start=args.warm_start,
                    save_opt=args.save_opt, plot_scores=args.plot_ppl_hist, save_file_name=args.save_file_name)
-    run = Run(spec, paths, state, by_id, order, perm[: args.heldout_size], labels, annotate, tok, enc, budget,
-              cfg, device, target,
-              list(encode_records(tok, test, args.prompt_template).values()),
-              model_source=state.get("model_source", paths.ckpt), lock=lock)
+    run = Run(spec, paths, RunState(paths.state, state, model_source=state.get("model_source", paths.ckpt)), by_id,
+              order, perm[: args.heldout_size], labels, annotate, tok, enc, budget, cfg, device, target,
+              list(encode_records(tok, test, args.prompt_template).values()), lock=lock)
     if annotate and labels:  # the annotators' answers, never the pool's, are what training sees
         enc.update(encode_records(tok, [run.record(i) for i in labels], args.prompt_template))
     if summary:
@@ -342,14 +341,14 @@ def open_run(args: argparse.Namespace) -> Run:
 
 def resume_rounds(run: Run) -> None:
     """The labelled set of the finished rounds, and a check that the checkpoint matches them."""
-    done = run.state["rounds_done"]
+    done = run.state.rounds_done
     for r in range(done + 1):
-        run.labelled += [row["id"] for row in read_jsonl(run.paths.round_file(r, "selected.jsonl"))]
+        run.state.labelled += [row["id"] for row in read_jsonl(run.paths.round_file(r, "selected.jsonl"))]
     if done < 0:
         return
-    meta = fsdp_utils.checkpoint_meta(run.model_source)
+    meta = fsdp_utils.checkpoint_meta(run.state.model_source)
     if meta.get("round") != done and not os.path.isdir(run.paths.round_dir(done + 1)):
-        raise InputError(f"--resume: {run.model_source}: checkpoint is from round {meta.get('round')}, "
+        raise InputError(f"--resume: {run.state.model_source}: checkpoint is from round {meta.get('round')}, "
                          f"state says round {done} is done")
     run.log(f"resuming {run.paths.run}: {done + 1} rounds done, {len(run.labelled)} labelled")
 

@@ -71,11 +71,54 @@ class RunSpec:
 
 
 @dataclass
+class RunState:
+    """What changes as a run goes. `record` is state.json (the flags, held-out ids, rounds done, how
+    far the round in progress got, the round log, ...), written by rank 0 through save(); the
+    labelled set and the last model's place are rebuilt from the round files on --resume. One
+    writer per field: mark() the stage inside a round, finish() a round's end."""
+    path: str  # <run>/state.json
+    record: dict
+    labelled: list = field(default_factory=list)  # in selection order
+    model_source: str = ""  # where the last finished round's model is
+
+    @property
+    def rounds_done(self) -> int:
+        return self.record["rounds_done"]
+
+    def save(self) -> None:
+        if fsdp_utils.is_main():
+            atomic_write_json(self.path, self.record)
+
+    def mark(self, rnd: int, stage: str, **more) -> None:
+        """Record how far round `rnd` got (`in_round`: selection, training; a resume redoes nothing
+        before it) and save; finish() clears it."""
+        self.record["in_round"] = {"round": rnd, "finished": stage, **more}
+        self.save()
+
+    def trained(self, ckpt: str) -> None:
+        """The round's model is at `ckpt` (a chained run's first source no longer applies)."""
+        self.model_source = ckpt
+        self.record.pop("model_source", None)
+
+    def failed(self, rnd: int, step: int, loss: float, lr: float) -> None:
+        self.record["failed"] = {"round": rnd, "step": step, "loss": str(loss), "lr": lr}
+        self.save()
+
+    def finish(self, rnd: int, log: dict) -> None:
+        """Round `rnd` is done: its line of the round log (replacing a redone round's) and save."""
+        self.record["rounds_done"] = rnd
+        self.record.pop("in_round", None)
+        self.record["round_log"] = [x for x in self.record["round_log"] if x["round"] < rnd] + [{"round": rnd, **log}]
+        self.save()
+
+
+@dataclass
 class Run:
-    """One run directory and what its rounds share."""
+    """One run directory and what its rounds share: the frozen settings (spec, cfg), the pool, and
+    the state that changes."""
     spec: RunSpec
     paths: RunPaths
-    state: dict
+    state: RunState
     by_id: dict  # id -> record
     order: list  # candidate ids in the seeded order (held-out slice removed)
     heldout: list
@@ -88,28 +131,20 @@ class Run:
     device: torch.device
     target: Target | None = None
     test: list = field(default_factory=list)  # Encoded --test_file examples
-    labelled: list = field(default_factory=list)  # in selection order
     model: Any = None  # the current round's model, once loaded
-    model_source: str = ""  # where the last finished round's model is
     lock: Any = None  # <run>/.lock, held (rank 0) while this object lives
 
     @property
     def main(self) -> bool:
         return fsdp_utils.is_main()
 
+    @property
+    def labelled(self) -> list:
+        return self.state.labelled
+
     def log(self, msg: str) -> None:
         if self.main:
             print(msg, file=sys.stderr)
-
-    def save_state(self) -> None:
-        if self.main:
-            atomic_write_json(self.paths.state, self.state)
-
-    def mark(self, rnd: int, stage: str, **more) -> None:
-        """Record how far round `rnd` got (state.json `in_round`: selection, training; a resume
-        redoes nothing before it) and save the state; finish_round clears it."""
-        self.state["in_round"] = {"round": rnd, "finished": stage, **more}
-        self.save_state()
 
     def load(self, path: str, lora: LoraSpec | None = None):
         return fsdp_utils.load_model(path, self.device, self.spec.model_config,
@@ -188,7 +223,7 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
     if picked:
         if run.main:
             atomic_write_jsonl(sel_file, picked)
-        run.mark(rnd, "selection")
+        run.state.mark(rnd, "selection")
     return picked, scores
 
 
@@ -200,16 +235,17 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
         return [], None
     tau = run.cfg.select.max_similarity
     if run.model is None and (strategy(name).model or tau is not None):
-        run.model = run.load(run.model_source if rnd > 0 else run.spec.init_checkpoint)
+        run.model = run.load(run.state.model_source if rnd > 0 else run.spec.init_checkpoint)
     sc = Scoring(run.model, run.tok, run.enc, run.by_id, run.cfg.score, round_rng(run.spec.seed, rnd, RNG_SCORE),
                  run.target, run.labelled, n, template=run.spec.prompt_template)
     if strategy(name).grads:  # LESS: Adam moments of the last round (with --save_opt), a plain model copy
+        src = run.state.model_source
         sc.betas = (run.cfg.train.adam_beta1, run.cfg.train.adam_beta2)
-        if run.cfg.lora is None and rnd > 0 and fsdp_utils.has_optimizer_state(run.model_source):
-            sc.moments = fsdp_utils.adam_moments(run.model, run.model_source, [k for k, _ in less_modules(run.model)])
+        if run.cfg.lora is None and rnd > 0 and fsdp_utils.has_optimizer_state(src):
+            sc.moments = fsdp_utils.adam_moments(run.model, src, [k for k, _ in less_modules(run.model)])
         sc.grad_model = fsdp_utils.plain_replica(run.model)
         if run.cfg.lora is not None:  # the last round's adapters, or (none there) those this round starts from
-            saved = al_lora.read_adapters(run.model_source) if rnd > 0 else None
+            saved = al_lora.read_adapters(src) if rnd > 0 else None
             sc.adapters, sc.moments = saved or (al_lora.fresh_adapters(
                 sc.grad_model, dataclasses.replace(run.cfg.lora, seed=run.spec.seed + rnd)), None)
     with fsdp_utils.full_params(run.model) if run.model is not None else contextlib.nullcontext():
@@ -234,7 +270,7 @@ def train_round(run: Run, rnd: int) -> dict:
     else:
         lora = dataclasses.replace(run.cfg.lora, seed=spec.seed + rnd) if run.cfg.lora is not None else None
         warm = spec.warm_start and rnd > 0
-        base = run.model_source if warm else spec.init_checkpoint
+        base = run.state.model_source if warm else spec.init_checkpoint
         if lora is not None or not warm or run.model is None:  # else: warm, from the model in memory
             run.model = run.load(base, lora)
         torch.manual_seed(spec.seed + rnd)
@@ -244,8 +280,7 @@ def train_round(run: Run, rnd: int) -> dict:
             stats, opt = train(run.model, [run.enc[i] for i in run.labelled], tcfg, pad_id_of(run.tok),
                                on_step=lambda step: kill_point("training", rnd))
         except NonFiniteLoss as e:  # keep the last good round; say how to go on
-            run.state["failed"] = {"round": rnd, "step": e.step, "loss": str(e.loss), "lr": lr}
-            run.save_state()
+            run.state.failed(rnd, e.step, e.loss, lr)
             kept = f"as it was after round {rnd - 1}" if rnd else "with its seed set selected"
             raise InputError(f"round {rnd}: training loss became {e.loss} at optimizer step {e.step} (--lr {lr}); "
                              f"the run is kept {kept}: go on with a lower --lr, e.g. "
@@ -256,9 +291,8 @@ def train_round(run: Run, rnd: int) -> dict:
                                                 "prompt_template": spec.prompt_template},
                      opt if spec.save_opt else None, lora, base)
         del opt
-        run.mark(rnd, "training")
-    run.model_source = ckpt
-    run.state.pop("model_source", None)  # a chained run's first source, until its first round is trained
+        run.state.mark(rnd, "training")
+    run.state.trained(ckpt)
     return tstats
 
 
@@ -278,18 +312,14 @@ def finish_round(run: Run, rnd: int, picked: list[dict], scores: list[dict], tst
                "candidates_ruled_out": len(scores) - len(allowed(scores, round_strategy(run, rnd), run.cfg.score)),
                "skipped_as_similar": sum(bool(r.get("skipped_similar")) for r in scores),
                "score_stats": describe(sc), "seconds": seconds}
-    run.state["rounds_done"] = rnd
-    run.state.pop("in_round", None)
-    run.state["round_log"] = [x for x in run.state["round_log"] if x["round"] < rnd] + [
-        {"round": rnd, "labelled": n_labelled, **cost, "train_loss": tstats["train_loss"], "heldout_loss": held,
-         "test_loss": test}]
     if run.main:
         atomic_write_json(run.paths.round_file(rnd, "metrics.json"), metrics)
         selected = [run.record(i) for i in run.labelled]
         atomic_write_json(run.paths.selected, selected)
         if run.spec.save_file_name:
             atomic_write_json(run.spec.save_file_name, selected)
-    run.save_state()
+    run.state.finish(rnd, {"labelled": n_labelled, **cost, "train_loss": tstats["train_loss"], "heldout_loss": held,
+                           "test_loss": test})  # last: it marks the round done
     losses = " | ".join(f"{k} {v:.4f}" for k, v in (("held-out", held), ("test", test)) if v is not None)
     spent = f"{n_labelled} labelled, {cost['answer_words']}/{run.budget} answer words" if run.words_budget \
         else f"labelled {n_labelled}/{run.budget}"
@@ -301,7 +331,7 @@ def draft_answers(run: Run, rnd: int, ids: list) -> list[str]:
     """The current model's greedy answers to `ids` (--draft_answers): the base model's for the seed
     set, then the last round's; each rank generates its share."""
     if run.model is None:
-        run.model = run.load(run.model_source if rnd > 0 else run.spec.init_checkpoint)
+        run.model = run.load(run.state.model_source if rnd > 0 else run.spec.init_checkpoint)
     run.enc.ensure(ids)
     cfg, mine = run.cfg.score, ids[fsdp_utils.my_slice(len(ids))]
     prompts = [truncate_prompt(run.enc[i].prompt, cfg.max_length - 1) for i in mine]
@@ -318,14 +348,14 @@ def wait_for_labels(run: Run, rnd: int, picked: list[dict]) -> bool:
                                     run.main, drafts)
     if waiting is None:
         return False
-    run.mark(rnd, "selection", **waiting)
-    run.log(waiting_line(run.paths.run, run.state["in_round"]))
+    run.state.mark(rnd, "selection", **waiting)
+    run.log(waiting_line(run.paths.run, run.state.record["in_round"]))
     return True
 
 
 def run_rounds(run: Run, stop_after_round: int | None) -> None:
     """Rounds until the budget is spent (or `stop_after_round`, or the run waits for labels)."""
-    rnd, waiting = run.state["rounds_done"] + 1, False
+    rnd, waiting = run.state.rounds_done + 1, False
     while run.spent() < run.budget and (stop_after_round is None or rnd <= stop_after_round):
         t0 = time.time()
         picked, scores = select_round(run, rnd)
@@ -340,7 +370,7 @@ def run_rounds(run: Run, stop_after_round: int | None) -> None:
         if run.annotate and wait_for_labels(run, rnd, picked):
             waiting = True
             break
-        run.labelled += [r["id"] for r in picked]
+        run.state.labelled += [r["id"] for r in picked]
         t_select = time.time() - t0
         tstats = train_round(run, rnd)
         t_train = time.time() - t0 - t_select
@@ -348,5 +378,5 @@ def run_rounds(run: Run, stop_after_round: int | None) -> None:
                      {"select": t_select, "train": t_train, "total": time.time() - t0})
         rnd += 1
     if not waiting:
-        run.log(f"run {run.paths.run}: {len(run.labelled)} labelled in {run.state['rounds_done'] + 1} rounds; "
+        run.log(f"run {run.paths.run}: {len(run.labelled)} labelled in {run.state.rounds_done + 1} rounds; "
                 f"selected set {run.paths.selected}, model {run.paths.ckpt}")
