@@ -236,23 +236,26 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
     tau = run.cfg.select.max_similarity
     if run.model is None and (strategy(name).model or tau is not None):
         run.model = run.load(run.state.model_source if rnd > 0 else run.spec.init_checkpoint)
+    local = (lambda: fsdp_utils.full_params(run.model)) if run.model is not None else contextlib.nullcontext
     sc = Scoring(run.model, run.tok, run.enc, run.by_id, run.cfg.score, round_rng(run.spec.seed, rnd, RNG_SCORE),
                  run.target, run.labelled, n, template=run.spec.prompt_template)
-    if strategy(name).grads:  # LESS: Adam moments of the last round (with --save_opt), a plain model copy
+    if strategy(name).grads:  # LESS: Adam moments of the last round (with --save_opt)
         src = run.state.model_source
         sc.betas = (run.cfg.train.adam_beta1, run.cfg.train.adam_beta2)
         if run.cfg.lora is None and rnd > 0 and fsdp_utils.has_optimizer_state(src):
             sc.moments = fsdp_utils.adam_moments(run.model, src, [k for k, _ in less_modules(run.model)])
-        sc.grad_model = fsdp_utils.plain_replica(run.model)
         if run.cfg.lora is not None:  # the last round's adapters, or (none there) those this round starts from
             saved = al_lora.read_adapters(src) if rnd > 0 else None
             sc.adapters, sc.moments = saved or (al_lora.fresh_adapters(
-                sc.grad_model, dataclasses.replace(run.cfg.lora, seed=run.spec.seed + rnd)), None)
-    with fsdp_utils.full_params(run.model) if run.model is not None else contextlib.nullcontext():
+                run.model, dataclasses.replace(run.cfg.lora, seed=run.spec.seed + rnd)), None)
+    # every rank holds the full parameters for its own slice, except under less: its answers and
+    # gradients run with the ranks in step, the model sharded (a layer gathered at a time)
+    with contextlib.nullcontext() if strategy(name).grads else local():
         rows = score_candidates(name, cands, sc, fsdp_utils.my_slice(len(cands)), fsdp_utils.gather_lists)
-        if tau is None:
-            return rows, None
-        ids = cands + run.labelled
+    if tau is None:
+        return rows, None
+    ids = cands + run.labelled
+    with local():
         vecs = fsdp_utils.gather_lists(sc.prompt_vectors(ids[fsdp_utils.my_slice(len(ids))]).tolist())
     emb = dict(zip(ids, np.array(vecs, dtype=np.float32)))
     return rows, lambda: similarity_guard(emb, run.labelled, tau)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import fsdp_utils
 from al_prompts import Encoded, truncate_pair
 from al_utils import InputError, flag_of, progress_bar, setting
 
@@ -235,21 +236,32 @@ def stop_ids(model, tokenizer) -> list[int]:
 @torch.no_grad()
 def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pad_id: int, stop: Sequence[int],
              batch_size: int, progress: bool = True, desc: str = "generating", sampling: dict | None = None,
-             seed: int = 0, with_logits: bool = False) -> list[tuple[list[int], torch.Tensor | None]]:
+             seed: int = 0, with_logits: bool = False, in_step: bool = False
+             ) -> list[tuple[list[int], torch.Tensor | None]]:
     """Batched KV-cache decoding (scoring and evaluation), left-padded, batched in length order,
     returned in input order: per prompt (generated ids up to and including the first stop id, the raw
     logits [n, V] that produced them when with_logits).
 
     Row i stops at a stop id (stop_ids) or after max_new[i] tokens, whatever its batch-mates do, so
     greedy output does not depend on the batch size or the rank count. `sampling` (generate()'s
-    temperature, top_p) samples instead of greedy, seeded per batch from `seed`."""
+    temperature, top_p) samples instead of greedy, seeded per batch from `seed`.
+
+    `in_step`: the model is sharded (FSDP2, outside full_params) and gathers each layer as it runs,
+    a collective: every rank makes as many generate() calls (a rank short of batches decodes a
+    1-token dummy) and steps until every rank's batch is done (HF's synced_gpus)."""
     dev = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     results: list = [None] * len(prompts)
     model.eval()
     kw = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
     stops = set(stop)
-    for k in progress_bar(range(0, len(order), batch_size), desc=desc, enabled=progress, leave=False):
+    starts = range(0, len(order), batch_size)
+    if in_step:
+        kw["synced_gpus"] = True
+        for _ in range(fsdp_utils.max_over_ranks(len(starts)) - len(starts)):
+            model.generate(input_ids=torch.full((1, 1), pad_id, device=dev), max_new_tokens=1, pad_token_id=pad_id,
+                           **kw)
+    for k in progress_bar(starts, desc=desc, enabled=progress, leave=False):
         idx = order[k: k + batch_size]
         ids, mask = pad([prompts[i] for i in idx], pad_id, left=True)
         L = ids.size(1)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import fsdp_utils
 from al_datasets import load_records, read_rows
 from al_lora import Adapter
 from al_prompts import Encoded, encode_records
@@ -317,31 +318,44 @@ def layer_grads(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad
     """Per batch of rows (length-sorted): (row indices, [(x, d) per linear module of `mods`, by
     default the LESS_MODULES]) with x [B, T, in] the module's inputs and d [B, T, out] the gradient
     of the sum of the rows' mean NLL over seqs[i][starts[i]:] at its outputs (fp32, CPU; zero where
-    a row is padding). `model` must be a plain (unsharded) module: the backward only asks for those
-    deltas, never touches parameter grads."""
+    a row is padding). The backward only asks for those deltas, never touches parameter grads.
+
+    On a model sharded with FSDP2 each rank passes its own rows and FSDP gathers one layer at a
+    time, forward and backward (no full copy of the model on any rank); its gathers are collectives,
+    so the ranks agree on the number of batches and a rank with fewer passes a 2-token dummy batch
+    for each missing one."""
     mods = [m for _, m in less_modules(model)] if mods is None else list(mods)
-    dev = next(model.parameters()).device
-    for idx in grad_batches(cfg, [len(s) for s in seqs]):
+    batches = grad_batches(cfg, [len(s) for s in seqs])
+    spare = fsdp_utils.max_over_ranks(len(batches)) - len(batches) if fsdp_utils.is_sharded(model) else 0
+    for idx in batches:
         ids, _ = pad([seqs[i] for i in idx], pad_id)
         tgt = torch.full_like(ids, -100)  # position t predicts token t + 1
         for b, i in enumerate(idx):
             tgt[b, starts[i] - 1: len(seqs[i]) - 1] = ids[b, starts[i]: len(seqs[i])]
-        seen: dict = {}  # module -> (its input, its output) in this forward
-        hooks = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__(m, (a[0].detach(), o)))
-                 for m in mods]
-        # frozen weights (a merged LoRA model) leave the graph without grad: start it at the embeddings
-        hooks.append(model.get_input_embeddings().register_forward_hook(
-            lambda m, a, o: None if o.requires_grad else o.requires_grad_()))
-        try:
-            with torch.enable_grad():
-                logits = model(input_ids=ids.to(dev)).logits.float()
-                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.to(dev), reduction="none")
-                loss = (nll.sum(1) / (tgt != -100).sum(1).clamp(min=1).to(dev)).sum()  # sum of per-row means
-                deltas = torch.autograd.grad(loss, [seen[m][1] for m in mods])
-        finally:
-            for h in hooks:
-                h.remove()
-        yield idx, [(seen[m][0].float().cpu(), d.float().cpu()) for m, d in zip(mods, deltas)]
+        yield idx, _module_grads(model, ids, tgt, mods)
+    for _ in range(spare):
+        _module_grads(model, torch.full((1, 2), pad_id), torch.tensor([[pad_id, -100]]), mods)
+
+
+def _module_grads(model, ids: torch.Tensor, tgt: torch.Tensor, mods: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One forward + backward of a batch: (x, d) per module of `mods` (layer_grads)."""
+    dev = next(model.parameters()).device
+    seen: dict = {}  # module -> (its input, its output) in this forward
+    hooks = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__(m, (a[0].detach(), o)))
+             for m in mods]
+    # frozen weights (a merged LoRA model) leave the graph without grad: start it at the embeddings
+    hooks.append(model.get_input_embeddings().register_forward_hook(
+        lambda m, a, o: None if o.requires_grad else o.requires_grad_()))
+    try:
+        with torch.enable_grad():
+            logits = model(input_ids=ids.to(dev)).logits.float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.to(dev), reduction="none")
+            loss = (nll.sum(1) / (tgt != -100).sum(1).clamp(min=1).to(dev)).sum()  # sum of per-row means
+            deltas = torch.autograd.grad(loss, [seen[m][1] for m in mods])
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(seen[m][0].float().cpu(), d.float().cpu()) for m, d in zip(mods, deltas)]
 
 
 def _features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,

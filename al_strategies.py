@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import fsdp_utils
 from al_prompts import (
     has_input,
     pad_id_of,
@@ -67,7 +68,6 @@ class Scoring:
     target: Target | None = None  # rds (and less): what "good" means
     labelled: list = field(default_factory=list)  # typiclust: ids labelled so far
     n: int = 0  # typiclust: examples this round picks
-    grad_model: Any = None  # less: a plain (unsharded) copy of the model for per-example gradients
     moments: dict | None = None  # less: the previous round's Adam moments of the weights it differentiates
     adapters: list | None = None  # less under LoRA: the adapters (al_lora.Adapter) it differentiates instead
     betas: tuple[float, float] = (0.9, 0.999)  # less: the Adam betas those moments were made with
@@ -197,7 +197,7 @@ def _less(sc: Scoring, ids: list) -> list[dict]:
     takes plain gradients for its validation set); their answers are the model's own greedy answer
     (at most --gen_max_new_tokens tokens) unless --grad_answers pool."""
     seed = int(sc.rng.integers(2**31 - 1))
-    proj = projections(sc.grad_model or sc.model, sc.cfg.grad_dim, seed) if sc.adapters is None else \
+    proj = projections(sc.model, sc.cfg.grad_dim, seed) if sc.adapters is None else \
         count_sketches([a.size for a in sc.adapters], sc.cfg.grad_dim, seed)
     answers = less_answers(sc, ids)
     X = less_features(sc, proj, [(sc.enc[i].prompt, a) for i, a in zip(ids, answers)], sc.moments)
@@ -215,7 +215,8 @@ def less_answers(sc: Scoring, ids: Sequence) -> list[list[int]]:
         return [sc.enc[i].answer for i in ids]
     prompts = [truncate_prompt(sc.enc[i].prompt, cfg.max_length - 1) for i in ids]
     gens = generate(sc.model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id, sc.stop,
-                    min(cfg.max_rows, LESS_GEN_ROWS), cfg.progress, "less: answers")
+                    min(cfg.max_rows, LESS_GEN_ROWS), cfg.progress, "less: answers",
+                    in_step=fsdp_utils.is_sharded(sc.model))
     return [toks or [sc.tokenizer.eos_token_id] for toks, _ in gens]
 
 
@@ -223,7 +224,7 @@ def less_features(sc: Scoring, proj: list, pairs: Sequence[tuple[list[int], list
                   moments: dict | None) -> np.ndarray:
     """Unit gradient features of (prompt, answer) pairs, truncated like training (truncate_pair)."""
     pairs = [truncate_pair(p, a, sc.cfg.max_length)[:2] for p, a in pairs]
-    args = (sc.grad_model or sc.model, [p + a for p, a in pairs], [len(p) for p, _ in pairs], sc.pad_id, sc.cfg)
+    args = (sc.model, [p + a for p, a in pairs], [len(p) for p, _ in pairs], sc.pad_id, sc.cfg)
     X = grad_features(*args, proj, moments, sc.betas) if sc.adapters is None else \
         lora_features(*args, sc.adapters, proj, moments, sc.betas)
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)

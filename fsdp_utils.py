@@ -113,6 +113,11 @@ def my_slice(n: int) -> slice:
     return slice(lo, lo + n // w + (1 if r < n % w else 0))
 
 
+def max_over_ranks(n: int) -> int:
+    """The largest of every rank's n (n itself on one process)."""
+    return max(gather_lists([n])) if dist.is_initialized() else n
+
+
 def all_reduce_sum(x: float) -> float:
     if not dist.is_initialized():
         return x
@@ -376,25 +381,11 @@ def load_model(path: str, device: torch.device, config_path: str | None = None,
     return model
 
 
-def plain_replica(model: torch.nn.Module) -> torch.nn.Module:
-    """The model as a plain module on this rank (itself on 1 process): under torchrun a full,
-    unsharded copy per rank, for work whose backward must not run FSDP's hooks (collectives)
-    while ranks make different numbers of calls. Every rank must call it."""
-    if world() == 1:
-        return model
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from transformers import AutoModelForCausalLM
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model` is sharded with FSDP2 (under torchrun)."""
+    from torch.distributed.fsdp import FSDPModule
 
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-    device = next(iter(sd.values())).device
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
-    plain.to_empty(device=device)
-    _reset_rotary(plain, device)
-    plain.load_state_dict(sd, strict=False)
-    if getattr(model.config, "tie_word_embeddings", False):
-        plain.tie_weights()
-    return plain.eval()
+    return isinstance(model, FSDPModule)
 
 
 def has_optimizer_state(path: str) -> bool:

@@ -3,9 +3,10 @@
     torchrun --nproc_per_node=2 tests/dist_worker.py MODE MODEL POOL OUT
 MODE train: one optimizer step on a fixed global batch of 8 (grad_accum x ranks = 4 micro-batches
 of 2), then save a sharded checkpoint to OUT/ckpt and the step loss to OUT/train.json.
-MODE score: forward_ppl, rds and less of the first 60 pool records, sliced over ranks and gathered, to
+MODE score: forward_ppl, rds and less of the first 59 pool records, sliced over ranks and gathered, to
 OUT/score.json.
 """
+import contextlib
 import json
 import os
 import sys
@@ -39,15 +40,16 @@ def run(mode: str, model_path: str, pool: str, out: str) -> None:
         if fsdp_utils.is_main():
             json.dump({"losses": stats["losses"], "steps": stats["steps"]}, open(os.path.join(out, "train.json"), "w"))
     else:
-        cfg = SC.ScoreConfig(token_budget=1024, max_length=256, progress=False, gen_max_new_tokens=4, grad_dim=64)
+        # 59 candidates, a row per batch: the ranks make unequal numbers of calls (30 and 29)
+        cfg = SC.ScoreConfig(token_budget=0, batch_size=1, max_length=256, progress=False, gen_max_new_tokens=4,
+                             grad_dim=64)
         # rds's target: pool records 60..69 (not scored) in two groups by category parity
         target = Target(pool, records[60:70], [enc[i] for i in ids[60:70]], [str(j % 2) for j in range(10)])
         sc = S.Scoring(model, tok, enc, {r["id"]: r for r in records}, cfg, np.random.default_rng(0), target)
-        sc.grad_model = fsdp_utils.plain_replica(model)  # every rank, before the ranks' calls diverge
         out_rows = {}
-        with fsdp_utils.full_params(model):
-            for name in ("forward_ppl", "rds", "less"):
-                out_rows[name] = S.score_candidates(name, ids[:60], sc, fsdp_utils.my_slice(60),
+        for name in ("forward_ppl", "rds", "less"):  # less keeps the model sharded, as the loop
+            with fsdp_utils.full_params(model) if name != "less" else contextlib.nullcontext():
+                out_rows[name] = S.score_candidates(name, ids[:59], sc, fsdp_utils.my_slice(59),
                                                     fsdp_utils.gather_lists)
         if fsdp_utils.is_main():
             json.dump(out_rows, open(os.path.join(out, "score.json"), "w"))

@@ -1,0 +1,169 @@
+"""Peak memory per rank of less's scoring work on a ~1 B-parameter Llama (random weights, fp32,
+CPU, gloo), 1 process against 2 ranks, side by side in one run.
+
+    python benchmarks/bench_less_ranks.py [--workdir /tmp/al-bench-1b]
+
+one:       1 process, the plain model: greedy answers, then the candidates' and the target's
+           projected gradients (al_similarity.grad_features)
+two:       2 ranks, as the loop runs less now: the model stays sharded; answers (generate in_step)
+           and gradients (layer_grads) run with the ranks in step, FSDP gathering a layer at a time
+two-copy:  2 ranks, as the loop ran less before: every rank gathers the whole model
+           (fsdp_utils.full_params) for its answers, and takes its gradients on a plain full copy
+Each rank scores its half of the candidates; every rank takes all of the target's gradients.
+Memory = peak RSS minus the RSS after imports and process-group start; worst rank shown. The
+model is bench_sharded_load.py's (built once in --workdir). Also: the per-layer figures and the
+memory projected from them for 7 B and 70 B Llamas. Writes benchmarks/results/less_ranks.md.
+"""
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fsdp_utils  # noqa: E402
+from al_scoring import ScoreConfig, generate  # noqa: E402
+from al_similarity import grad_features, projections  # noqa: E402
+from al_utils import atomic_write_text  # noqa: E402
+from bench_sharded_load import GB, build, peak, rss  # noqa: E402
+
+
+def plain_copy(model):
+    """The pre-change plain_replica: a full unsharded copy of a sharded model on this rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    plain.to_empty(device="cpu")
+    fsdp_utils._reset_rotary(plain, torch.device("cpu"))
+    plain.load_state_dict(sd, strict=False)
+    return plain.eval()
+
+
+def worker(mode: str, a) -> None:
+    device = fsdp_utils.setup(2 if mode == "one" else 1)
+    import transformers.models.llama.modeling_llama  # noqa: F401  (imports belong to the baseline)
+
+    fsdp_utils.barrier()
+    base = rss()
+    model = fsdp_utils.load_model(os.path.join(a.workdir, "sharded"), device)
+    out = {"rank": fsdp_utils.rank(), "loaded": peak() - base}
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    prompts = [torch.randint(3, vocab, (a.prompt,), generator=g).tolist() for _ in range(a.candidates)]
+    target = [torch.randint(3, vocab, (a.prompt + a.new,), generator=g).tolist() for _ in range(a.targets)]
+    mine = prompts[fsdp_utils.my_slice(len(prompts))]
+    cfg = ScoreConfig(token_budget=a.token_budget, progress=False)
+    proj = projections(model, 8192, 0)
+    t0 = time.time()
+    local = fsdp_utils.full_params(model) if mode == "two-copy" else contextlib.nullcontext()
+    with local:  # stop id 0 never comes up: every answer is --new tokens long
+        gens = generate(model, mine, [a.new] * len(mine), 0, [], 16, False, in_step=mode == "two")
+        grad_model = plain_copy(model) if mode == "two-copy" else model
+    out["answers"] = peak() - base
+    seqs = [p + g_ for p, (g_, _) in zip(mine, gens)]
+    X = grad_features(grad_model, seqs, [len(p) for p in mine], 0, cfg, proj)
+    T = grad_features(grad_model, target, [a.prompt] * len(target), 0, cfg, proj)
+    out.update(gradients=peak() - base, seconds=time.time() - t0, checksum=float(abs(X).sum() + abs(T).sum()))
+    res = fsdp_utils.gather_lists([out])
+    if fsdp_utils.is_main():
+        with open(os.path.join(a.workdir, f"less-{mode}.json"), "w") as f:
+            json.dump(res, f)
+    fsdp_utils.barrier()
+    fsdp_utils.teardown()
+
+
+def layer_bytes(h: int, i: int, n_kv_ratio: float = 1.0) -> float:
+    """fp32 bytes of one Llama decoder layer: q, o (h x h), k, v (h x h kv_ratio), the MLP (3 h i), 2 norms."""
+    return 4 * (2 * h * h + 2 * h * h * n_kv_ratio + 3 * h * i + 2 * h)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="/tmp/al-bench-1b")
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--intermediate", type=int, default=5632)
+    p.add_argument("--layers", type=int, default=18)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--candidates", type=int, default=8)
+    p.add_argument("--targets", type=int, default=4)
+    p.add_argument("--prompt", type=int, default=48, help="prompt tokens per candidate")
+    p.add_argument("--new", type=int, default=8, help="answer tokens generated per candidate")
+    p.add_argument("--token_budget", type=int, default=2048)
+    p.add_argument("--modes", default="one,two,two-copy", help="two-copy holds ~2.5 full models per rank: "
+                   "leave it out where 2 ranks x 2.5 models do not fit in memory")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "less_ranks.md"))
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        return worker(a.worker, a)
+    n_params = build(a.workdir, a)
+    full = n_params * 4 / GB
+    flags = ["--workdir", a.workdir, "--candidates", str(a.candidates), "--targets", str(a.targets), "--prompt",
+             str(a.prompt), "--new", str(a.new), "--token_budget", str(a.token_budget)]
+    res = {}
+    for mode in a.modes.split(","):
+        print(f"less, {mode} ...", file=sys.stderr)
+        launch = [sys.executable] if mode == "one" else [sys.executable, "-m", "torch.distributed.run",
+                                                          "--nproc_per_node=2"]
+        subprocess.run([*launch, __file__, *flags, "--worker", mode], check=True, env={**os.environ,
+                                                                                     "OMP_NUM_THREADS": "1"})
+        with open(os.path.join(a.workdir, f"less-{mode}.json")) as f:
+            res[mode] = json.load(f)
+    worst = {m: {k: max(r[k] for r in rs) for k in ("loaded", "answers", "gradients", "seconds")}
+             for m, rs in res.items()}
+    one = worst["one"]["gradients"]  # --modes must hold one
+    lines = [
+        "# less on 2 ranks: peak memory per rank (CPU, gloo)",
+        "",
+        f"Llama with {n_params / 1e9:.2f} B parameters, fp32, random weights: full model = {full:.2f} GiB. "
+        f"{a.candidates} candidates of {a.prompt} prompt tokens + {a.new} generated answer tokens (split over "
+        f"the ranks), {a.targets} target examples (every rank), projected to 8192 dimensions. Memory = peak RSS "
+        "over the RSS after imports and process-group start, worst rank; `python benchmarks/bench_less_ranks.py`.",
+        "",
+        "| mode | loaded GiB | after answers GiB | after gradients (peak) GiB | x 1-process peak | x full model | "
+        "seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m, w in worst.items():
+        lines.append(f"| {m} | {w['loaded']:.2f} | {w['answers']:.2f} | {w['gradients']:.2f} | "
+                     f"{w['gradients'] / one:.2f} | {w['gradients'] / full:.2f} | {w['seconds']:.0f} |")
+    same = {m: [round(r["checksum"], 2) for r in rs] for m, rs in res.items()}
+    lines += ["", f"Feature checksums per rank (sum of |features|): {json.dumps(same)} (two and two-copy compute "
+              "the same features).", ""]
+    # projection: per rank ~ its shard + one gathered layer (+ the root's embeddings and head, gathered
+    # for the whole forward) + activations, which depend on tokens per batch, not on the rank count
+    lay1 = layer_bytes(a.hidden, a.intermediate)
+    root1 = 2 * a.vocab * a.hidden * 4
+    lines += [
+        "## Projected weights per rank (fp32; activations on top, set by the token budget)",
+        "",
+        "Formula: per rank = P x 4 B / W (its shard) + one decoder layer gathered (L = 4 (2h^2 + 2h^2 kv + 3hi)) + "
+        "embeddings and LM head gathered (2 V h x 4 B); before: + the full model gathered (P x 4 B) + a plain "
+        f"copy (P x 4 B). This model: one layer = {lay1 / GB:.2f} GiB, embeddings + head = {root1 / GB:.2f} GiB.",
+        "",
+        "| model | P | W | now: per rank GiB | before: per rank GiB | 1 process GiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, P, h, i, V, kv in (("7B (Llama 2)", 6.74e9, 4096, 11008, 32000, 1.0),
+                                 ("70B (Llama 2)", 69.0e9, 8192, 28672, 32000, 0.125)):
+        for W in (2, 8):
+            now = P * 4 / W + layer_bytes(h, i, kv) + 2 * V * h * 4
+            before = P * 4 / W + 2 * P * 4
+            lines.append(f"| {name} | {P / 1e9:.1f} B | {W} | {now / GB:.1f} | {before / GB:.1f} | {P * 4 / GB:.1f} |")
+    lines.append("")
+    text = "\n".join(lines)
+    atomic_write_text(a.out, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
