@@ -66,17 +66,7 @@ def _pick_split(obj: Any, split: str | None, where: str) -> Any:
 
 
 def load_dataset_source(path: str) -> Any:
-    """The source as a `datasets.Dataset` (one split)."""
-    if path.endswith(".parquet"):
-        if not os.path.isfile(path):
-            raise InputError(f"{path}: file: no such file")
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # noqa: BLE001 - any reader failure means an unreadable file here
-            raise InputError(f"{path}: (parquet): unreadable: {e}") from None
-        return _offline().Dataset(table)
+    """An `hf:` or save_to_disk source as a `datasets.Dataset` (one split; memory-mapped Arrow)."""
     datasets = _offline()
     if path.startswith("hf:"):
         name, _, split = path[3:].partition(":")
@@ -97,9 +87,34 @@ def load_dataset_source(path: str) -> Any:
     return _pick_split(obj, split, path)
 
 
-def dataset_rows(path: str) -> list[tuple[int, dict]]:
-    """(1-based row, row dict) of every row of the source."""
-    return list(enumerate(load_dataset_source(path).to_list(), start=1))
+ROWS_PER_BATCH = 10_000  # rows made Python objects at a time: a pool is never one list of row dicts
+
+
+def _parquet_batches(path: str) -> Iterator[list[dict]]:
+    """A .parquet file's rows, one record batch at a time (the file is never read whole)."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: file: no such file")
+    import pyarrow.parquet as pq
+
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=ROWS_PER_BATCH):
+            yield batch.to_pylist()
+    except Exception as e:  # noqa: BLE001 - any reader failure means an unreadable file here
+        raise InputError(f"{path}: (parquet): unreadable: {e}") from None
+
+
+def dataset_rows(path: str) -> Iterator[tuple[int, dict]]:
+    """(1-based row, row dict) of every row of the source, made Python objects a batch at a time."""
+    if path.endswith(".parquet"):
+        batches = _parquet_batches(path)
+    else:
+        batches = ([dict(zip(b, vals)) for vals in zip(*b.values())]
+                   for b in load_dataset_source(path).iter(batch_size=ROWS_PER_BATCH))
+    row = 0
+    for rows in batches:
+        for r in rows:
+            row += 1
+            yield row, r
 
 
 def dataset_sha256(path: str) -> str:
