@@ -114,8 +114,11 @@ def main() -> None:
         print(f"less, {mode} ...", file=sys.stderr)
         launch = [sys.executable] if mode == "one" else [sys.executable, "-m", "torch.distributed.run",
                                                           "--nproc_per_node=2"]
-        subprocess.run([*launch, __file__, *flags, "--worker", mode], check=True, env={**os.environ,
-                                                                                     "OMP_NUM_THREADS": "1"})
+        # glibc keeps freed blocks up to its (growing) mmap threshold: FSDP's per-layer gathers then
+        # stay in RSS long after they are freed (a CPU artifact; on CUDA the caching allocator decides).
+        # A fixed threshold returns every block over 64 KiB on free, in every mode alike.
+        subprocess.run([*launch, __file__, *flags, "--worker", mode], check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
         with open(os.path.join(a.workdir, f"less-{mode}.json")) as f:
             res[mode] = json.load(f)
     worst = {m: {k: max(r[k] for r in rs) for k in ("loaded", "answers", "gradients", "seconds")}
@@ -127,7 +130,8 @@ def main() -> None:
         f"Llama with {n_params / 1e9:.2f} B parameters, fp32, random weights: full model = {full:.2f} GiB. "
         f"{a.candidates} candidates of {a.prompt} prompt tokens + {a.new} generated answer tokens (split over "
         f"the ranks), {a.targets} target examples (every rank), projected to 8192 dimensions. Memory = peak RSS "
-        "over the RSS after imports and process-group start, worst rank; `python benchmarks/bench_less_ranks.py`.",
+        "over the RSS after imports and process-group start, worst rank, every process with glibc's "
+        "MALLOC_MMAP_THRESHOLD_=65536 (freed blocks go back to the system); `python benchmarks/bench_less_ranks.py`.",
         "",
         "| mode | loaded GiB | after answers GiB | after gradients (peak) GiB | x 1-process peak | x full model | "
         "seconds |",
