@@ -312,7 +312,11 @@ def _reset_rotary(model: torch.nn.Module, device: torch.device) -> None:
 
 
 def shard(model: torch.nn.Module, device: torch.device) -> None:
-    """FSDP2: fully_shard each decoder layer, then the root. On CUDA bf16 compute with fp32
+    """FSDP2: fully_shard each decoder layer, the input embeddings and the LM head (torchtitan's
+    layout), then the root. Each is gathered only while it runs: the root's own parameters stay
+    gathered from forward to backward, and with embeddings and head left in the root (a large
+    vocabulary makes them a tenth of a small model) no-grad passes would hold them all along. Tied
+    embeddings share one weight, which then stays the root's. On CUDA bf16 compute with fp32
     master weights and fp32 gradient reduction; on CPU everything stays fp32."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -320,8 +324,10 @@ def shard(model: torch.nn.Module, device: torch.device) -> None:
     mesh = init_device_mesh(device.type, (world(),))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" \
         else MixedPrecisionPolicy()
-    for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    own = [] if getattr(model.config, "tie_word_embeddings", False) else \
+        [model.get_input_embeddings(), model.get_output_embeddings()]
+    for module in [*model.model.layers, *own]:
+        fully_shard(module, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
 
 
