@@ -53,7 +53,8 @@ def main() -> None:
                 for ad in fresh_adapters(model, spec)]
     sk = M.count_sketches([ad.size for ad in adapters], cfg.grad_dim, 0)
     proj = M.projections(model, cfg.grad_dim, 0)
-    full_m = {n: (torch.randn_like(m.weight) * 1e-4, torch.rand_like(m.weight) * 1e-6) for n, m in M.less_modules(model)}
+    full_m = {n: (torch.randn_like(m.weight) * 1e-4, torch.rand_like(m.weight) * 1e-6)
+              for n, m in M.less_modules(model)}
     lora_m = {ad.module: (torch.randn(ad.size, generator=g) * 1e-4, torch.rand(ad.size, generator=g) * 1e-6)
               for ad in adapters}
     runs = {

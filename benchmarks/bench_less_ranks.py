@@ -31,7 +31,7 @@ import fsdp_utils  # noqa: E402
 from al_scoring import ScoreConfig, generate  # noqa: E402
 from al_similarity import grad_features, projections  # noqa: E402
 from al_utils import atomic_write_text  # noqa: E402
-from bench_sharded_load import GB, build, peak, rss  # noqa: E402
+from bench_sharded_load import GB, add_model_args, build, peak, rss  # noqa: E402
 
 
 def plain_copy(model):
@@ -88,11 +88,7 @@ def layer_bytes(h: int, i: int, n_kv_ratio: float = 1.0) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="/tmp/al-bench-1b")
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--intermediate", type=int, default=5632)
-    p.add_argument("--layers", type=int, default=18)
-    p.add_argument("--vocab", type=int, default=32000)
+    add_model_args(p)
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--targets", type=int, default=4)
     p.add_argument("--prompt", type=int, default=48, help="prompt tokens per candidate")

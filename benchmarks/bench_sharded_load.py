@@ -102,13 +102,18 @@ def build(workdir: str, args) -> int:
     return 2 * v * h + n * (4 * h * h + 3 * h * i + 2 * h) + h
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The random-weight Llama's shape and where it is built (also bench_less_ranks.py's)."""
     p.add_argument("--workdir", default="/tmp/al-bench-1b")
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--intermediate", type=int, default=5632)
     p.add_argument("--layers", type=int, default=18)
     p.add_argument("--vocab", type=int, default=32000)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
     p.add_argument("--tokens", type=int, default=1000)
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "sharded_load.md"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
