@@ -121,7 +121,9 @@ def max_over_ranks(n: int) -> int:
 def all_reduce_sum(x: float) -> float:
     if not dist.is_initialized():
         return x
-    t = torch.tensor([x], dtype=torch.float64)
+    # nccl reduces CUDA tensors only (setup made this rank's GPU the current device)
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([x], dtype=torch.float64, device=dev)
     dist.all_reduce(t)
     return float(t.item())
 
