@@ -146,6 +146,12 @@ class Run:
         if self.main:
             print(msg, file=sys.stderr)
 
+    def round_model(self, rnd: int):
+        """The model round `rnd` scores with, loaded once: the last round's, or the base for round 0."""
+        if self.model is None:
+            self.model = self.load(self.state.model_source if rnd > 0 else self.spec.init_checkpoint)
+        return self.model
+
     def load(self, path: str, lora: LoraSpec | None = None):
         return fsdp_utils.load_model(path, self.device, self.spec.model_config,
                                      self.spec.activation_checkpointing, lora)
@@ -234,20 +240,20 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
     if not cands:
         return [], None
     tau = run.cfg.select.max_similarity
-    if run.model is None and (strategy(name).model or tau is not None):
-        run.model = run.load(run.state.model_source if rnd > 0 else run.spec.init_checkpoint)
+    if strategy(name).model or tau is not None:
+        run.round_model(rnd)
     local = (lambda: fsdp_utils.full_params(run.model)) if run.model is not None else contextlib.nullcontext
     sc = Scoring(run.model, run.tok, run.enc, run.by_id, run.cfg.score, round_rng(run.spec.seed, rnd, RNG_SCORE),
                  run.target, run.labelled, n, template=run.spec.prompt_template)
     if strategy(name).grads:  # LESS: Adam moments of the last round (with --save_opt)
         src = run.state.model_source
         sc.betas = (run.cfg.train.adam_beta1, run.cfg.train.adam_beta2)
-        if run.cfg.lora is None and rnd > 0 and fsdp_utils.has_optimizer_state(src):
-            sc.moments = fsdp_utils.adam_moments(run.model, src, [k for k, _ in less_modules(run.model)])
         if run.cfg.lora is not None:  # the last round's adapters, or (none there) those this round starts from
             saved = al_lora.read_adapters(src) if rnd > 0 else None
             sc.adapters, sc.moments = saved or (al_lora.fresh_adapters(
                 run.model, dataclasses.replace(run.cfg.lora, seed=run.spec.seed + rnd)), None)
+        elif rnd > 0 and fsdp_utils.has_optimizer_state(src):
+            sc.moments = fsdp_utils.adam_moments(run.model, src, [k for k, _ in less_modules(run.model)])
     # every rank holds the full parameters for its own slice, except under less: its answers and
     # gradients run with the ranks in step, the model sharded (a layer gathered at a time)
     with contextlib.nullcontext() if strategy(name).grads else local():
@@ -333,8 +339,7 @@ def finish_round(run: Run, rnd: int, picked: list[dict], scores: list[dict], tst
 def draft_answers(run: Run, rnd: int, ids: list) -> list[str]:
     """The current model's greedy answers to `ids` (--draft_answers): the base model's for the seed
     set, then the last round's; each rank generates its share."""
-    if run.model is None:
-        run.model = run.load(run.state.model_source if rnd > 0 else run.spec.init_checkpoint)
+    run.round_model(rnd)
     run.enc.ensure(ids)
     cfg, mine = run.cfg.score, ids[fsdp_utils.my_slice(len(ids))]
     prompts = [truncate_prompt(run.enc[i].prompt, cfg.max_length - 1) for i in mine]

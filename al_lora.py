@@ -27,6 +27,11 @@ OPTIMIZER_FILE = "optimizer.safetensors"  # inside adapter/: the adapters' Adam 
 PEFT_PREFIX = "base_model.model."  # PEFT's file names: PEFT_PREFIX + module + ".lora_A.weight"
 
 
+def peft_key(module: str, part: str) -> str:
+    """PEFT's file name of `module`'s adapter matrix `part` (lora_A or lora_B)."""
+    return f"{PEFT_PREFIX}{module}.{part}.weight"
+
+
 @dataclass(frozen=True)
 class Adapter:
     """The LoRA adapter of one linear module (`module`: its name in the plain model), which then
@@ -99,11 +104,16 @@ def check_targets(spec: LoraSpec | None, config_dir: str) -> None:
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir))
-    linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    linear = {leaf for leaf, _, _ in linear_modules(model)}
     missing = [t for t in spec.targets if t not in linear]
     if missing:
         raise InputError(f"--lora_target_modules: {', '.join(missing)}: no such linear module in "
                          f"{config_dir}/config.json's model (it has {', '.join(sorted(linear))})")
+
+
+def linear_modules(model: torch.nn.Module) -> list[tuple[str, str, torch.nn.Linear]]:
+    """(last name part, full name, module) of every linear module: what --lora_target_modules names."""
+    return [(n.rsplit(".", 1)[-1], n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
 def inject(model: torch.nn.Module, spec: LoraSpec) -> None:
@@ -150,7 +160,7 @@ def _assign(param: torch.Tensor, full: torch.Tensor) -> None:
 
 
 def initial_weights(shapes: list[tuple[int, int]], r: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """peft's default initialisation of the adapters of linear modules with weights [out, in], in
+    """peft's default initialisation of rank-r adapters of linear modules with weights [out, in], in
     order (A: kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)); B: zero, so
     training starts from the base model), drawn from a seeded generator as full tensors so that 1
     rank and N ranks start from the same adapters."""
@@ -162,11 +172,11 @@ def initial_weights(shapes: list[tuple[int, int]], r: int, seed: int) -> list[tu
     return out
 
 
-def init_adapters(model: torch.nn.Module, seed: int) -> None:
+def init_adapters(model: torch.nn.Module, spec: LoraSpec) -> None:
     """Set every adapter of `model` to initial_weights (one rank or many alike)."""
     pairs = [(a, b) for _, layer in lora_layers(model) for a, b in zip(layer.lora_A.values(), layer.lora_B.values())]
     shapes = [(b.weight.shape[0], a.weight.shape[1]) for a, b in pairs]
-    for (a, b), (A, B) in zip(pairs, initial_weights(shapes, pairs[0][0].weight.shape[0] if pairs else 0, seed)):
+    for (a, b), (A, B) in zip(pairs, initial_weights(shapes, spec.r, spec.seed)):
         _assign(a.weight, A)
         _assign(b.weight, B)
 
@@ -181,8 +191,8 @@ def merge(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         A, B = _full(a.weight).detach().float(), _full(b.weight).detach().float()
         w = layer.base_layer.weight
         _assign(w, _full(w).detach() + (B @ A * layer.scaling[key]).to(w.dtype))
-        adapters[f"{PEFT_PREFIX}{name}.lora_A.weight"] = A.cpu().contiguous()
-        adapters[f"{PEFT_PREFIX}{name}.lora_B.weight"] = B.cpu().contiguous()
+        adapters[peft_key(name, "lora_A")] = A.cpu().contiguous()
+        adapters[peft_key(name, "lora_B")] = B.cpu().contiguous()
         parent, child = name.rsplit(".", 1)
         setattr(model.get_submodule(parent), child, layer.base_layer)
     return adapters
@@ -196,7 +206,7 @@ def adapter_moments(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[
         for part, mods in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B)):
             state = opt.state[next(iter(mods.values())).weight]
             for k in ("exp_avg", "exp_avg_sq"):
-                out[f"{PEFT_PREFIX}{name}.{part}.weight.{k}"] = _full(state[k]).detach().float().cpu().contiguous()
+                out[f"{peft_key(name, part)}.{k}"] = _full(state[k]).detach().float().cpu().contiguous()
     return out
 
 
@@ -230,13 +240,12 @@ def read_adapters(ckpt: str) -> tuple[list[Adapter], dict | None] | None:
     scale = cfg["lora_alpha"] / cfg["r"]
     w = load_file(os.path.join(folder, "adapter_model.safetensors"))
     modules = [k[len(PEFT_PREFIX):-len(".lora_A.weight")] for k in sorted(w) if k.endswith(".lora_A.weight")]
-    key = lambda m, part: f"{PEFT_PREFIX}{m}.{part}.weight"  # noqa: E731
-    adapters = [Adapter(m, w[key(m, "lora_A")], w[key(m, "lora_B")], scale) for m in modules]
+    adapters = [Adapter(m, w[peft_key(m, "lora_A")], w[peft_key(m, "lora_B")], scale) for m in modules]
     opt_file = os.path.join(folder, OPTIMIZER_FILE)
     if not os.path.isfile(opt_file):
         return adapters, None
     st = load_file(opt_file)
-    moments = {m: tuple(torch.cat([st[f"{key(m, 'lora_A')}.{k}"].flatten(), st[f"{key(m, 'lora_B')}.{k}"].flatten()])
+    moments = {m: tuple(torch.cat([st[f"{peft_key(m, part)}.{k}"].flatten() for part in ("lora_A", "lora_B")])
                         for k in ("exp_avg", "exp_avg_sq")) for m in modules}
     return adapters, moments
 
@@ -244,8 +253,7 @@ def read_adapters(ckpt: str) -> tuple[list[Adapter], dict | None] | None:
 def fresh_adapters(model: torch.nn.Module, spec: LoraSpec) -> list[Adapter]:
     """The adapters a round training `spec` on `model` (plain, no adapters) starts from
     (initial_weights with spec.seed)."""
-    mods = [(n, m) for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in spec.targets]
+    mods = [(n, m) for leaf, n, m in linear_modules(model) if leaf in spec.targets]
     weights = initial_weights([tuple(m.weight.shape) for _, m in mods], spec.r, spec.seed)
     return [Adapter(n, A, B, spec.alpha / spec.r) for (n, _), (A, B) in zip(mods, weights)]
 

@@ -384,7 +384,7 @@ def load_model(path: str, device: torch.device, config_path: str | None = None,
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     if lora is not None:
-        al_lora.init_adapters(model, lora.seed)
+        al_lora.init_adapters(model, lora)
     model.eval()
     return model
 

@@ -31,7 +31,7 @@ import fsdp_utils  # noqa: E402
 from al_scoring import ScoreConfig, generate  # noqa: E402
 from al_similarity import grad_features, projections  # noqa: E402
 from al_utils import atomic_write_text  # noqa: E402
-from bench_sharded_load import GB, add_model_args, build, peak, rss  # noqa: E402
+from bench_sharded_load import GB, add_model_args, build, end_worker, peak, rss  # noqa: E402
 
 
 def plain_copy(model):
@@ -73,12 +73,7 @@ def worker(mode: str, a) -> None:
     X = grad_features(grad_model, seqs, [len(p) for p in mine], 0, cfg, proj)
     T = grad_features(grad_model, target, [a.prompt] * len(target), 0, cfg, proj)
     out.update(gradients=peak() - base, seconds=time.time() - t0, checksum=float(abs(X).sum() + abs(T).sum()))
-    res = fsdp_utils.gather_lists([out])
-    if fsdp_utils.is_main():
-        with open(os.path.join(a.workdir, f"less-{mode}.json"), "w") as f:
-            json.dump(res, f)
-    fsdp_utils.barrier()
-    fsdp_utils.teardown()
+    end_worker(out, os.path.join(a.workdir, f"less-{mode}.json"))
 
 
 def layer_bytes(h: int, i: int, n_kv_ratio: float = 1.0) -> float:

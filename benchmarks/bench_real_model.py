@@ -30,7 +30,7 @@ import fsdp_utils  # noqa: E402
 from al_datasets import load_records  # noqa: E402
 from al_prompts import encode_records, pad_id_of, truncate_pair  # noqa: E402
 from al_utils import atomic_write_text  # noqa: E402
-from bench_sharded_load import GB, peak, rss  # noqa: E402
+from bench_sharded_load import GB, end_worker, peak, rss  # noqa: E402
 
 
 def memory(args) -> dict:
@@ -75,12 +75,7 @@ def worker(args) -> None:
 
     fsdp_utils.barrier()
     out = memory(args) if args.worker == "memory" else train_speed(args)
-    res = fsdp_utils.gather_lists([out])
-    if fsdp_utils.is_main():
-        with open(os.path.join(args.workdir, f"{args.worker}_{fsdp_utils.world()}.json"), "w") as f:
-            json.dump(res, f)
-    fsdp_utils.barrier()
-    fsdp_utils.teardown()
+    end_worker(out, os.path.join(args.workdir, f"{args.worker}_{fsdp_utils.world()}.json"))
 
 
 def main() -> None:

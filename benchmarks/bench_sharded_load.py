@@ -40,6 +40,16 @@ def peak() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
 
 
+def end_worker(out: dict, path: str) -> None:
+    """Every rank's results, in rank order, written by rank 0 to `path`; then the process group ends."""
+    res = fsdp_utils.gather_lists([out])
+    if fsdp_utils.is_main():
+        with open(path, "w") as f:
+            json.dump(res, f)
+    fsdp_utils.barrier()
+    fsdp_utils.teardown()
+
+
 def worker(mode: str, workdir: str, tokens: int) -> None:
     device = fsdp_utils.setup(1)
     import torch.distributed.checkpoint  # noqa: F401  (imports belong to the baseline)
@@ -68,12 +78,7 @@ def worker(mode: str, workdir: str, tokens: int) -> None:
         model.zero_grad(set_to_none=True)
         # what the AL loop writes under 2 ranks: every rank's shard a separate item
         fsdp_utils.save_checkpoint(model, None, os.path.join(workdir, "sharded2"), {})
-    res = fsdp_utils.gather_lists([out])
-    if fsdp_utils.is_main():
-        with open(os.path.join(workdir, f"{mode}.json"), "w") as f:
-            json.dump(res, f)
-    fsdp_utils.barrier()
-    fsdp_utils.teardown()
+    end_worker(out, os.path.join(workdir, f"{mode}.json"))
 
 
 def build(workdir: str, args) -> int:
