@@ -38,7 +38,7 @@ from al_annotation import (
     pending_labels,
     save_labels,
 )
-from al_datasets import file_sha256, load_records
+from al_datasets import Pool, file_sha256, load_pool, load_records
 from al_loop import RNG_SHUFFLE, Configs, Run, RunSpec, RunState, run_rounds
 from al_lora import LoraSpec
 from al_prompts import check_template, encode_records, lazy_encodings, pad_id_of
@@ -158,7 +158,7 @@ def check_numbers(args: argparse.Namespace) -> Configs:
                    config_from(AnnotationConfig, args))
 
 
-def load_pool(args: argparse.Namespace, annotate: bool, prior: dict | None) -> tuple[list[dict], int]:
+def pool_and_budget(args: argparse.Namespace, annotate: bool, prior: dict | None) -> tuple[Pool, int]:
     """The pool's records and the budget in examples."""
     needs_answers = strategy(args.sampling_strategy).answers or args.grad_answers == "pool"
     if annotate and args.grad_answers == "pool":
@@ -177,8 +177,8 @@ def load_pool(args: argparse.Namespace, annotate: bool, prior: dict | None) -> t
     if words and annotate:
         raise InputError("--budget_unit: answer_words counts answers before they are labelled; with annotators "
                          "they are not known then (use examples)")
-    records = load_records(args.file_path, require_output=why, template=args.prompt_template)
-    n = sum(answer_words(r["output"]) for r in records) if words else len(records)
+    records = load_pool(args.file_path, require_output=why, template=args.prompt_template)
+    n = sum(map(answer_words, records.texts("output"))) if words else len(records)
     unit = "answer words" if words else "examples"
     budget = int(args.al_data_fraction) if args.al_data_fraction > 1 else int(args.al_data_fraction * n)
     if budget < 1:
@@ -276,7 +276,7 @@ def open_run(args: argparse.Namespace) -> Run:
     prior = read_state(paths.run)
     annotate = annotation_mode(args.annotate_out, args.labels, args.resume, prior)
     cfg = check_numbers(args)
-    records, budget = load_pool(args, annotate, prior)
+    records, budget = pool_and_budget(args, annotate, prior)
     tok = check_models(args, cfg.lora)
     grads = f"--sampling_strategy {args.sampling_strategy} takes the target's gradients on its answers"
     target = load_target(args.target_file, args.target_group_field, tok, grads if strategy(args.sampling_strategy).grads
@@ -286,9 +286,8 @@ def open_run(args: argparse.Namespace) -> Run:
     pool_hash = file_sha256(args.file_path)
     flags = run_flags(args, pool_hash, annotate)
     check_run_dir(args, paths, prior, flags)
-    by_id = {r["id"]: r for r in records}
     labels = load_labels(paths.run) if annotate and args.resume else {}
-    new_labels, summary = pending_labels(args.labels, paths, prior, by_id, labels)
+    new_labels, summary = pending_labels(args.labels, paths, prior, records, labels)
     device = fsdp_utils.setup(args.threads, args.deterministic)
     lock = take_lock(paths)
     if fsdp_utils.is_main():
@@ -301,9 +300,9 @@ def open_run(args: argparse.Namespace) -> Run:
     # the seeded order: held-out slice first, then the seed set, then candidates in this order; pool
     # records equal to a target record are left out after the held-out slice is drawn, so a run
     # with a target keeps the held-out slice (and, unless it hits one, the seed set) of one without
-    perm = [records[i]["id"] for i in round_rng(args.seed, 0, RNG_SHUFFLE).permutation(len(records))]
-    keys = target_keys(target) | {(r["instruction"], r["input"]) for r in test}
-    order = [i for i in perm[args.heldout_size:] if (by_id[i]["instruction"], by_id[i]["input"]) not in keys]
+    perm = records.ids_at(round_rng(args.seed, 0, RNG_SHUFFLE).permutation(len(records)))
+    excluded = records.matching(target_keys(target) | {(r["instruction"], r["input"]) for r in test})
+    order = [i for i in perm[args.heldout_size:] if i not in excluded]
     state = read_state(paths.run) or {  # read again: a chained run's state was just seeded
         "version": 1, "flags": flags, "pool_sha256": pool_hash, "heldout_ids": perm[: args.heldout_size],
         "rounds_done": -1, "rng": "numpy default_rng([seed, round, purpose]) per draw", "round_log": [],
@@ -315,7 +314,7 @@ def open_run(args: argparse.Namespace) -> Run:
         state["flags"]["lr"] = flags["lr"]
         state.pop("failed")
     # prompts (+ the pool's answers, if any: oracle labels, held-out), tokenised when a round needs them
-    enc = lazy_encodings(tok, by_id, args.prompt_template, cfg.score.progress)
+    enc = lazy_encodings(tok, records, args.prompt_template, cfg.score.progress)
     enc.ensure(perm[: args.heldout_size])
     state["excluded_as_target"] = len(perm) - args.heldout_size - len(order)
     spec = RunSpec(seed=args.seed, per_round=args.num_acquisition_samples, init_checkpoint=args.init_checkpoint_path,
@@ -323,7 +322,7 @@ def open_run(args: argparse.Namespace) -> Run:
                    activation_checkpointing=args.activation_checkpointing,
                    words_budget=args.budget_unit == "answer_words", warm_start=args.warm_start,
                    save_opt=args.save_opt, plot_scores=args.plot_ppl_hist, save_file_name=args.save_file_name)
-    run = Run(spec, paths, RunState(paths.state, state, model_source=state.get("model_source", paths.ckpt)), by_id,
+    run = Run(spec, paths, RunState(paths.state, state, model_source=state.get("model_source", paths.ckpt)), records,
               order, perm[: args.heldout_size], labels, annotate, tok, enc, budget, cfg, device, target,
               list(encode_records(tok, test, args.prompt_template).values()), lock=lock)
     if annotate and labels:  # the annotators' answers, never the pool's, are what training sees

@@ -15,8 +15,10 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from al_utils import InputError
 
@@ -90,31 +92,34 @@ def load_dataset_source(path: str) -> Any:
 ROWS_PER_BATCH = 10_000  # rows made Python objects at a time: a pool is never one list of row dicts
 
 
-def _parquet_batches(path: str) -> Iterator[list[dict]]:
-    """A .parquet file's rows, one record batch at a time (the file is never read whole)."""
+def source_table(path: str) -> Any:
+    """A dataset source as one memory-mapped Arrow table (pyarrow.Table): a save_to_disk folder or
+    an `hf:` cache entry as stored; a .parquet file through datasets' parquet loader, which writes
+    it once as Arrow into the datasets cache (HF_DATASETS_CACHE) and maps that, so no source is
+    ever read into memory whole (ten million records are ~9 GB of text)."""
+    if not path.endswith(".parquet"):
+        return load_dataset_source(path).data.table
     if not os.path.isfile(path):
         raise InputError(f"{path}: file: no such file")
-    import pyarrow.parquet as pq
-
+    datasets = _offline()
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=ROWS_PER_BATCH):
-            yield batch.to_pylist()
+        return datasets.Dataset.from_parquet(path, keep_in_memory=False).data.table
     except Exception as e:  # noqa: BLE001 - any reader failure means an unreadable file here
         raise InputError(f"{path}: (parquet): unreadable: {e}") from None
 
 
-def dataset_rows(path: str) -> Iterator[tuple[int, dict]]:
-    """(1-based row, row dict) of every row of the source, made Python objects a batch at a time."""
-    if path.endswith(".parquet"):
-        batches = _parquet_batches(path)
-    else:
-        batches = ([dict(zip(b, vals)) for vals in zip(*b.values())]
-                   for b in load_dataset_source(path).iter(batch_size=ROWS_PER_BATCH))
+def _table_rows(table: Any) -> Iterator[tuple[int, dict]]:
+    """(1-based row, row dict) of every row of an Arrow table, made Python objects a batch at a time."""
     row = 0
-    for rows in batches:
-        for r in rows:
+    for batch in table.to_batches(max_chunksize=ROWS_PER_BATCH):
+        for r in batch.to_pylist():
             row += 1
             yield row, r
+
+
+def dataset_rows(path: str) -> Iterator[tuple[int, dict]]:
+    """(1-based row, row dict) of every row of a dataset source (al_datasets.source_table)."""
+    return _table_rows(source_table(path))
 
 
 def dataset_sha256(path: str) -> str:
@@ -288,18 +293,173 @@ def _aliased_fields(row: dict, where: str) -> tuple[dict, set]:
     return rec, used
 
 
-def load_records(path: str, require_output: str = "", template: str = "alpaca") -> list[dict]:
-    """Load a pool as records {id, instruction, input, output, ...extra columns}; a row without an
-    instruction column may be a conversation (`messages` or ShareGPT `conversations`): single-turn,
-    or under the chat template (--prompt_template chat) any number of turns (conversation_record).
+EXTRA = "__extra__"  # a pool read row by row keeps each record's extra columns here, as one JSON object
+# str.strip()'s whitespace, for Arrow's regex engine: an instruction of only these is empty
+_BLANK = "^[" + "".join(f"\\x{{{c:x}}}" for c in range(0x3001) if chr(c).isspace()) + "]*$"
 
-    `id` is the row's own id if it has one, else its 0-based position in the file (records only,
-    so the first record of a .jsonl is 0 even after blank lines). Extra columns are carried through.
-    A non-empty `require_output` (the reason) makes a record without an answer an error.
-    """
-    records: list[dict] = []
+
+class Pool(Mapping):
+    """A pool's records, id -> {id, instruction, input, output, ...extra columns}, kept in an Arrow
+    table (memory-mapped for a save_to_disk, hf: or Parquet source) instead of one Python dict per
+    record: those cost ~1.7 KB each, so ten million did not fit. A record is built on access; take()
+    builds many at once, a batch of the table at a time."""
+
+    def __init__(self, path: str, table: Any, names: dict, extras: list[str] | None, ids: list | None) -> None:
+        self.path, self.table = path, table
+        self.names = names  # instruction/input/output -> the table's column (None: absent, "")
+        self.extras = extras  # the extra columns, or None: the EXTRA column holds them as JSON
+        self.ids = ids  # each row's id, or None: ids are row positions
+        self.index = None if ids is None else {rid: r for r, rid in enumerate(ids)}
+        self.batches = table.to_batches()  # zero-copy; take() works within one (a table's take copies it whole)
+        self.starts = np.cumsum([0] + [b.num_rows for b in self.batches])
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __iter__(self) -> Iterator:
+        return iter(range(len(self)) if self.ids is None else self.ids)
+
+    def row_of(self, i: Any) -> int:
+        if self.index is not None:
+            return self.index[i]
+        if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < len(self):
+            return int(i)
+        raise KeyError(i)
+
+    def __contains__(self, i: Any) -> bool:
+        try:
+            self.row_of(i)
+        except (KeyError, TypeError):
+            return False
+        return True
+
+    def __getitem__(self, i: Any) -> dict:
+        return self.rows([self.row_of(i)])[0]
+
+    def take(self, ids: Iterable) -> list[dict]:
+        """The records of `ids`, in order."""
+        return self.rows([self.row_of(i) for i in ids])
+
+    def rows(self, rows: Sequence[int]) -> list[dict]:
+        """The records at table rows `rows`, in order, taken batch by batch."""
+        rows = np.asarray(rows, np.int64)
+        out: list = [None] * len(rows)
+        chunk = np.searchsorted(self.starts, rows, side="right") - 1
+        order = np.argsort(chunk, kind="stable")
+        for grp in np.split(order, np.flatnonzero(np.diff(chunk[order])) + 1):
+            if len(grp):
+                c = chunk[grp[0]]
+                got = self.batches[c].take(pa_array(rows[grp] - self.starts[c])).to_pylist()
+                for k, d in zip(grp, got):
+                    out[k] = self._record(int(rows[k]), d)
+        return out
+
+    def _record(self, row: int, d: dict) -> dict:
+        n = self.names
+        rec = {"id": row if self.ids is None else self.ids[row], "instruction": d[n["instruction"]],
+               "input": (d[n["input"]] or "") if n["input"] else "",
+               "output": (d[n["output"]] or "") if n["output"] else ""}
+        rec.update(json.loads(d[EXTRA]) if self.extras is None else ((k, d[k]) for k in self.extras))
+        return rec
+
+    def ids_at(self, rows: Sequence[int]) -> list:
+        """The ids of table rows `rows` (a permutation of the pool, say)."""
+        return [int(r) for r in rows] if self.ids is None else [self.ids[r] for r in rows]
+
+    def matching(self, keys: set) -> set:
+        """Ids of the records whose (instruction, input) is one of `keys`; the instruction column
+        is matched in Arrow, so only the (few) hits become Python records."""
+        if not keys:
+            return set()
+        import pyarrow.compute as pc
+
+        hit = pc.is_in(self.table.column(self.names["instruction"]), value_set=pa_array(sorted({k[0] for k in keys})))
+        rows = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+        return {r["id"] for r in self.rows(rows) if (r["instruction"], r["input"]) in keys}
+
+    def texts(self, field: str) -> Iterator[str]:
+        """Every record's instruction, input or output, in row order, a batch at a time."""
+        name = self.names[field]
+        if name is None:
+            yield from ("" for _ in range(len(self)))
+            return
+        for b in self.batches:
+            yield from (v or "" for v in b.column(name).to_pylist())
+
+
+def pa_array(values: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values)
+
+
+def take(records: Mapping, ids: Iterable) -> list[dict]:
+    """Records `ids` of a Pool (batched) or of any id -> record mapping."""
+    return records.take(ids) if isinstance(records, Pool) else [records[i] for i in ids]
+
+
+def _is_str(t: Any, nullable: bool) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or (nullable and pa.types.is_null(t))
+
+
+def _arrow_pool(path: str, table: Any, require_output: str) -> Pool | None:
+    """A pool over an Arrow source's own table (nothing copied), its checks done column-wise; None
+    where a row-by-row read is needed (conversations, columns of other types: their errors)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = table.column_names
+    names = {f: next((n for n in ALIASES[f] if n in cols), None) for f in ALIASES}
+    id_type = table.schema.field("id").type if "id" in cols else None
+    if (names["instruction"] is None or not _is_str(table.schema.field(names["instruction"]).type, False)
+            or any(names[f] and not _is_str(table.schema.field(names[f]).type, True) for f in ("input", "output"))
+            or (id_type is not None and not (pa.types.is_integer(id_type) or _is_str(id_type, False)))):
+        return None
+    if table.num_rows == 0:
+        raise InputError(f"{path}: file: no records")
+
+    def first(mask: Any) -> int | None:
+        k = pc.index(mask, True).as_py()
+        return None if k < 0 else k
+
+    ins = table.column(names["instruction"])
+    problems = [(first(pc.is_null(ins)), 0, f"{names['instruction']}: expected a string, got NoneType"),
+                (first(pc.fill_null(pc.match_substring_regex(ins, _BLANK), False)), 1, "instruction: empty")]
+    if require_output:
+        out = table.column(names["output"]) if names["output"] else None
+        blank = 0 if out is None else first(pc.fill_null(pc.match_substring_regex(out, _BLANK), True))
+        problems.append((blank, 2, f"output: empty or missing ({require_output})"))
+    ids = None
+    if id_type is not None:
+        problems.append((first(pc.is_null(table.column("id"))), 3, "id: expected a string or integer, got NoneType"))
+        ids = table.column("id").to_pylist()
+        if pc.count_distinct(table.column("id")).as_py() < len(ids):
+            seen: dict = {}
+            for r, rid in enumerate(ids):
+                if rid in seen:
+                    problems.append((r, 4, f"id: duplicate id {rid!r} (first seen at line {seen[rid] + 1})"))
+                    break
+                seen[rid] = r
+    found = min((p for p in problems if p[0] is not None), default=None)
+    if found is not None:
+        raise InputError(f"{path}:{found[0] + 1}: {found[2]}")
+    used = {n for n in names.values() if n}
+    return Pool(path, table, names, [c for c in cols if c not in used and c != "id"], ids)
+
+
+def _rows_pool(path: str, rows: Iterable[tuple[int, Any]], require_output: str, template: str) -> Pool:
+    """A pool read and checked row by row (JSON, CSV, conversations), kept as an Arrow table built a
+    batch at a time; extra columns ride along as one JSON object per record."""
+    import pyarrow as pa
+
+    batches: list = []
+    cols: dict[str, list] = {"instruction": [], "input": [], "output": [], EXTRA: []}
+    ids: list = []
+    own_ids = False
     first_line: dict[Any, int] = {}
-    for pos, (line, row) in enumerate(read_rows(path)):
+    for pos, (line, row) in enumerate(rows):
         where = f"{path}:{line}"
         if not isinstance(row, dict):
             raise InputError(f"{where}: (record): expected a JSON object, got {type(row).__name__}")
@@ -311,14 +471,53 @@ def load_records(path: str, require_output: str = "", template: str = "alpaca") 
             raise InputError(f"{where}: instruction: empty")
         if require_output and not rec["output"].strip():
             raise InputError(f"{where}: output: empty or missing ({require_output})")
+        own_ids |= "id" in row
         rid = row.get("id", pos)
         if not isinstance(rid, (int, str)) or isinstance(rid, bool):
             raise InputError(f"{where}: id: expected a string or integer, got {type(rid).__name__}")
         if rid in first_line:
             raise InputError(f"{where}: id: duplicate id {rid!r} (first seen at line {first_line[rid]})")
         first_line[rid] = line
+        ids.append(rid)
         extra = {k: v for k, v in row.items() if k not in used and k != "id"}
-        records.append({"id": rid, **rec, **extra})
-    if not records:
+        try:
+            cols[EXTRA].append(json.dumps(extra, ensure_ascii=False))
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{where}: (record): an extra column cannot be carried as JSON: {e}") from None
+        for f in ALIASES:
+            cols[f].append(rec[f])
+        if len(ids) % ROWS_PER_BATCH == 0:
+            batches.append(pa.record_batch(cols))
+            cols = {k: [] for k in cols}
+    if not ids:
         raise InputError(f"{path}: file: no records")
-    return records
+    if cols["instruction"]:
+        batches.append(pa.record_batch(cols))
+    return Pool(path, pa.Table.from_batches(batches), {f: f for f in ALIASES}, None, ids if own_ids else None)
+
+
+def load_pool(path: str, require_output: str = "", template: str = "alpaca") -> Pool:
+    """Load a pool as a Pool of records {id, instruction, input, output, ...extra columns}; a row
+    without an instruction column may be a conversation (`messages` or ShareGPT `conversations`):
+    single-turn, or under the chat template (--prompt_template chat) any number of turns
+    (conversation_record).
+
+    `id` is the row's own id if it has one, else its 0-based position in the file (records only,
+    so the first record of a .jsonl is 0 even after blank lines). Extra columns are carried through.
+    A non-empty `require_output` (the reason) makes a record without an answer an error. A Parquet,
+    save_to_disk or hf: source with string columns is checked column-wise in Arrow and never
+    copied; anything else is read row by row.
+    """
+    if is_dataset_source(path):
+        table = source_table(path)
+        pool = _arrow_pool(path, table, require_output)
+        if pool is not None:
+            return pool
+        return _rows_pool(path, _table_rows(table), require_output, template)
+    return _rows_pool(path, read_rows(path), require_output, template)
+
+
+def load_records(path: str, require_output: str = "", template: str = "alpaca") -> list[dict]:
+    """A (small) file's records as a list (targets, test sets, training sets): load_pool's records."""
+    pool = load_pool(path, require_output, template)
+    return pool.rows(range(len(pool)))

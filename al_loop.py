@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +120,7 @@ class Run:
     spec: RunSpec
     paths: RunPaths
     state: RunState
-    by_id: dict  # id -> record
+    by_id: Mapping  # id -> record (al_datasets.Pool)
     order: list  # candidate ids in the seeded order (held-out slice removed)
     heldout: list
     labels: dict  # annotation mode: id -> the annotators' answer

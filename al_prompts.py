@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from al_datasets import conversation_turns
+from al_datasets import conversation_turns, take
 from al_utils import InputError, progress_bar
 
 # ----------------------------------------------------------------------------------------------
@@ -184,17 +184,15 @@ class Encodings(Mapping):
         candidates, so a pool scored a sample at a time is never encoded whole."""
         if self.source is None:
             return
-        tokenizer, by_id, template, progress = self.source
+        tokenizer, pool, template, progress = self.source
         missing = [i for i in dict.fromkeys(ids) if i not in self.rows]
-        if missing:
-            self._encode(tokenizer, [by_id[i] for i in missing], template, progress)
-
-    def _encode(self, tokenizer, records: Sequence[dict], template: str, progress: bool) -> None:
-        chunks = range(0, len(records), ENCODE_CHUNK)
+        chunks = range(0, len(missing), ENCODE_CHUNK)
         for lo in progress_bar(chunks, desc="tokenising", unit="chunk", enabled=progress and len(chunks) >= 2):
-            part = records[lo: lo + ENCODE_CHUNK]
-            self.extend([r["id"] for r in part], *(_encode_chat if template == "chat" else _encode_alpaca)(
-                tokenizer, part))
+            self._encode(tokenizer, take(pool, missing[lo: lo + ENCODE_CHUNK]), template)
+
+    def _encode(self, tokenizer, records: Sequence[dict], template: str) -> None:
+        self.extend([r["id"] for r in records], *(_encode_chat if template == "chat" else _encode_alpaca)(
+            tokenizer, records))
 
     def __getitem__(self, i: Any) -> Encoded:
         if i not in self.rows:  # lazy, and asked for one nobody ensured: encode it alone
@@ -215,14 +213,16 @@ class Encodings(Mapping):
 def encode_records(tokenizer, records: Sequence[dict], template: str = "alpaca", progress: bool = False) -> Encodings:
     """Tokenise prompt and prompt+answer once per record, in chunks, into compact Encodings."""
     enc = Encodings()
-    enc._encode(tokenizer, records, template, progress)
+    chunks = range(0, len(records), ENCODE_CHUNK)
+    for lo in progress_bar(chunks, desc="tokenising", unit="chunk", enabled=progress and len(chunks) >= 2):
+        enc._encode(tokenizer, records[lo: lo + ENCODE_CHUNK], template)
     return enc
 
 
-def lazy_encodings(tokenizer, by_id: Mapping, template: str = "alpaca", progress: bool = False) -> Encodings:
+def lazy_encodings(tokenizer, pool: Mapping, template: str = "alpaca", progress: bool = False) -> Encodings:
     """Encodings of a pool that tokenise a record when a round first needs it (Encodings.ensure);
     iteration and len() cover what is encoded so far. Same ids as encode_records, chunking aside."""
-    return Encodings((tokenizer, by_id, template, progress))
+    return Encodings((tokenizer, pool, template, progress))
 
 
 def _instruction_lens(tokenizer, records: Sequence[dict]) -> list[int]:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import fsdp_utils
+from al_datasets import take
 from al_prompts import (
     has_input,
     pad_id_of,
@@ -62,7 +63,7 @@ class Scoring:
     model: Any
     tokenizer: Any
     enc: Mapping  # id -> Encoded (al_prompts.Encodings)
-    records: dict
+    records: Mapping  # id -> record (al_datasets.Pool)
     cfg: ScoreConfig
     rng: np.random.Generator
     target: Target | None = None  # rds (and less): what "good" means
@@ -176,7 +177,7 @@ def _bm25(sc: Scoring, ids: list) -> list[dict]:
     """Model-free lexical match (Yin & Rush 2025 found it compute-optimal against small selectors):
     BM25 of the candidate's instruction + input for each target record's, aggregated over the
     target like rds's cosines. IDF comes from the round's candidates."""
-    S = bm25_matrix([request_text(sc.records[i]) for i in ids], [request_text(r) for r in sc.target.records])
+    S = bm25_matrix([request_text(r) for r in take(sc.records, ids)], [request_text(r) for r in sc.target.records])
     return target_rows(ids, S, sc.target.groups, sc.cfg.target_aggregation, sc.cfg.target_normalize)
 
 
@@ -185,7 +186,7 @@ def _random_format(sc: Scoring, ids: list) -> list[dict]:
     records (an input present, or absent; present at a tie), then the others at random. score =
     1 + u for a match, u otherwise (u uniform in [0, 1), the seeded stream)."""
     want = 2 * sum(map(has_input, sc.target.records)) >= len(sc.target.records)
-    match = [has_input(sc.records[i]) == want for i in ids]
+    match = [has_input(r) == want for r in take(sc.records, ids)]
     return [{"id": i, "score": float(v) + m, "format_match": m} for i, v, m in zip(ids, sc.rng.random(len(ids)), match)]
 
 
@@ -257,7 +258,7 @@ def _cluster_labels(sc: Scoring, rows: list[dict]) -> None:
     else:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        texts = [request_text(sc.records[r["id"]]) for r in rows]  # (whitespace: same features as before)
+        texts = [request_text(r) for r in take(sc.records, [r["id"] for r in rows])]  # (same features as before)
         X = TfidfVectorizer(max_features=20000, sublinear_tf=True).fit_transform(texts)
     for r, c in zip(rows, cluster_labels(X, sc.cfg.num_clusters, sc.rng)):
         r["cluster"] = int(c)
@@ -328,8 +329,7 @@ def _self_ask(sc: Scoring, ids: list) -> list[dict]:
     every row averages over the same number of positions."""
     no_ids = no_token_ids(sc.tokenizer)
     prompts = []
-    for i in ids:
-        r = sc.records[i]
+    for r in take(sc.records, ids):
         question = {"instruction": SELF_ASK_TEMPLATE.format(instruction=request_text(r)), "input": ""}
         prompts.append(truncate_prompt(prompt_ids(sc.tokenizer, [question], sc.template)[0], sc.cfg.max_length))
     n = sc.cfg.self_ask_positions

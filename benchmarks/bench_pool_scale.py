@@ -47,7 +47,7 @@ def build_pool(n: int, path: str) -> None:
 def child(a: argparse.Namespace) -> None:
     import al_prompts
     import fsdp_utils
-    from al_datasets import load_records
+    from al_datasets import load_pool
     from al_prompts import encode_records, lazy_encodings
     from al_scoring import ScoreConfig
     from al_selection import SelectConfig
@@ -57,14 +57,13 @@ def child(a: argparse.Namespace) -> None:
     tok = fsdp_utils.load_tokenizer(a.model)
     base = rss_gib()
     t0 = time.time()
-    records = load_records(a.pool, require_output="oracle labelling")
+    records = load_pool(a.pool, require_output="oracle labelling")
     t_load = time.time() - t0
-    ids = [r["id"] for r in records]
-    perm = [ids[i] for i in round_rng(0, 0, 0).permutation(len(ids))]
+    perm = records.ids_at(round_rng(0, 0, 0).permutation(len(records)))
     t_lazy = peak_lazy = None
     if not a.lists:  # what the loop does first: the held-out slice and a 1 % round sample, lazily
         t0 = time.time()
-        lazy = lazy_encodings(tok, {r["id"]: r for r in records})
+        lazy = lazy_encodings(tok, records)
         lazy.ensure(perm[: 100 + max(1, len(perm) // 100)])
         lazy[perm[0]]
         t_lazy, peak_lazy = time.time() - t0 + t_load, peak_gib() - base
@@ -74,9 +73,12 @@ def child(a: argparse.Namespace) -> None:
     t0 = time.time()
     t_enc = rss_enc = None
     if len(records) <= a.encode_all_up_to:
-        enc = encode_records(tok, records)
         if a.lists:
+            enc = encode_records(tok, records.rows(range(len(records))))
             enc = {i: enc[i] for i in enc}
+        else:
+            enc = lazy_encodings(tok, records)
+            enc.ensure(records)
         t_enc, rss_enc = time.time() - t0, rss_gib() - base
     t0 = time.time()
     heldout, order = perm[:100], perm[100:]

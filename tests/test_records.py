@@ -128,3 +128,84 @@ def test_atomic_writes_get_the_mode_open_gives(tmp_path):
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
     assert mode(tmp_path / "a.json") == mode(tmp_path / "b.json")
     assert json.load(open(tmp_path / "a.json")) == {"x": 1}
+
+
+def test_arrow_pools_checked_column_wise_as_row_by_row(pool, tmp_path):
+    """A Parquet / save_to_disk pool is checked in Arrow without becoming Python rows: the same
+    records as the JSONL pool, and for every bad pool the same first error the row-by-row read gives."""
+    import datasets
+    import pytest
+
+    import al_datasets as D
+    from al_utils import InputError
+
+    parquet, disk, _ = hf_copies(pool, tmp_path)
+    want = load_records(pool)
+    for src in (parquet, disk):
+        p = D.load_pool(src, require_output="oracle")
+        assert p.extras == ["category"] and p.ids is None  # column-wise: the source's own table
+        assert p.take([5, 0, 199]) == [want[5], want[0], want[199]] and p[7] == want[7] and 200 not in p
+        assert list(p.texts("output")) == [r["output"] for r in want]
+        assert p.matching({(want[3]["instruction"], want[3]["input"]), (want[4]["instruction"], "other")}) == {3}
+    ok = {"instruction": "i", "input": None, "output": "o"}
+    bad = {"null": [ok, {**ok, "instruction": None}],
+           "blank": [ok, ok, {**ok, "instruction": " \x1c\u3000"}],  # str.strip()'s whitespace, not just ASCII
+           "answer": [ok, {**ok, "output": "\t"}, {**ok, "output": None}],
+           "dup": [{**ok, "id": "a"}, {**ok, "id": "b"}, {**ok, "id": "a"}],
+           "noid": [{**ok, "id": 3}, {**ok, "id": None}],
+           "first": [{**ok, "id": 1}, {**ok, "id": 1, "instruction": ""}]}  # two problems: the earlier row's
+    for name, rows in bad.items():
+        path = str(tmp_path / f"{name}.parquet")
+        datasets.Dataset.from_list(rows).to_parquet(path)
+        with pytest.raises(InputError) as col:
+            D.load_pool(path, "oracle")
+        with pytest.raises(InputError) as row:
+            D._rows_pool(path, D._table_rows(D.source_table(path)), "oracle", "alpaca")
+        assert str(col.value) == str(row.value), name
+    assert str(col.value) == f"{tmp_path}/first.parquet:2: instruction: empty"
+    good = str(tmp_path / "ids.parquet")
+    datasets.Dataset.from_list([{**ok, "id": 7}, {**ok, "id": 9, "input": "x"}]).to_parquet(good)
+    assert D.load_pool(good).take([9, 7]) == [{"id": 9, "instruction": "i", "input": "x", "output": "o"},
+                                             {"id": 7, "instruction": "i", "input": "", "output": "o"}]
+
+
+def test_pool_formats_encode_and_select_alike(pool, tiny_model, tmp_path):
+    """JSONL, CSV, Parquet and a conversation pool (JSONL and Parquet): lazy encodings over the Arrow
+    pool equal encode_records over the records as a list, and the loop picks the same ids."""
+    import csv
+
+    import datasets
+
+    import acquisition_AL
+    import al_datasets as D
+    import fsdp_utils
+    from al_prompts import encode_records, lazy_encodings
+
+    rows = [json.loads(line) for line in open(pool)][:120]
+    conv = [{"messages": [{"role": "user", "content": r["instruction"]},
+                          {"role": "assistant", "content": r["response"]}], "id": f"c{k}"} for k, r in enumerate(rows)]
+    with open(tmp_path / "pool.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    srcs = {"jsonl": write_jsonl(tmp_path / "pool.jsonl", rows), "csv": str(tmp_path / "pool.csv"),
+            "parquet": str(tmp_path / "pool.parquet"), "conv": write_jsonl(tmp_path / "conv.jsonl", conv),
+            "conv_parquet": str(tmp_path / "conv.parquet")}
+    datasets.Dataset.from_list(rows).to_parquet(srcs["parquet"])
+    datasets.Dataset.from_list(conv).to_parquet(srcs["conv_parquet"])
+    tok = fsdp_utils.load_tokenizer(tiny_model)
+    picks = {}
+    for name, src in srcs.items():
+        p = D.load_pool(src)
+        ids = list(p)[::-1]
+        lazy = lazy_encodings(tok, p)
+        lazy.ensure(ids)
+        eager = encode_records(tok, D.load_records(src))
+        assert [lazy[i] for i in ids] == [eager[i] for i in ids], name
+        acquisition_AL.main(["--file_path", src, "--init_checkpoint_path", tiny_model, "--model_path",
+                             str(tmp_path / name), "--al_data_fraction", "40", "--num_acquisition_samples", "20",
+                             "--heldout_size", "10", "--epochs", "1", "--grad_accum", "4", "--train_max_length", "64",
+                             "--model_max_length", "64", "--threads", "2", "--no_progress"])
+        picks[name] = [r["id"] for r in json.load(open(tmp_path / name / "selected.json"))]
+    assert picks["jsonl"] == picks["csv"] == picks["parquet"] and len(picks["jsonl"]) == 40
+    assert picks["conv"] == picks["conv_parquet"] and picks["conv"][0].startswith("c")
