@@ -11,6 +11,7 @@ and a source's content hash (file_sha256: what --resume compares).
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -272,28 +273,33 @@ def conversation_record(row: dict, where: str, require_output: str, multi_turn: 
     return {"instruction": next(t for r, t in seq if r == "user"), "input": "", "output": answer}
 
 
-def _aliased_fields(row: dict, where: str) -> tuple[dict, set]:
-    """instruction/input/output of a plain row under any of their column names, and the names used."""
+@functools.lru_cache(maxsize=1024)
+def _columns(keys: tuple) -> tuple[tuple, tuple]:
+    """A plain row's columns (once per set of keys: the rows of a file mostly share one): the names
+    its instruction/input/output are under (None: absent), and its extra columns."""
+    names = tuple(next((n for n in ALIASES[f] if n in keys), None) for f in ALIASES)
+    return names, tuple(k for k in keys if k not in names and k != "id")
+
+
+def _aliased_fields(row: dict, where: str) -> tuple[dict, tuple]:
+    """instruction/input/output of a plain row under any of their column names, and its extra columns."""
+    names, extra = _columns(tuple(row))
+    if names[0] is None:
+        raise InputError(f"{where}: instruction: missing (columns found: {', '.join(row) or 'none'})")
     rec: dict[str, Any] = {}
-    used: set[str] = set()
-    for field, names in ALIASES.items():
-        name = next((n for n in names if n in row), None)
-        if name is None:
-            if field == "instruction":
-                raise InputError(f"{where}: instruction: missing (columns found: {', '.join(row) or 'none'})")
-            rec[field] = ""
-            continue
-        used.add(name)
-        value = row[name]
+    for field, name in zip(ALIASES, names):
+        value = "" if name is None else row[name]
         if value is None and field != "instruction":
             value = ""
         if not isinstance(value, str):
             raise InputError(f"{where}: {name}: expected a string, got {type(value).__name__}")
         rec[field] = value
-    return rec, used
+    return rec, extra
 
 
-EXTRA = "__extra__"  # a pool read row by row keeps each record's extra columns here, as one JSON object
+# a pool read row by row keeps each record's extra columns in three: the index of its column names
+# (key_sets) and their string values, or (-1, a value not a string) the whole as one JSON object
+EXTRA_KEYS, EXTRA_VALUES, EXTRA_JSON = "__extra_keys__", "__extra_values__", "__extra_json__"
 # str.strip()'s whitespace, for Arrow's regex engine: an instruction of only these is empty
 _BLANK = "^[" + "".join(f"\\x{{{c:x}}}" for c in range(0x3001) if chr(c).isspace()) + "]*$"
 
@@ -304,10 +310,12 @@ class Pool(Mapping):
     record: those cost ~1.7 KB each, so ten million did not fit. A record is built on access; take()
     builds many at once, a batch of the table at a time."""
 
-    def __init__(self, path: str, table: Any, names: dict, extras: list[str] | None, ids: list | None) -> None:
+    def __init__(self, path: str, table: Any, names: dict, extras: list[str] | None, ids: list | None,
+                 key_sets: list[tuple] | None = None) -> None:
         self.path, self.table = path, table
         self.names = names  # instruction/input/output -> the table's column (None: absent, "")
-        self.extras = extras  # the extra columns, or None: the EXTRA column holds them as JSON
+        self.extras = extras  # the extra columns, or None: the EXTRA_ columns hold them
+        self.key_sets = key_sets or []  # EXTRA_KEYS -> the extra columns' names
         self.ids = ids  # each row's id, or None: ids are row positions
         self.index = None if ids is None else {rid: r for r, rid in enumerate(ids)}
         self.batches = table.to_batches()  # zero-copy; take() works within one (a table's take copies it whole)
@@ -359,7 +367,12 @@ class Pool(Mapping):
         rec = {"id": row if self.ids is None else self.ids[row], "instruction": d[n["instruction"]],
                "input": (d[n["input"]] or "") if n["input"] else "",
                "output": (d[n["output"]] or "") if n["output"] else ""}
-        rec.update(json.loads(d[EXTRA]) if self.extras is None else ((k, d[k]) for k in self.extras))
+        if self.extras is not None:
+            rec.update((k, d[k]) for k in self.extras)
+        elif d[EXTRA_KEYS] >= 0:
+            rec.update(zip(self.key_sets[d[EXTRA_KEYS]], d[EXTRA_VALUES]))
+        else:
+            rec.update(json.loads(d[EXTRA_JSON]))
         return rec
 
     def ids_at(self, rows: Sequence[int]) -> list:
@@ -449,13 +462,28 @@ def _arrow_pool(path: str, table: Any, require_output: str) -> Pool | None:
     return Pool(path, table, names, [c for c in cols if c not in used and c != "id"], ids)
 
 
+def _extra_cells(row: dict, extra: tuple, key_sets: dict, where: str) -> tuple[int, list | None, str | None]:
+    """A row's extra columns as (EXTRA_KEYS, EXTRA_VALUES, EXTRA_JSON) cells."""
+    values = [row[k] for k in extra]
+    if all(type(v) is str for v in values):
+        return key_sets.setdefault(extra, len(key_sets)), values, None
+    try:
+        return -1, None, json.dumps(dict(zip(extra, values)), ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{where}: (record): an extra column cannot be carried as JSON: {e}") from None
+
+
 def _rows_pool(path: str, rows: Iterable[tuple[int, Any]], require_output: str, template: str) -> Pool:
     """A pool read and checked row by row (JSON, CSV, conversations), kept as an Arrow table built a
-    batch at a time; extra columns ride along as one JSON object per record."""
+    batch at a time. Extra columns ride along as names + string values (no JSON per row: that cost
+    more than the checks), or as JSON where a value is not a string."""
     import pyarrow as pa
 
+    schema = pa.schema([(f, pa.string()) for f in ALIASES] + [
+        (EXTRA_KEYS, pa.int32()), (EXTRA_VALUES, pa.list_(pa.string())), (EXTRA_JSON, pa.string())])
     batches: list = []
-    cols: dict[str, list] = {"instruction": [], "input": [], "output": [], EXTRA: []}
+    cols: dict[str, list] = {c: [] for c in schema.names}
+    key_sets: dict[tuple, int] = {}
     ids: list = []
     own_ids = False
     first_line: dict[Any, int] = {}
@@ -466,7 +494,8 @@ def _rows_pool(path: str, rows: Iterable[tuple[int, Any]], require_output: str, 
         has_instruction = any(n in row for n in ALIASES["instruction"])
         conversation = None if has_instruction else conversation_record(row, where, require_output, template == "chat")
         # a conversation column itself is kept as it came
-        rec, used = (conversation, set()) if conversation is not None else _aliased_fields(row, where)
+        rec, extra = (conversation, tuple(k for k in row if k != "id")) if conversation is not None else \
+            _aliased_fields(row, where)
         if not rec["instruction"].strip():
             raise InputError(f"{where}: instruction: empty")
         if require_output and not rec["output"].strip():
@@ -479,21 +508,19 @@ def _rows_pool(path: str, rows: Iterable[tuple[int, Any]], require_output: str, 
             raise InputError(f"{where}: id: duplicate id {rid!r} (first seen at line {first_line[rid]})")
         first_line[rid] = line
         ids.append(rid)
-        extra = {k: v for k, v in row.items() if k not in used and k != "id"}
-        try:
-            cols[EXTRA].append(json.dumps(extra, ensure_ascii=False))
-        except (TypeError, ValueError) as e:
-            raise InputError(f"{where}: (record): an extra column cannot be carried as JSON: {e}") from None
         for f in ALIASES:
             cols[f].append(rec[f])
+        for c, v in zip((EXTRA_KEYS, EXTRA_VALUES, EXTRA_JSON), _extra_cells(row, extra, key_sets, where)):
+            cols[c].append(v)
         if len(ids) % ROWS_PER_BATCH == 0:
-            batches.append(pa.record_batch(cols))
-            cols = {k: [] for k in cols}
+            batches.append(pa.RecordBatch.from_pydict(cols, schema=schema))
+            cols = {c: [] for c in cols}
     if not ids:
         raise InputError(f"{path}: file: no records")
     if cols["instruction"]:
-        batches.append(pa.record_batch(cols))
-    return Pool(path, pa.Table.from_batches(batches), {f: f for f in ALIASES}, None, ids if own_ids else None)
+        batches.append(pa.RecordBatch.from_pydict(cols, schema=schema))
+    return Pool(path, pa.Table.from_batches(batches, schema), {f: f for f in ALIASES}, None,
+                ids if own_ids else None, list(key_sets))
 
 
 def load_pool(path: str, require_output: str = "", template: str = "alpaca") -> Pool:

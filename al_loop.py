@@ -25,7 +25,7 @@ from al_prompts import Encodings, pad_id_of, truncate_prompt
 from al_scoring import ScoreConfig, answer_nll_parts, generate, stop_ids
 from al_selection import SelectConfig, candidates, fill_to_cost
 from al_similarity import Target, less_modules, similarity_guard
-from al_strategies import Scoring, allowed, score_candidates, select, select_by_cost, strategy
+from al_strategies import Scoring, allowed, score_candidates, select, select_by_cost, shortlist, strategy
 from al_training import NonFiniteLoss, TrainConfig, save_trained, summary, train
 from al_utils import (
     InputError,
@@ -257,8 +257,15 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
             sc.moments = fsdp_utils.adam_moments(run.model, src, [k for k, _ in less_modules(run.model)])
     # every rank holds the full parameters for its own slice, except under less: its answers and
     # gradients run with the ranks in step, the model sharded (a layer gathered at a time)
+    k, pre = max(run.cfg.score.shortlist, n), None
+    if strategy(name).grads and run.cfg.score.shortlist and len(cands) > k:
+        with local():
+            cands, pre = shortlist(cands, sc, k)
+        run.log(f"round {rnd}: less takes gradients for the {k} of {len(pre)} candidates rds ranks highest")
     with contextlib.nullcontext() if strategy(name).grads else local():
         rows = score_candidates(name, cands, sc, fsdp_utils.my_slice(len(cands)), fsdp_utils.gather_lists)
+    for r in rows if pre else ():
+        r["rds_score"] = pre[r["id"]]
     if tau is None:
         return rows, None
     ids = cands + run.labelled

@@ -41,6 +41,9 @@ class ScoreConfig:
     grad_answers: str = setting("generated", "less: candidates' gradients on the model's own greedy answer (an "
                                 "unlabelled pool has no other), or on the pool's answers (an oracle upper bound)",
                                 choices=GRAD_ANSWERS)
+    shortlist: int = setting(0, "less: take gradients only for the K candidates that rds (prompt embeddings, the "
+                             "same target rule) ranks highest, at least the round's batch; the others wait for a "
+                             "later round. 0: every candidate")
     ifd_max: float = setting(1.0, "ifd: candidates with IFD above this are never selected (Cherry_LLM drops IFD "
                                   "> 1: the prompt makes the answer harder, a sign of a mismatched pair)")
     target_aggregation: str = setting(
@@ -56,7 +59,7 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         lows = {"max_length": (2, " (BOS and at least one scored token)"), "token_budget": (0, ""),
                 "batch_size": (1, ""), "gen_max_new_tokens": (1, ""), "self_ask_positions": (1, ""),
-                "num_clusters": (1, ""), "grad_dim": (1, "")}
+                "num_clusters": (1, ""), "grad_dim": (1, ""), "shortlist": (0, "")}
         for name, (lo, why) in lows.items():
             if getattr(self, name) < lo:
                 raise InputError(f"{flag_of(ScoreConfig, name)}: must be >= {lo}{why}")

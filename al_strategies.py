@@ -381,8 +381,8 @@ STRATEGIES: dict[str, Strategy] = {
     "cluster": Strategy(_cluster, flags=("num_clusters", "cluster_embedding"), finish=_cluster_labels,
                         choose=lambda rows, n: cluster_round_robin(rows, n)),
     "rds": Strategy(_rds, flags=TARGET_FLAGS, target=True, finish=_order_by_target),
-    "less": Strategy(_less, flags=TARGET_FLAGS + ("grad_dim", "grad_answers", "gen_max_new_tokens"), target=True,
-                     grads=True, finish=_order_by_target),
+    "less": Strategy(_less, flags=TARGET_FLAGS + ("grad_dim", "grad_answers", "gen_max_new_tokens", "shortlist"),
+                     target=True, grads=True, finish=_order_by_target),
     "bm25": Strategy(_bm25, model=False, flags=TARGET_FLAGS, target=True),
     "random_format": Strategy(_random_format, model=False, flags=("target_file",), target=True),
     "typiclust": Strategy(_typiclust, finish=_typiclust_clusters, choose=typiclust_pick),
@@ -412,6 +412,14 @@ def score_candidates(name: str, cand_ids: Sequence, sc: Scoring, part: slice = s
     if st.finish is not None:
         st.finish(sc, rows)
     return rows
+
+
+def shortlist(cands: list, sc: Scoring, k: int) -> tuple[list, dict]:
+    """less --shortlist: the k candidates rds ranks highest (in candidate order; ties go to the
+    earlier candidate), and every candidate's rds score. Data-parallel like score_candidates."""
+    rows = score_candidates("rds", cands, sc, fsdp_utils.my_slice(len(cands)), fsdp_utils.gather_lists)
+    top = sorted(sorted(range(len(rows)), key=lambda j: -rows[j]["score"])[:k])
+    return [cands[j] for j in top], {r["id"]: r["score"] for r in rows}
 
 
 # ----------------------------------------------------------------------------------------------

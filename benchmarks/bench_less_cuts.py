@@ -13,10 +13,13 @@ the same candidates in this process, side by side:
   chance alone: a cut whose picks move less than this costs nothing measurable);
 - answers of half the tokens;
 - the LESS weights of the upper half of the layers only (the backward stops halfway);
-- both cuts.
+- both cuts;
+- a shortlist (--shortlist K): rds ranks every candidate, less scores only its top K (K = 2n, and
+  half the candidates); the others are never picked this round.
 
-For each: seconds (x the reference), Spearman of the candidates' scores against the reference's, and
-overlap of the top-n (n = the run's --num_acquisition_samples) with the reference's top-n.
+For each: seconds (x the reference), Spearman of the candidates' scores against the reference's (a
+shortlist: over the candidates it scores), and overlap of the top-n (n = the run's
+--num_acquisition_samples) with the reference's top-n. --variants runs a subset (the reference first).
 """
 import argparse
 import dataclasses
@@ -57,12 +60,24 @@ def less_scores(sc: S.Scoring, ids: list, seed: int, gen: int, layers: slice) ->
         M.less_modules = every
 
 
+def shortlisted(sc: S.Scoring, ids: list, k: int, gen: int) -> tuple[np.ndarray, float]:
+    """less over the k candidates rds ranks highest (-inf for the rest), and the seconds of both."""
+    t0 = time.perf_counter()
+    short, _ = S.shortlist(ids, sc, k)
+    s, _ = less_scores(sc, short, 0, gen, slice(None))
+    out = np.full(len(ids), -np.inf)
+    out[[ids.index(i) for i in short]] = s
+    return out, time.perf_counter() - t0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a less --save_opt run directory")
     p.add_argument("--round", type=int, required=True, help="the round whose candidates are scored")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/less_cuts.md")
+    p.add_argument("--variants", default="", help="comma-separated variant numbers to run (0 = reference; "
+                   "default: all)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     paths, state = run_paths(a.run), read_state(a.run)
@@ -87,8 +102,13 @@ def main() -> None:
                 "another projection seed": (1, gen, slice(None)),
                 f"answers of {gen // 2} tokens": (0, gen // 2, slice(None)),
                 f"upper {L - L // 2} of {L} layers": (0, gen, slice(L // 2, None)),
-                "both cuts": (0, gen // 2, slice(L // 2, None))}
-    res = {k: less_scores(sc, ids, *v) for k, v in variants.items()}
+                "both cuts": (0, gen // 2, slice(L // 2, None)),
+                f"shortlist {2 * n} (rds)": (2 * n, gen),
+                f"shortlist {len(ids) // 2} (rds)": (len(ids) // 2, gen)}
+    if a.variants:
+        keep = {0, *map(int, a.variants.split(","))}
+        variants = {k: v for j, (k, v) in enumerate(variants.items()) if j in keep}
+    res = {k: less_scores(sc, ids, *v) if len(v) == 3 else shortlisted(sc, ids, *v) for k, v in variants.items()}
     ref, t_ref = next(iter(res.values()))
     top = set(np.argsort(-ref)[:n].tolist())
     lines = [f"# Cheaper less: what each cut saves and how far the picks move ({os.path.basename(ckpt)})", "",
@@ -98,7 +118,8 @@ def main() -> None:
              "| variant | seconds | x reference | Spearman vs reference | top-n overlap |", "|---|---:|---:|---:|---:|"]
     for k, (s, t) in res.items():
         ov = len(top & set(np.argsort(-s)[:n].tolist()))
-        lines.append(f"| {k} | {t:.1f} | {t / t_ref:.2f}x | {spearmanr(s, ref).statistic:.3f} | {ov}/{n} |")
+        fin = np.isfinite(s)
+        lines.append(f"| {k} | {t:.1f} | {t / t_ref:.2f}x | {spearmanr(s[fin], ref[fin]).statistic:.3f} | {ov}/{n} |")
     text = "\n".join(lines) + "\n"
     atomic_write_text(a.out, text)
     print(text)

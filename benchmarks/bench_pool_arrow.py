@@ -126,6 +126,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="100000,1000000,10000000")
     p.add_argument("--jsonl_up_to", type=int, default=1_000_000, help="also a JSONL pool for sizes up to this")
+    p.add_argument("--formats", default="parquet,save_to_disk,jsonl", help="which of the built pools to measure")
     p.add_argument("--before_up_to", type=int, default=1_000_000,
                    help="also run the --before code for sizes up to this (it holds a dict per record)")
     p.add_argument("--before", default=BEFORE, help="the commit to compare against")
@@ -153,6 +154,8 @@ def main() -> None:
             paths = build(n, d, n <= a.jsonl_up_to)
             print(f"built {n:,} in {time.time() - t0:.0f} s", file=sys.stderr)
             for fmt, path in paths.items():
+                if fmt not in a.formats.split(","):
+                    continue
                 cache = os.path.join(d, f"cache{n}{fmt}")
                 runs = [("now", ROOT, False)] + ([("now, again", ROOT, False)] if fmt == "parquet" else [])
                 runs += [("before", old, True)] if n <= a.before_up_to else []
@@ -161,10 +164,17 @@ def main() -> None:
                     print(r, file=sys.stderr)
                     rows.append(r)
                 subprocess.run(["rm", "-rf", cache, path], check=True)
+    text = report(rows, a.model, a.before)
+    atomic_write_text(a.out, text)
+    print(text)
+
+
+def report(rows: list[dict], model: str, before: str) -> str:
     lines = [f"# Pools as Arrow: the loop's start ({os.cpu_count()} cores; tokenizer "
-             f"{os.path.basename(a.model.rstrip('/'))}; before = {a.before})", "",
+             f"{os.path.basename(model.rstrip('/'))}; before = {before})", "",
              "Ready = load + check, the seeded order (30 target records left out), held-out slice and seed set "
-             "tokenised; the --resume hash apart. Peak = RSS over the baseline after imports: all of it, and the "
+             "tokenised, and the --resume hash of the source (also shown apart). Peak = RSS over the baseline after "
+             "imports: all of it, and the "
              "process's own (anonymous) memory; the rest is the memory-mapped table's page cache.", "",
              "| records | format | code | ready s | of which load + check s | hash s | peak GiB | own peak GiB "
              "| held after GiB | first ids in order |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -195,9 +205,7 @@ def main() -> None:
             lines.append(f"| {fmt} | {way} | {x['n']:,} -> {y['n']:,} | {y['ready_s'] / x['ready_s'] / k:.2f} | "
                          f"{y['peak_gib'] / max(x['peak_gib'], 1e-3) / k:.2f} | "
                          f"{y['anon_peak_gib'] / max(x['anon_peak_gib'], 1e-3) / k:.2f} |")
-    lines.append("")
-    atomic_write_text(a.out, "\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

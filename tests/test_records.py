@@ -8,13 +8,13 @@ from conftest import write_jsonl
 def test_aliases_ids_and_extras(tmp_path):
     p = tmp_path / "pool.jsonl"
     rows = [{"prompt": "p0", "context": "c0", "response": "r0", "category": "qa"},
-            {"Instruction": "p1", "input": "", "output": "o1"},
+            {"Instruction": "p1", "input": "", "output": "o1", "n": 3, "tags": ["a", None]},
             {"instruction": "p2", "id": "own-id", "output": None}]
     p.write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n\n" + json.dumps(rows[2]) + "\n")
     got = load_records(str(p))
     assert got == [
         {"id": 0, "instruction": "p0", "input": "c0", "output": "r0", "category": "qa"},
-        {"id": 1, "instruction": "p1", "input": "", "output": "o1"},
+        {"id": 1, "instruction": "p1", "input": "", "output": "o1", "n": 3, "tags": ["a", None]},
         {"id": "own-id", "instruction": "p2", "input": "", "output": ""},
     ]
 

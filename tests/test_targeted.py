@@ -272,6 +272,7 @@ def test_less_run_and_its_bad_input(tiny_model, target_data, tmp_path, capsys):
             (["--target_file", no_answers], f"{no_answers}:1: output: empty or missing (--sampling_strategy less "
                                             "takes the target's gradients on its answers)"),
             (["--grad_dim", "0"], "--grad_dim: must be >= 1"),
+            (["--shortlist", "-1"], "--shortlist: must be >= 0"),
             (["--grad_answers", "pool", "--file_path", unlabelled, "--annotate_out", str(tmp_path / "b.jsonl")],
              f"{unlabelled}:1: output: empty or missing (--grad_answers pool takes gradients on the pool's answers; "
              "the default takes the model's own)")):
@@ -279,3 +280,24 @@ def test_less_run_and_its_bad_input(tiny_model, target_data, tmp_path, capsys):
             acquisition_AL.run_cli(lambda extra=extra: acquisition_AL.main(
                 base[:5] + [str(tmp_path / "bad")] + base[6:] + extra))
         assert capsys.readouterr().err == f"error: {error}\n" and not (tmp_path / "bad").exists()
+
+
+def test_less_shortlist_rescores_rds_top_k(tiny_model, target_data, tmp_path):
+    """--shortlist 40: round 1 takes gradients for exactly the 40 candidates an rds run of the same
+    seed ranks highest, and scores them as less without a shortlist does."""
+    target, pool_t, _ = target_data
+    less = ["--sampling_strategy", "less", "--grad_dim", "64", "--gen_max_new_tokens", "4"]
+    runs = {"less": less, "short": [*less, "--shortlist", "40"], "rds": ["--sampling_strategy", "rds"]}
+    rows = {}
+    for name, extra in runs.items():
+        acquisition_AL.main(["--file_path", pool_t, "--init_checkpoint_path", tiny_model, "--model_path",
+                             str(tmp_path / name), "--al_data_fraction", "60", "--target_file", target, *FLAGS, *extra])
+        rows[name] = {r["id"]: r for r in U.read_jsonl(tmp_path / name / "rounds" / "1" / "scores.jsonl")}
+    cands = list(rows["rds"])  # candidate order
+    top = sorted(cands, key=lambda i: -rows["rds"][i]["score"])[:40]
+    assert list(rows["short"]) == [i for i in cands if i in set(top)] and len(rows["rds"]) > 50
+    for i, r in rows["short"].items():
+        assert r["rds_score"] == pytest.approx(rows["rds"][i]["score"], abs=1e-6)
+        assert r["score"] == pytest.approx(rows["less"][i]["score"], abs=1e-5)
+    picked = [r["id"] for r in U.read_jsonl(tmp_path / "short" / "rounds" / "1" / "selected.jsonl")]
+    assert set(picked) == set(sorted(rows["short"], key=lambda i: -rows["short"][i]["score"])[:30])
