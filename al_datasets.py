@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from al_utils import InputError
 
@@ -93,7 +95,7 @@ def load_dataset_source(path: str) -> Any:
 ROWS_PER_BATCH = 10_000  # rows made Python objects at a time: a pool is never one list of row dicts
 
 
-def source_table(path: str) -> Any:
+def source_table(path: str) -> pa.Table:
     """A dataset source as one memory-mapped Arrow table (pyarrow.Table): a save_to_disk folder or
     an `hf:` cache entry as stored; a .parquet file through datasets' parquet loader, which writes
     it once as Arrow into the datasets cache (HF_DATASETS_CACHE) and maps that, so no source is
@@ -109,7 +111,7 @@ def source_table(path: str) -> Any:
         raise InputError(f"{path}: (parquet): unreadable: {e}") from None
 
 
-def _table_rows(table: Any) -> Iterator[tuple[int, dict]]:
+def _table_rows(table: pa.Table) -> Iterator[tuple[int, dict]]:
     """(1-based row, row dict) of every row of an Arrow table, made Python objects a batch at a time."""
     row = 0
     for batch in table.to_batches(max_chunksize=ROWS_PER_BATCH):
@@ -310,7 +312,7 @@ class Pool(Mapping):
     record: those cost ~1.7 KB each, so ten million did not fit. A record is built on access; take()
     builds many at once, a batch of the table at a time."""
 
-    def __init__(self, path: str, table: Any, names: dict, extras: list[str] | None, ids: list | None,
+    def __init__(self, path: str, table: pa.Table, names: dict, extras: list[str] | None, ids: list | None,
                  key_sets: list[tuple] | None = None) -> None:
         self.path, self.table = path, table
         self.names = names  # instruction/input/output -> the table's column (None: absent, "")
@@ -357,7 +359,7 @@ class Pool(Mapping):
         for grp in np.split(order, np.flatnonzero(np.diff(chunk[order])) + 1):
             if len(grp):
                 c = chunk[grp[0]]
-                got = self.batches[c].take(pa_array(rows[grp] - self.starts[c])).to_pylist()
+                got = self.batches[c].take(pa.array(rows[grp] - self.starts[c])).to_pylist()
                 for k, d in zip(grp, got):
                     out[k] = self._record(int(rows[k]), d)
         return out
@@ -384,9 +386,7 @@ class Pool(Mapping):
         is matched in Arrow, so only the (few) hits become Python records."""
         if not keys:
             return set()
-        import pyarrow.compute as pc
-
-        hit = pc.is_in(self.table.column(self.names["instruction"]), value_set=pa_array(sorted({k[0] for k in keys})))
+        hit = pc.is_in(self.table.column(self.names["instruction"]), value_set=pa.array(sorted({k[0] for k in keys})))
         rows = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
         return {r["id"] for r in self.rows(rows) if (r["instruction"], r["input"]) in keys}
 
@@ -400,29 +400,18 @@ class Pool(Mapping):
             yield from (v or "" for v in b.column(name).to_pylist())
 
 
-def pa_array(values: Any) -> Any:
-    import pyarrow as pa
-
-    return pa.array(values)
-
-
 def take(records: Mapping, ids: Iterable) -> list[dict]:
     """Records `ids` of a Pool (batched) or of any id -> record mapping."""
     return records.take(ids) if isinstance(records, Pool) else [records[i] for i in ids]
 
 
-def _is_str(t: Any, nullable: bool) -> bool:
-    import pyarrow as pa
-
+def _is_str(t: pa.DataType, nullable: bool) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or (nullable and pa.types.is_null(t))
 
 
-def _arrow_pool(path: str, table: Any, require_output: str) -> Pool | None:
+def _arrow_pool(path: str, table: pa.Table, require_output: str) -> Pool | None:
     """A pool over an Arrow source's own table (nothing copied), its checks done column-wise; None
     where a row-by-row read is needed (conversations, columns of other types: their errors)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     cols = table.column_names
     names = {f: next((n for n in ALIASES[f] if n in cols), None) for f in ALIASES}
     id_type = table.schema.field("id").type if "id" in cols else None
@@ -433,7 +422,7 @@ def _arrow_pool(path: str, table: Any, require_output: str) -> Pool | None:
     if table.num_rows == 0:
         raise InputError(f"{path}: file: no records")
 
-    def first(mask: Any) -> int | None:
+    def first(mask: pa.ChunkedArray) -> int | None:
         k = pc.index(mask, True).as_py()
         return None if k < 0 else k
 
@@ -477,8 +466,6 @@ def _rows_pool(path: str, rows: Iterable[tuple[int, Any]], require_output: str, 
     """A pool read and checked row by row (JSON, CSV, conversations), kept as an Arrow table built a
     batch at a time. Extra columns ride along as names + string values (no JSON per row: that cost
     more than the checks), or as JSON where a value is not a string."""
-    import pyarrow as pa
-
     schema = pa.schema([(f, pa.string()) for f in ALIASES] + [
         (EXTRA_KEYS, pa.int32()), (EXTRA_VALUES, pa.list_(pa.string())), (EXTRA_JSON, pa.string())])
     batches: list = []
