@@ -105,8 +105,12 @@ def source_table(path: str) -> pa.Table:
     if not os.path.isfile(path):
         raise InputError(f"{path}: file: no such file")
     datasets = _offline()
+    import pyarrow.dataset as pds
+
+    # without pre-buffering: by default pyarrow buffers every row group it will read (the whole file)
+    scan = pds.ParquetFragmentScanOptions(pre_buffer=False)
     try:
-        return datasets.Dataset.from_parquet(path, keep_in_memory=False).data.table
+        return datasets.Dataset.from_parquet(path, keep_in_memory=False, fragment_scan_options=scan).data.table
     except Exception as e:  # noqa: BLE001 - any reader failure means an unreadable file here
         raise InputError(f"{path}: (parquet): unreadable: {e}") from None
 
