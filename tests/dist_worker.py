@@ -3,8 +3,8 @@
     torchrun --nproc_per_node=2 tests/dist_worker.py MODE MODEL POOL OUT
 MODE train: one optimizer step on a fixed global batch of 8 (grad_accum x ranks = 4 micro-batches
 of 2), then save a sharded checkpoint to OUT/ckpt and the step loss to OUT/train.json.
-MODE score: forward_ppl, rds and less of the first 59 pool records, sliced over ranks and gathered, to
-OUT/score.json.
+MODE score: forward_ppl, rds and less (and less --shortlist 20) of the first 59 pool records, sliced
+over ranks and gathered, to OUT/score.json.
 """
 import contextlib
 import json
@@ -51,6 +51,9 @@ def run(mode: str, model_path: str, pool: str, out: str) -> None:
             with fsdp_utils.full_params(model) if name != "less" else contextlib.nullcontext():
                 out_rows[name] = S.score_candidates(name, ids[:59], sc, fsdp_utils.my_slice(59),
                                                     fsdp_utils.gather_lists)
+        with fsdp_utils.full_params(model):  # less --shortlist 20: rds's top 20, then less on those
+            short, _ = S.shortlist(ids[:59], sc, 20)
+        out_rows["shortlist"] = S.score_candidates("less", short, sc, fsdp_utils.my_slice(20), fsdp_utils.gather_lists)
         if fsdp_utils.is_main():
             json.dump(out_rows, open(os.path.join(out, "score.json"), "w"))
     fsdp_utils.barrier()

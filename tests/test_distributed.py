@@ -56,6 +56,9 @@ def test_two_rank_scoring_of_one_rank_checkpoint(trained, pool, tmp_path):
         assert max(abs(a["score"] - b["score"]) for a, b in zip(one[name], two[name])) < 1e-4, name
     for name in ("rds", "less"):
         assert [r["group"] for r in two[name]] == [r["group"] for r in one[name]]
+    short = [r["id"] for r in one["shortlist"]]
+    assert [r["id"] for r in two["shortlist"]] == short and len(short) == 20 and short == sorted(short)
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(one["shortlist"], two["shortlist"])) < 1e-4
 
 
 def test_deterministic_flag_acts_on_cuda_only(monkeypatch):
