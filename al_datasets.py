@@ -316,9 +316,9 @@ class Pool(Mapping):
     record: those cost ~1.7 KB each, so ten million did not fit. A record is built on access; take()
     builds many at once, a batch of the table at a time."""
 
-    def __init__(self, path: str, table: pa.Table, names: dict, extras: list[str] | None, ids: list | None,
+    def __init__(self, table: pa.Table, names: dict, extras: list[str] | None, ids: list | None,
                  key_sets: list[tuple] | None = None) -> None:
-        self.path, self.table = path, table
+        self.table = table
         self.names = names  # instruction/input/output -> the table's column (None: absent, "")
         self.extras = extras  # the extra columns, or None: the EXTRA_ columns hold them
         self.key_sets = key_sets or []  # EXTRA_KEYS -> the extra columns' names
@@ -452,7 +452,7 @@ def _arrow_pool(path: str, table: pa.Table, require_output: str) -> Pool | None:
     if found is not None:
         raise InputError(f"{path}:{found[0] + 1}: {found[2]}")
     used = {n for n in names.values() if n}
-    return Pool(path, table, names, [c for c in cols if c not in used and c != "id"], ids)
+    return Pool(table, names, [c for c in cols if c not in used and c != "id"], ids)
 
 
 def _extra_cells(row: dict, extra: tuple, key_sets: dict, where: str) -> tuple[int, list | None, str | None]:
@@ -510,7 +510,7 @@ def _rows_pool(path: str, rows: Iterable[tuple[int, Any]], require_output: str, 
         raise InputError(f"{path}: file: no records")
     if cols["instruction"]:
         batches.append(pa.RecordBatch.from_pydict(cols, schema=schema))
-    return Pool(path, pa.Table.from_batches(batches, schema), {f: f for f in ALIASES}, None,
+    return Pool(pa.Table.from_batches(batches, schema), {f: f for f in ALIASES}, None,
                 ids if own_ids else None, list(key_sets))
 
 

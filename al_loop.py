@@ -20,6 +20,7 @@ import torch
 import al_lora
 import fsdp_utils
 from al_annotation import AnnotationConfig, export_for_annotators
+from al_datasets import take
 from al_lora import LoraSpec
 from al_prompts import Encodings, pad_id_of, truncate_prompt
 from al_scoring import ScoreConfig, answer_nll_parts, generate, stop_ids
@@ -171,11 +172,17 @@ class Run:
         return float(s.sum() / c.sum()), s.tolist(), c.tolist()
 
     def words(self, i) -> int:
-        return answer_words(self.record(i)["output"])
+        return self.words_of([i])[0]
+
+    def words_of(self, ids: list) -> list[int]:
+        """Answer words of `ids`: the annotators' answers, or the pool's (its records taken in batches)."""
+        if self.annotate:
+            return [answer_words(self.labels[i]) for i in ids]
+        return [answer_words(r["output"]) for r in take(self.by_id, ids)]
 
     def spent(self) -> int:
         """The budget used so far, in --budget_unit."""
-        return sum(map(self.words, self.labelled)) if self.words_budget else len(self.labelled)
+        return sum(self.words_of(self.labelled)) if self.words_budget else len(self.labelled)
 
     @property
     def words_budget(self) -> bool:
@@ -208,7 +215,7 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
         cands = candidates(remaining, run.cfg.select.fraction, round_rng(run.spec.seed, rnd, RNG_FRACTION)) \
             if rnd > 0 else remaining
         if run.words_budget and cands:  # examples the strategy picks first: the words over the mean answer
-            n = math.ceil(want / np.mean([run.words(i) for i in cands]))
+            n = math.ceil(want / np.mean(run.words_of(cands)))
         if len(cands) < n:
             run.log(f"warning: round {rnd}: only {len(cands)} candidates for {n} slots")
         run.enc.ensure(cands + run.labelled)  # only what this round scores (and compares with)
@@ -255,13 +262,13 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
                 run.model, dataclasses.replace(run.cfg.lora, seed=run.spec.seed + rnd)), None)
         elif rnd > 0 and fsdp_utils.has_optimizer_state(src):
             sc.moments = fsdp_utils.adam_moments(run.model, src, [k for k, _ in less_modules(run.model)])
-    # every rank holds the full parameters for its own slice, except under less: its answers and
-    # gradients run with the ranks in step, the model sharded (a layer gathered at a time)
     k, pre = max(run.cfg.score.shortlist, n), None
     if strategy(name).grads and run.cfg.score.shortlist and len(cands) > k:
         with local():
             cands, pre = shortlist(cands, sc, k)
         run.log(f"round {rnd}: less takes gradients for the {k} of {len(pre)} candidates rds ranks highest")
+    # every rank holds the full parameters for its own slice, except under less: its answers and
+    # gradients run with the ranks in step, the model sharded (a layer gathered at a time)
     with contextlib.nullcontext() if strategy(name).grads else local():
         rows = score_candidates(name, cands, sc, fsdp_utils.my_slice(len(cands)), fsdp_utils.gather_lists)
     for r in rows if pre else ():

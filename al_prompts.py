@@ -186,13 +186,16 @@ class Encodings(Mapping):
             return
         tokenizer, pool, template, progress = self.source
         missing = [i for i in dict.fromkeys(ids) if i not in self.rows]
-        chunks = range(0, len(missing), ENCODE_CHUNK)
-        for lo in progress_bar(chunks, desc="tokenising", unit="chunk", enabled=progress and len(chunks) >= 2):
-            self._encode(tokenizer, take(pool, missing[lo: lo + ENCODE_CHUNK]), template)
+        self._encode(tokenizer, missing, lambda part: take(pool, part), template, progress)
 
-    def _encode(self, tokenizer, records: Sequence[dict], template: str) -> None:
-        self.extend([r["id"] for r in records], *(_encode_chat if template == "chat" else _encode_alpaca)(
-            tokenizer, records))
+    def _encode(self, tokenizer, items: Sequence, records_of: Callable[[Sequence], Sequence[dict]], template: str,
+                progress: bool) -> None:
+        """Tokenise `items` ENCODE_CHUNK at a time: records, or ids whose records records_of takes."""
+        chunks = range(0, len(items), ENCODE_CHUNK)
+        for lo in progress_bar(chunks, desc="tokenising", unit="chunk", enabled=progress and len(chunks) >= 2):
+            part = records_of(items[lo: lo + ENCODE_CHUNK])
+            self.extend([r["id"] for r in part], *(_encode_chat if template == "chat" else _encode_alpaca)(
+                tokenizer, part))
 
     def __getitem__(self, i: Any) -> Encoded:
         if i not in self.rows:  # lazy, and asked for one nobody ensured: encode it alone
@@ -213,9 +216,7 @@ class Encodings(Mapping):
 def encode_records(tokenizer, records: Sequence[dict], template: str = "alpaca", progress: bool = False) -> Encodings:
     """Tokenise prompt and prompt+answer once per record, in chunks, into compact Encodings."""
     enc = Encodings()
-    chunks = range(0, len(records), ENCODE_CHUNK)
-    for lo in progress_bar(chunks, desc="tokenising", unit="chunk", enabled=progress and len(chunks) >= 2):
-        enc._encode(tokenizer, records[lo: lo + ENCODE_CHUNK], template)
+    enc._encode(tokenizer, records, lambda part: part, template, progress)
     return enc
 
 
