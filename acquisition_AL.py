@@ -134,8 +134,25 @@ def defaults() -> argparse.ArgumentParser:
     return parser()
 
 
+# what a run made before a flag existed did, where that is not the flag's default: such a run resumes
+# doing it (state.json's spec lacks the flag; a flag that does not apply is absent too)
+BEFORE_FLAG = {"grad_projection": ("grad_dim", "kronecker")}  # (a flag only its users record, the value)
+
+
+def before_flag(name: str):
+    return BEFORE_FLAG[name][1] if name in BEFORE_FLAG else defaults().get_default(name)
+
+
+def with_before_flags(argv: list[str], cfg: dict) -> dict:
+    """recorded_spec, plus BEFORE_FLAG's values for a run made before those flags that uses them."""
+    spec = recorded_spec(argv, cfg)
+    if spec:
+        spec.update({k: v for k, (user, v) in BEFORE_FLAG.items() if k not in spec and user in spec})
+    return spec
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = parse_flags(parser(), argv, recorded_spec)
+    args = parse_flags(parser(), argv, with_before_flags)
     check_flag_use(args, defaults())  # against the real defaults, not the file's or the run's
     args.resume = args.resume or bool(args.labels)
     return args
@@ -154,8 +171,11 @@ def check_numbers(args: argparse.Namespace) -> Configs:
         raise InputError("--al_data_fraction: must be > 0")
     progress = not args.no_progress and fsdp_utils.is_main()
     tcfg, lora = train_config(args, args.seed, progress), al_lora.lora_spec(args, args.seed)
-    return Configs(score_config(args, progress), selection_config(args), tcfg, lora,
-                   config_from(AnnotationConfig, args))
+    score = score_config(args, progress)
+    if lora is not None and score.grad_projection == "kronecker":
+        raise InputError("--grad_projection kronecker: under --lora_r less takes the adapters' gradients, which are "
+                         "CountSketched; leave the flag out")
+    return Configs(score, selection_config(args), tcfg, lora, config_from(AnnotationConfig, args))
 
 
 def pool_and_budget(args: argparse.Namespace, annotate: bool, prior: dict | None) -> tuple[Pool, int]:
@@ -243,11 +263,11 @@ def check_run_dir(args: argparse.Namespace, paths: RunPaths, prior: dict | None,
         if not args.resume and not args.overwrite:
             raise InputError(f"--model_path: {paths.run}: run exists; pass --resume to continue or --overwrite")
         if args.resume:
-            check_same(prior, flags, paths.state, defaults().get_default)
+            check_same(prior, flags, paths.state, before_flag)
             check_world(prior, paths.state, fsdp_utils.world())
     elif args.resume and args.resume_checkpoint_path:
         prev = run_of_checkpoint(args.resume_checkpoint_path)
-        check_same(read_state(prev.run), flags, prev.state, defaults().get_default)
+        check_same(read_state(prev.run), flags, prev.state, before_flag)
         check_world(read_state(prev.run), prev.state, fsdp_utils.world())
 
 

@@ -19,6 +19,7 @@ from al_utils import InputError, flag_of, progress_bar, setting
 
 CLUSTER_EMBEDDINGS = ("tfidf", "hidden")
 GRAD_ANSWERS = ("generated", "pool")
+GRAD_PROJECTIONS = ("countsketch", "kronecker")
 TARGET_AGGREGATIONS = ("mean", "round_robin", "coverage")
 
 
@@ -38,6 +39,11 @@ class ScoreConfig:
     cluster_embedding: str = setting("tfidf", "cluster: what KMeans clusters (TF-IDF of the text, or mean-pooled "
                                      "hidden states)", choices=CLUSTER_EMBEDDINGS)
     grad_dim: int = setting(8192, "less: dimensions of the randomly projected gradient features")
+    grad_projection: str = setting(
+        "countsketch", "less: how a gradient becomes --grad_dim features. countsketch: each weight entry added, with a "
+        "hashed sign, to a hashed dimension (closest to exact gradients: benchmarks/results/less_projection.md); "
+        "kronecker: A^T G B per weight (this project's less before 2026-12-01, as its SmolLM2 experiments ran). "
+        "LoRA adapters: countsketch only", choices=GRAD_PROJECTIONS)
     grad_answers: str = setting("generated", "less: candidates' gradients on the model's own greedy answer (an "
                                 "unlabelled pool has no other), or on the pool's answers (an oracle upper bound)",
                                 choices=GRAD_ANSWERS)

@@ -267,7 +267,59 @@ def kron_dims(dim: int) -> tuple[int, int]:
     return d1, dim // d1
 
 
-def projections(model, dim: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+HASH_PRIME = 2**31 - 1  # entries are hashed modulo this Mersenne prime (int64 products never overflow)
+SKETCH_TABLE_BYTES = 2**30  # a round's sketches keep their hashed (bucket, sign) tables up to this size
+
+
+@dataclass(frozen=True)
+class HashSketch:
+    """A CountSketch of one flattened gradient block of `size` entries: entry k is added, with sign
+    s(k), to dimension h(k) of `dim`. h and s are seeded polynomial hashes of k modulo a prime
+    (degree 2: a linear one maps the regular rows and columns of a weight onto regular bucket
+    patterns), computed, not drawn and stored, so a block of any size has one: a 7B model's q/v
+    weights would need gigabytes of stored indices. `table` caches them for the round where they fit
+    (hash_sketches); computed or cached, the same numbers. A CountSketch keeps inner products in
+    expectation and ranks candidates far closer to exact gradients than a Kronecker projection of
+    the same dimension (benchmarks/results/less_projection.md)."""
+    dim: int
+    size: int
+    coeffs: tuple[int, ...]  # (c2, c1, c0) of the bucket's hash, then of the sign's
+    table: tuple[torch.Tensor, torch.Tensor] | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def buckets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bucket [size] (int64: index_add_ takes int32 indices ~30x slower) and sign [size] (+-1.0)
+        of entries 0..size-1."""
+        if self.table is not None:
+            return self.table
+        k = torch.arange(self.size, dtype=torch.int64)
+
+        def poly(c2: int, c1: int, c0: int) -> torch.Tensor:  # ((c2 k + c1) mod p) k + c0, mod p
+            return ((c2 * k + c1) % HASH_PRIME * k + c0) % HASH_PRIME
+
+        return poly(*self.coeffs[:3]) % self.dim, 1.0 - 2.0 * (poly(*self.coeffs[3:]) % 2).float()
+
+    def __call__(self, G: torch.Tensor) -> torch.Tensor:
+        """[B, dim]: each row of G [B, size] sketched."""
+        bucket, sign = self.buckets()
+        return torch.zeros(len(G), self.dim, dtype=G.dtype).index_add_(1, bucket, G * sign)
+
+
+def hash_sketches(sizes: Sequence[int], dim: int, seed: int) -> list[HashSketch]:
+    """One seeded HashSketch per gradient block of sizes[j] entries (their sum is one CountSketch of
+    the concatenated gradient), with their tables when all fit in SKETCH_TABLE_BYTES (12 bytes an
+    entry; then hashing costs once a round, not once a batch)."""
+    if max(sizes, default=0) > HASH_PRIME:
+        raise ValueError(f"a gradient block of {max(sizes):,} entries is more than the sketch's hash covers")
+    out = []
+    for j, n in enumerate(sizes):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + j)
+        out.append(HashSketch(dim, n, tuple(int(v) for v in torch.randint(1, HASH_PRIME, (6,), generator=g))))
+    if 12 * sum(sizes) <= SKETCH_TABLE_BYTES:
+        out = [dataclasses.replace(h, table=h.buckets()) for h in out]
+    return out
+
+
+def kron_projections(model, dim: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per weight W [out, in] a seeded Gaussian pair A [out, d1], B [in, d2]: the feature block of
     a gradient G is A^T G B (flattened d1 * d2 = dim), i.e. a projection by the Kronecker-structured
     matrix A (x) B, and the blocks of all weights are summed (independent blocks of one projection
@@ -281,6 +333,12 @@ def projections(model, dim: int, seed: int) -> list[tuple[torch.Tensor, torch.Te
     return out
 
 
+def projections(model, dim: int, seed: int, kind: str) -> list:
+    """less's reduction of each LESS_MODULES weight's gradient to `dim` (--grad_projection)."""
+    return kron_projections(model, dim, seed) if kind == "kronecker" else \
+        hash_sketches([m.weight.numel() for _, m in less_modules(model)], dim, seed)
+
+
 def adam_direction(G: torch.Tensor, m: torch.Tensor, v: torch.Tensor, betas: tuple[float, float],
                    eps: float = 1e-8) -> torch.Tensor:
     """LESS's preconditioning: the Adam update direction the gradient would cause from the saved
@@ -289,19 +347,25 @@ def adam_direction(G: torch.Tensor, m: torch.Tensor, v: torch.Tensor, betas: tup
     return (b1 * m + (1 - b1) * G) / torch.sqrt(b2 * v + (1 - b2) * G * G + eps)
 
 
-def project_grad(x: torch.Tensor, d: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
+def project_grad(x: torch.Tensor, d: torch.Tensor, proj: HashSketch | tuple[torch.Tensor, torch.Tensor],
                  moments: tuple[torch.Tensor, torch.Tensor] | None = None,
                  betas: tuple[float, float] = (0.9, 0.999)) -> torch.Tensor:
-    """[B, d1 * d2]: A^T G_b B flattened, for each row's weight gradient G_b = sum_t d_bt x_bt^T
-    (x [B, T, in]: the layer's inputs, d [B, T, out]: the loss's gradient at its outputs).
+    """[B, dim]: each row's weight gradient G_b = sum_t d_bt x_bt^T (x [B, T, in]: the layer's
+    inputs, d [B, T, out]: the loss's gradient at its outputs), Adam-preconditioned when `moments`,
+    then sketched (a HashSketch) or projected by A^T G_b B (a Kronecker pair (A, B)).
 
-    Without preconditioning G_b is never formed: A^T G_b B = sum_t (A^T d_bt)(x_bt^T B) =
-    (d_b A)^T (x_b B) (LoGra, Choe et al. 2024), T (out d1 + in d2) + d1 T d2 multiply-adds per row
-    against out T in + d1 out in for forming and projecting G_b. Adam's elementwise direction needs
-    G_b itself."""
-    if moments is None:
+    A Kronecker projection without preconditioning never forms G_b: A^T G_b B = sum_t (A^T d_bt)
+    (x_bt^T B) = (d_b A)^T (x_b B) (LoGra, Choe et al. 2024). A CountSketch and Adam's elementwise
+    direction need G_b itself."""
+    if moments is None and not isinstance(proj, HashSketch):
+        A, Bm = proj
         return torch.bmm((d @ A).transpose(1, 2), x @ Bm).flatten(1)
-    G = adam_direction(torch.bmm(d.transpose(1, 2), x), *moments, betas)  # [B, out, in]
+    G = torch.bmm(d.transpose(1, 2), x)  # [B, out, in]
+    if moments is not None:
+        G = adam_direction(G, *moments, betas)
+    if isinstance(proj, HashSketch):
+        return proj(G.flatten(1))
+    A, Bm = proj
     return (A.T @ G @ Bm).flatten(1)
 
 
@@ -374,14 +438,14 @@ def grad_features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], p
                   proj: list, moments: dict | None = None, betas: tuple[float, float] = (0.9, 0.999)) -> np.ndarray:
     """[N, dim] projected gradients of each row's mean NLL over seqs[i][starts[i]:] with respect to
     the LESS_MODULES weights (layer_grads), Adam-preconditioned when `moments` (name -> (exp_avg,
-    exp_avg_sq)); the blocks of all weights are summed (project_grad)."""
+    exp_avg_sq)); the blocks of all weights are summed (project_grad; `proj` from projections()
+    for cfg.grad_dim)."""
     named = less_modules(model)
 
     def block(j: int, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return project_grad(x, d, *proj[j], None if moments is None else moments[named[j][0]], betas)
+        return project_grad(x, d, proj[j], None if moments is None else moments[named[j][0]], betas)
 
-    return _features(model, seqs, starts, pad_id, cfg, [m for _, m in named],
-                     proj[0][0].shape[1] * proj[0][1].shape[1], block)
+    return _features(model, seqs, starts, pad_id, cfg, [m for _, m in named], cfg.grad_dim, block)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,35 +462,19 @@ def lora_grad(x: torch.Tensor, d: torch.Tensor, ad: Adapter) -> torch.Tensor:
     return ad.scale * torch.cat([gA.flatten(1), gB.flatten(1)], 1)
 
 
-def count_sketches(sizes: Sequence[int], dim: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per flattened gradient block of `sizes[j]` entries a seeded bucket in [0, dim) and sign for
-    each entry: a CountSketch, which keeps inner products in expectation and (benchmarks/results/
-    less_projection.md) ranks candidates closer to exact gradients than a Kronecker projection of
-    the same dimension. LoRA's gradients are small enough to form, so the sketch applies to them."""
-    out = []
-    for j, n in enumerate(sizes):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + j)
-        out.append((torch.randint(dim, (n,), generator=g), torch.randint(2, (n,), generator=g) * 2.0 - 1))
-    return out
-
-
-def sketch(G: torch.Tensor, bucket: torch.Tensor, sign: torch.Tensor, dim: int) -> torch.Tensor:
-    """[B, dim]: each row of G [B, n] CountSketched."""
-    return torch.zeros(len(G), dim).index_add_(1, bucket, G * sign)
-
-
 def lora_features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,
-                  adapters: Sequence[Adapter], sketches: list, moments: dict | None = None,
+                  adapters: Sequence[Adapter], sketches: Sequence[HashSketch], moments: dict | None = None,
                   betas: tuple[float, float] = (0.9, 0.999)) -> np.ndarray:
     """[N, dim] CountSketched gradients of each row's mean NLL over seqs[i][starts[i]:] with respect
     to every adapter's A and B, on the model with the adapters merged in; Adam-preconditioned when
-    `moments` (module -> (exp_avg, exp_avg_sq) of the flattened [A, B])."""
-    dim = cfg.grad_dim  # what the sketches were drawn for
+    `moments` (module -> (exp_avg, exp_avg_sq) of the flattened [A, B]); `sketches` from
+    hash_sketches() for cfg.grad_dim."""
 
     def block(j: int, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         G = lora_grad(x, d, adapters[j])
         if moments is not None:
             G = adam_direction(G, *moments[adapters[j].module], betas)
-        return sketch(G, *sketches[j], dim)
+        return sketches[j](G)
 
-    return _features(model, seqs, starts, pad_id, cfg, [model.get_submodule(a.module) for a in adapters], dim, block)
+    return _features(model, seqs, starts, pad_id, cfg, [model.get_submodule(a.module) for a in adapters],
+                     cfg.grad_dim, block)

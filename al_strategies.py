@@ -38,10 +38,10 @@ from al_selection import (
 from al_similarity import (
     Target,
     TargetConfig,
-    count_sketches,
     embed,
     grad_features,
     group_similarity,
+    hash_sketches,
     lora_features,
     projections,
     target_rows,
@@ -192,14 +192,14 @@ def _random_format(sc: Scoring, ids: list) -> list[dict]:
 
 def _less(sc: Scoring, ids: list) -> list[dict]:
     """LESS: cosine between the candidate's and the target examples' gradient features (answer-token
-    loss; the LESS_MODULES weights, Kronecker-projected, or under LoRA the adapters, CountSketched;
-    seeded), max over target groups of the mean. Candidates'
+    loss; the LESS_MODULES weights, or under LoRA the adapters; CountSketched or, for full weights
+    with --grad_projection kronecker, Kronecker-projected; seeded), max over target groups of the mean. Candidates'
     gradients are Adam-preconditioned when the last round's moments exist (targets' never: LESS
     takes plain gradients for its validation set); their answers are the model's own greedy answer
     (at most --gen_max_new_tokens tokens) unless --grad_answers pool."""
     seed = int(sc.rng.integers(2**31 - 1))
-    proj = projections(sc.model, sc.cfg.grad_dim, seed) if sc.adapters is None else \
-        count_sketches([a.size for a in sc.adapters], sc.cfg.grad_dim, seed)
+    proj = projections(sc.model, sc.cfg.grad_dim, seed, sc.cfg.grad_projection) if sc.adapters is None else \
+        hash_sketches([a.size for a in sc.adapters], sc.cfg.grad_dim, seed)
     answers = less_answers(sc, ids)
     X = less_features(sc, proj, [(sc.enc[i].prompt, a) for i, a in zip(ids, answers)], sc.moments)
     T = less_features(sc, proj, [(e.prompt, e.answer) for e in sc.target.enc], None)
@@ -381,8 +381,8 @@ STRATEGIES: dict[str, Strategy] = {
     "cluster": Strategy(_cluster, flags=("num_clusters", "cluster_embedding"), finish=_cluster_labels,
                         choose=lambda rows, n: cluster_round_robin(rows, n)),
     "rds": Strategy(_rds, flags=TARGET_FLAGS, target=True, finish=_order_by_target),
-    "less": Strategy(_less, flags=TARGET_FLAGS + ("grad_dim", "grad_answers", "gen_max_new_tokens", "shortlist"),
-                     target=True, grads=True, finish=_order_by_target),
+    "less": Strategy(_less, flags=TARGET_FLAGS + ("grad_dim", "grad_projection", "grad_answers", "gen_max_new_tokens",
+                                                  "shortlist"), target=True, grads=True, finish=_order_by_target),
     "bm25": Strategy(_bm25, model=False, flags=TARGET_FLAGS, target=True),
     "random_format": Strategy(_random_format, model=False, flags=("target_file",), target=True),
     "typiclust": Strategy(_typiclust, finish=_typiclust_clusters, choose=typiclust_pick),

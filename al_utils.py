@@ -471,7 +471,8 @@ def recorded_spec(argv: list[str], cfg: dict) -> dict:
 
 def check_same(state: dict, flags: dict, where: str, default: Callable[[str], Any]) -> None:
     """Refuse a changed run flag. A flag the run's state does not know was added after it was made:
-    at its default (or unused, None) it is what that run did, so a run made before stays resumable
+    at `default(flag)` (what runs made before it did; unused: None) it is what that run did, so a run
+    made before stays resumable
     (save_opt was not recorded before: any value). After a round whose loss became non-finite
     (state `failed`), --lr may change: the one exception, recorded in the round log."""
     old = state["flags"]

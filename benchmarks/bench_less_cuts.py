@@ -15,7 +15,8 @@ the same candidates in this process, side by side:
 - the LESS weights of the upper half of the layers only (the backward stops halfway);
 - both cuts;
 - a shortlist (--shortlist K): rds ranks every candidate, less scores only its top K (K = 2n, and
-  half the candidates); the others are never picked this round.
+  half the candidates); the others are never picked this round;
+- the other --grad_projection (countsketch for a run made with kronecker, and the reverse), two seeds.
 
 For each: seconds (x the reference), Spearman of the candidates' scores against the reference's (a
 shortlist: over the candidates it scores), and overlap of the top-n (n = the run's
@@ -39,19 +40,21 @@ import al_strategies as S  # noqa: E402
 import fsdp_utils  # noqa: E402
 from al_datasets import load_records  # noqa: E402
 from al_prompts import encode_records  # noqa: E402
-from al_scoring import ScoreConfig  # noqa: E402
+from al_scoring import GRAD_PROJECTIONS, ScoreConfig  # noqa: E402
 from al_utils import atomic_write_text, read_jsonl, read_state, run_paths  # noqa: E402
 
 
-def less_scores(sc: S.Scoring, ids: list, seed: int, gen: int, layers: slice) -> tuple[np.ndarray, float]:
-    """Mean cosine of each candidate's less features to the target's, and the seconds it took."""
+def less_scores(sc: S.Scoring, ids: list, seed: int, gen: int, layers: slice,
+                projection: str | None = None) -> tuple[np.ndarray, float]:
+    """Mean cosine of each candidate's less features to the target's (by `projection`, default the
+    run's), and the seconds it took."""
     every = M.less_modules
     M.less_modules = lambda model: [(n, m) for n, m in every(model)
                                     if int(n.split(".")[2]) in range(len(model.model.layers))[layers]]
     try:
         t0 = time.perf_counter()
         sc.cfg = dataclasses.replace(sc.cfg, gen_max_new_tokens=gen)
-        proj = M.projections(sc.model, sc.cfg.grad_dim, seed)
+        proj = M.projections(sc.model, sc.cfg.grad_dim, seed, projection or sc.cfg.grad_projection)
         answers = S.less_answers(sc, ids)
         X = S.less_features(sc, proj, [(sc.enc[i].prompt, a) for i, a in zip(ids, answers)], sc.moments)
         T = S.less_features(sc, proj, [(e.prompt, e.answer) for e in sc.target.enc], None)
@@ -94,7 +97,9 @@ def main() -> None:
     target = M.Target("target", target_rows, list(encode_records(tok, target_rows, spec["prompt_template"]).values()),
                       [""] * len(target_rows))
     cfg = ScoreConfig(max_length=spec["model_max_length"], progress=False, grad_dim=spec["grad_dim"],
-                      gen_max_new_tokens=spec["gen_max_new_tokens"])
+                      gen_max_new_tokens=spec["gen_max_new_tokens"],
+                      grad_projection=spec.get("grad_projection", "kronecker"))  # (runs made before the flag)
+    other = next(k for k in GRAD_PROJECTIONS if k != cfg.grad_projection)
     sc = S.Scoring(model, tok, enc, records, cfg, np.random.default_rng(0), target, moments=moments,
                    betas=(spec["adam_beta1"], spec["adam_beta2"]))
     n, gen, L = spec["num_acquisition_samples"], spec["gen_max_new_tokens"], len(model.model.layers)
@@ -104,11 +109,13 @@ def main() -> None:
                 f"upper {L - L // 2} of {L} layers": (0, gen, slice(L // 2, None)),
                 "both cuts": (0, gen // 2, slice(L // 2, None)),
                 f"shortlist {2 * n} (rds)": (2 * n, gen),
-                f"shortlist {len(ids) // 2} (rds)": (len(ids) // 2, gen)}
+                f"shortlist {len(ids) // 2} (rds)": (len(ids) // 2, gen),
+                f"{other} projection": (0, gen, slice(None), other),
+                f"{other} projection, another seed": (1, gen, slice(None), other)}
     if a.variants:
         keep = {0, *map(int, a.variants.split(","))}
         variants = {k: v for j, (k, v) in enumerate(variants.items()) if j in keep}
-    res = {k: less_scores(sc, ids, *v) if len(v) == 3 else shortlisted(sc, ids, *v) for k, v in variants.items()}
+    res = {k: less_scores(sc, ids, *v) if len(v) >= 3 else shortlisted(sc, ids, *v) for k, v in variants.items()}
     ref, t_ref = next(iter(res.values()))
     top = set(np.argsort(-ref)[:n].tolist())
     lines = [f"# Cheaper less: what each cut saves and how far the picks move ({os.path.basename(ckpt)})", "",

@@ -51,8 +51,8 @@ def main() -> None:
     spec = LoraSpec(r=a.lora_r)
     adapters = [Adapter(ad.module, ad.A, torch.randn(ad.B.shape, generator=g) * 1e-3, ad.scale)
                 for ad in fresh_adapters(model, spec)]
-    sk = M.count_sketches([ad.size for ad in adapters], cfg.grad_dim, 0)
-    proj = M.projections(model, cfg.grad_dim, 0)
+    sk = M.hash_sketches([ad.size for ad in adapters], cfg.grad_dim, 0)
+    proj = M.kron_projections(model, cfg.grad_dim, 0)
     full_m = {n: (torch.randn_like(m.weight) * 1e-4, torch.rand_like(m.weight) * 1e-6)
               for n, m in M.less_modules(model)}
     lora_m = {ad.module: (torch.randn(ad.size, generator=g) * 1e-4, torch.rand(ad.size, generator=g) * 1e-6)

@@ -10,12 +10,13 @@ the rest of the pool, all in one process, measured side by side:
 - forward_ppl over the candidates (what "x forward_ppl" divides by);
 - less as in round >= 1 of the loop: greedy answers, then per batch the forward + backward that yields
   each LESS weight's inputs x and output gradients d (`al_similarity.layer_grads`), then the features
-  (`project_grad`: form G = sum_t d x^T, Adam direction, A^T G B), for the candidates (Adam, moments
-  of the right shapes) and the target (plain);
-- floors: a no-grad forward over the same batches (a forward + backward costs about three), and for the
-  target's plain features the projection done the way it was before it was factored (G formed, then
-  A^T G B): time and agreement (largest relative difference of a feature row, rank correlation and
-  top-10 overlap of --agree candidates' mean-similarity scores computed both ways without Adam).
+  (`project_grad`: form G = sum_t d x^T, Adam direction, CountSketch or A^T G B by --grad_projection),
+  for the candidates (Adam, moments of the right shapes) and the target (plain);
+- floors: a no-grad forward over the same batches (a forward + backward costs about three), and with
+  --grad_projection kronecker, for the target's plain features, the projection done the way it was
+  before it was factored (G formed, then A^T G B): time and agreement (largest relative difference
+  of a feature row, rank correlation and top-10 overlap of --agree candidates' mean-similarity
+  scores computed both ways without Adam).
 
 Writes a markdown table to --out.
 """
@@ -40,8 +41,9 @@ from al_scoring import pad  # noqa: E402
 from al_utils import atomic_write_text  # noqa: E402
 
 
-def materialised(x: torch.Tensor, d: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor) -> torch.Tensor:
-    """The projection as it was before project_grad factored it: G formed, then A^T G B."""
+def materialised(x: torch.Tensor, d: torch.Tensor, proj: tuple) -> torch.Tensor:
+    """The Kronecker projection as it was before project_grad factored it: G formed, then A^T G B."""
+    A, Bm = proj
     return (A.T @ torch.bmm(d.transpose(1, 2), x) @ Bm).flatten(1)
 
 
@@ -63,12 +65,14 @@ def features(sc: S.Scoring, proj: list, pairs: list, moments: dict | None, t: di
             break
         t[f"{what}: forward + backward"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        new[idx] = sum(M.project_grad(x, d, A, B, None if moments is None else moments[n], sc.betas)
-                       for n, (A, B), (x, d) in zip(names, proj, acts)).numpy()
-        t[f"{what}: features" + (" (form G, Adam, project)" if moments else " (factored)")] += time.perf_counter() - t0
-        if moments is None:
+        new[idx] = sum(M.project_grad(x, d, pj, None if moments is None else moments[n], sc.betas)
+                       for n, pj, (x, d) in zip(names, proj, acts)).numpy()
+        how = "project" if cfg.grad_projection == "kronecker" else "sketch"
+        t[f"{what}: features" + (f" (form G, Adam, {how})" if moments else " (factored)" if how == "project"
+                                 else " (form G, sketch)")] += time.perf_counter() - t0
+        if moments is None and cfg.grad_projection == "kronecker":
             t0 = time.perf_counter()
-            old[idx] = sum(materialised(x, d, A, B) for (A, B), (x, d) in zip(proj, acts)).numpy()
+            old[idx] = sum(materialised(x, d, pj) for pj, (x, d) in zip(proj, acts)).numpy()
             t[f"floor: {what} features as before (form G, project)"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -89,6 +93,7 @@ def main() -> None:
     p.add_argument("--max_length", type=int, default=384)
     p.add_argument("--gen_max_new_tokens", type=int, default=32)
     p.add_argument("--grad_dim", type=int, default=8192)
+    p.add_argument("--grad_projection", default="countsketch", choices=("countsketch", "kronecker"))
     p.add_argument("--agree", type=int, default=50, help="candidates whose scores are also computed without Adam, "
                    "projected both ways (the agreement check)")
     p.add_argument("--threads", type=int, default=2)
@@ -102,33 +107,36 @@ def main() -> None:
     fwd = time.perf_counter() - t0
     sc.moments = {n: (torch.randn_like(m.weight) * 1e-4, torch.rand_like(m.weight) * 1e-6)
                   for n, m in M.less_modules(model)}
-    proj = M.projections(model, cfg.grad_dim, 0)
+    proj = M.projections(model, cfg.grad_dim, 0, cfg.grad_projection)
     t0 = time.perf_counter()
     answers = S.less_answers(sc, ids)
     t["greedy answers"] = time.perf_counter() - t0
     pairs = [(enc[i].prompt, ans) for i, ans in zip(ids, answers)]
     features(sc, proj, pairs, sc.moments, t, "candidates")
     T_new, T_old = features(sc, proj, [(e.prompt, e.answer) for e in target.enc], None, t, "target")
-    # agreement of the factored projection with the pre-factoring one, on candidates without Adam
-    C_new, C_old = features(sc, proj, pairs[: a.agree], None, defaultdict(float), "candidates")
-    rel = max(float(np.abs(new - old).max() / np.abs(old).max()) for new, old in ((T_new, T_old), (C_new, C_old)))
-    s_new, s_old = (unit(C) @ unit(T).T for C, T in ((C_new, T_new), (C_old, T_old)))
-    s_new, s_old = s_new.mean(1), s_old.mean(1)
-    rho = spearmanr(s_new, s_old).statistic
-    top = len(set(np.argsort(-s_new)[:10]) & set(np.argsort(-s_old)[:10]))
+    agreement = []
+    if cfg.grad_projection == "kronecker":  # the factored projection against the pre-factoring one, without Adam
+        C_new, C_old = features(sc, proj, pairs[: a.agree], None, defaultdict(float), "candidates")
+        rel = max(float(np.abs(new - old).max() / np.abs(old).max()) for new, old in ((T_new, T_old), (C_new, C_old)))
+        s_new, s_old = (unit(C) @ unit(T).T for C, T in ((C_new, T_new), (C_old, T_old)))
+        s_new, s_old = s_new.mean(1), s_old.mean(1)
+        rho = spearmanr(s_new, s_old).statistic
+        top = len(set(np.argsort(-s_new)[:10]) & set(np.argsort(-s_old)[:10]))
+        agreement = [f"Factored projection (target, and candidates without Adam) against G formed then projected: "
+                     f"largest relative difference of a feature {rel:.1e}; the first {a.agree} candidates' "
+                     f"mean-similarity scores Spearman {rho:.6f}, top-10 overlap {top}/10.", ""]
     less = sum(v for k, v in t.items() if not k.startswith("floor"))
     name = os.path.basename(a.model.rstrip("/"))
     lines = [f"# less, phase by phase ({name}, {a.n} candidates, 30 targets)", "",
              f"`python benchmarks/bench_less_phases.py --model {a.model} --n {a.n}`: fp32 CPU, {a.threads} threads, "
              f"prompts truncated at {a.max_length} tokens, {a.gen_max_new_tokens} greedy answer tokens, "
-             f"--grad_dim {a.grad_dim}, Adam moments of the right shapes; one process, measured side by side.", "",
+             f"--grad_dim {a.grad_dim} --grad_projection {a.grad_projection}, Adam moments of the right shapes; "
+             "one process, measured side by side.", "",
              f"forward_ppl over the candidates: {fwd:.1f} s; less in all: {less:.1f} s = **{less / fwd:.2f}x "
              "forward_ppl**.", "",
              "| phase | seconds | x forward_ppl |", "|---|---:|---:|"]
     lines += [f"| {k} | {v:.2f} | {v / fwd:.2f}x |" for k, v in t.items()]
-    lines += ["", f"Factored projection (target, and candidates without Adam) against G formed then projected: "
-              f"largest relative difference of a feature {rel:.1e}; the first {a.agree} candidates' "
-              f"mean-similarity scores Spearman {rho:.6f}, top-10 overlap {top}/10.", ""]
+    lines += ["", *agreement]
     text = "\n".join(lines)
     atomic_write_text(a.out, text)
     print(text)

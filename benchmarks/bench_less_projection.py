@@ -9,8 +9,10 @@ of the LESS weights (the q/v projections of every layer, concatenated). Each pro
 are compared with the exact ones (Spearman, top-10 overlap), over 5 projection seeds, beside the
 seconds it takes per example once the gradient G is formed (the Adam path forms it anyway):
 
-- kron d: today's Kronecker-structured Gaussian projection, A^T G B per weight (d = d1 x d2);
-- countsketch d: each gradient entry added, with a seeded random sign, to one of d seeded buckets.
+- kron d: the Kronecker-structured Gaussian projection, A^T G B per weight (d = d1 x d2;
+  --grad_projection kronecker, less's only projection before 2026-12-01);
+- countsketch d: each gradient entry added, with a hashed sign, to one of d hashed buckets
+  (al_similarity.HashSketch, less's default).
 
 Writes a markdown table to --out.
 """
@@ -45,23 +47,15 @@ def gradients(model, pairs: list, pad_id: int) -> list[list[torch.Tensor]]:
 
 
 def kron(model, dim: int, seed: int):
-    """Today's projection: per weight A^T G B, the blocks summed."""
-    proj = M.projections(model, dim, seed)
+    """Per weight A^T G B, the blocks summed."""
+    proj = M.kron_projections(model, dim, seed)
     return lambda gs: sum((A.T @ G @ B).reshape(-1) for G, (A, B) in zip(gs, proj))
 
 
 def countsketch(model, dim: int, seed: int):
-    """Per weight a seeded bucket and sign for every entry; the weights' sketches summed."""
-    g = torch.Generator().manual_seed(seed)
-    hashes = [(torch.randint(dim, (m.weight.numel(),), generator=g),
-               torch.randint(2, (m.weight.numel(),), generator=g) * 2.0 - 1) for _, m in M.less_modules(model)]
-
-    def apply(gs: list) -> torch.Tensor:
-        out = torch.zeros(dim)
-        for G, (h, sign) in zip(gs, hashes):
-            out.index_add_(0, h, G.reshape(-1) * sign)
-        return out
-    return apply
+    """less's HashSketch of every weight, the sketches summed."""
+    sk = M.projections(model, dim, seed, "countsketch")
+    return lambda gs: sum(s(G.reshape(1, -1))[0] for G, s in zip(gs, sk))
 
 
 def mean_cos(X: np.ndarray, T: np.ndarray) -> np.ndarray:

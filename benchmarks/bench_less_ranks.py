@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fsdp_utils  # noqa: E402
 from al_scoring import ScoreConfig, generate  # noqa: E402
-from al_similarity import grad_features, projections  # noqa: E402
+from al_similarity import grad_features, kron_projections  # noqa: E402
 from al_utils import atomic_write_text  # noqa: E402
 from bench_sharded_load import GB, add_model_args, build, end_worker, peak, rss  # noqa: E402
 
@@ -62,7 +62,7 @@ def worker(mode: str, a) -> None:
     target = [torch.randint(3, vocab, (a.prompt + a.new,), generator=g).tolist() for _ in range(a.targets)]
     mine = prompts[fsdp_utils.my_slice(len(prompts))]
     cfg = ScoreConfig(token_budget=a.token_budget, progress=False)
-    proj = projections(model, 8192, 0)
+    proj = kron_projections(model, 8192, 0)  # (as measured: less_ranks*.md)
     t0 = time.time()
     local = fsdp_utils.full_params(model) if mode == "two-copy" else contextlib.nullcontext()
     with local:  # stop id 0 never comes up: every answer is --new tokens long

@@ -42,7 +42,7 @@ def targeted_pass(a: argparse.Namespace) -> tuple[S.Scoring, list]:
     pool, rest = records[: a.n], records[a.n:]
     target_rows = [r for r in rest if r["category"] == "summarization"][:30]
     cfg = ScoreConfig(max_length=a.max_length, progress=False, gen_max_new_tokens=a.gen_max_new_tokens,
-                      grad_dim=a.grad_dim)
+                      grad_dim=a.grad_dim, grad_projection=a.grad_projection)
     target = M.Target("target", target_rows, list(encode_records(tok, target_rows).values()), [""] * len(target_rows))
     sc = S.Scoring(model, tok, encode_records(tok, pool), {r["id"]: r for r in pool}, cfg, np.random.default_rng(0),
                    target)
@@ -61,7 +61,7 @@ def child(a: argparse.Namespace) -> None:
     else:
         sc.moments = {n: (torch.zeros_like(m.weight), torch.full_like(m.weight, 1e-4))
                       for n, m in M.less_modules(model)}
-        proj = M.projections(model, cfg.grad_dim, 0)
+        proj = M.projections(model, cfg.grad_dim, 0, cfg.grad_projection)
         parts["projection matrices"] = time.perf_counter() - t0
         t = time.perf_counter()
         answers = S.less_answers(sc, ids)
@@ -85,6 +85,7 @@ def main() -> None:
     p.add_argument("--max_length", type=int, default=384)
     p.add_argument("--gen_max_new_tokens", type=int, default=32)
     p.add_argument("--grad_dim", type=int, default=8192)
+    p.add_argument("--grad_projection", default="countsketch", choices=("countsketch", "kronecker"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/targeted.md")
     p.add_argument("--strategy", default=None, help=argparse.SUPPRESS)  # the child's

@@ -24,9 +24,9 @@ RUN = {"file_path", "init_checkpoint_path", "heldout_size", "num_acquisition_sam
        "model_max_length", "score_token_budget", "batch_size", "gen_max_new_tokens", "self_ask_positions",
        "num_clusters", "cluster_embedding", "ifd_max", "lr", "epochs", "train_batch_size", "grad_accum",
        "train_max_length", "weight_decay", "adam_beta1", "adam_beta2", "warmup_ratio", "max_grad_norm",
-       "seed_strategy", "max_similarity", "target_file", "target_group_field", "grad_dim", "grad_answers", "shortlist",
-       "budget_unit", "test_file", "prompt_template", "lora_r", "lora_alpha", "lora_dropout",
-       "lora_target_modules", "target_aggregation", "target_normalize"}
+       "seed_strategy", "max_similarity", "target_file", "target_group_field", "grad_dim", "grad_projection",
+       "grad_answers", "shortlist", "budget_unit", "test_file", "prompt_template", "lora_r", "lora_alpha",
+       "lora_dropout", "lora_target_modules", "target_aggregation", "target_normalize"}
 CONTROL = {"model_path", "al_data_fraction", "resume", "resume_checkpoint_path", "overwrite", "stop_after_round",
            "save_file_name", "plot_ppl_hist", "threads", "no_progress", "deterministic", "save_opt",
            "activation_checkpointing", "annotate_out", "labels", "draft_answers", "draft_max_new_tokens", "config",

@@ -102,11 +102,12 @@ def test_less_lora_features_equal_autograd_on_the_adapters(tiny_model, data, tmp
     for n, (m, v) in state.items():
         assert moments[n][0].equal(m) and moments[n][1].equal(v)
     dim = 64
-    sk = M.count_sketches([a.size for a in adapters], dim, seed=5)
+    sk = M.hash_sketches([a.size for a in adapters], dim, seed=5)
     mats = []  # each sketch as the matrix it applies: row i has its sign at its bucket
-    for (bucket, sign), a in zip(sk, adapters):
+    for s, a in zip(sk, adapters):
+        bucket, sign = s.buckets()
         S = torch.zeros(a.size, dim)
-        S[torch.arange(a.size), bucket] = sign
+        S[torch.arange(a.size), bucket.long()] = sign
         mats.append(S)
     for mom in (None, moments):
         got = M.lora_features(model, seqs, starts, pad_id_of(tok), ScoreConfig(grad_dim=dim, token_budget=512),

@@ -197,14 +197,107 @@ def test_less_features_equal_projected_autograd_gradients(setup):
     seqs = [enc[i].prompt[:s] + enc[i].answer[:20] for i, s in zip(ids, starts)]
     names = [n for n, _ in M.less_modules(model)]
     assert names[:2] == ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.v_proj.weight"]
-    proj = M.projections(model, 48, seed=3)
+    proj = M.kron_projections(model, 48, seed=3)
     assert M.kron_dims(48) == (6, 8) and M.kron_dims(8192) == (64, 128)
-    got = M.grad_features(model, seqs, starts, P.pad_id_of(tok), SC.ScoreConfig(token_budget=512), proj)
+    got = M.grad_features(model, seqs, starts, P.pad_id_of(tok), SC.ScoreConfig(token_budget=512, grad_dim=48), proj)
     R = [torch.kron(A, B) for A, B in proj]  # the explicit [out*in, 48] projection of each weight
     for row, s, st in zip(got, seqs, starts):
         g = hand_grad(model, s, st, names)
         want = sum(g[n].reshape(-1) @ r for n, r in zip(names, R))
         np.testing.assert_allclose(row, want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_hash_sketch_is_the_countsketch_its_hashes_describe():
+    """Entry k goes, with sign s(k), to bucket h(k): the sketch of a batch equals its product with
+    the explicit sparse matrix; the hashes are seeded, spread over the buckets, differ per block, and
+    the round's cached table holds exactly what they compute."""
+    import dataclasses
+
+    a, b = M.hash_sketches([30_000, 500], 64, seed=7)
+    assert a.table is not None and M.hash_sketches([30_000, 500], 64, seed=7) == [a, b]
+    assert a.coeffs != b.coeffs != M.hash_sketches([30_000, 500], 64, 8)[1].coeffs
+    bucket, sign = a.buckets()
+    computed = dataclasses.replace(a, table=None).buckets()
+    assert bucket.equal(computed[0]) and sign.equal(computed[1])
+    assert 0 <= int(bucket.min()) and int(bucket.max()) < 64
+    assert set(sign.unique().tolist()) == {-1.0, 1.0} and abs(float(sign.mean())) < 0.03
+    counts = torch.bincount(bucket, minlength=64).float()
+    assert float(counts.min()) > 0.7 * 30_000 / 64 and float(counts.max()) < 1.3 * 30_000 / 64
+    G = torch.randn(3, 500, generator=torch.Generator().manual_seed(0))
+    S = torch.zeros(500, 64)
+    bucket, sign = b.buckets()
+    S[torch.arange(500), bucket.long()] = sign
+    torch.testing.assert_close(b(G), G @ S)
+
+
+def test_less_countsketch_features_equal_sketched_autograd_gradients(setup, monkeypatch):
+    """--grad_projection countsketch (the default): each weight's gradient (Adam direction with
+    moments) times its explicit sketch matrix, summed over the weights (1e-4); the same with the
+    hashes computed per batch (sketches too large to keep their tables)."""
+    model, tok, records, enc = setup
+    ids = list(records)[:4]
+    starts = [min(40, len(enc[i].prompt)) for i in ids]
+    seqs = [enc[i].prompt[:s] + enc[i].answer[:20] for i, s in zip(ids, starts)]
+    named = M.less_modules(model)
+    names = [n for n, _ in named]
+    proj = M.projections(model, 48, 3, "countsketch")
+    assert SC.ScoreConfig().grad_projection == "countsketch" and len(proj) == len(named)
+    mats = []
+    for sk, (_, m) in zip(proj, named):
+        S = torch.zeros(m.weight.numel(), 48)
+        bucket, sign = sk.buckets()
+        S[torch.arange(m.weight.numel()), bucket.long()] = sign
+        mats.append(S)
+    g = torch.Generator().manual_seed(1)
+    moments = {n: (torch.randn(m.weight.shape, generator=g) * 1e-3, torch.rand(m.weight.shape, generator=g) * 1e-5)
+               for n, m in named}
+    for mom in (None, moments):
+        got = M.grad_features(model, seqs, starts, P.pad_id_of(tok), SC.ScoreConfig(token_budget=512, grad_dim=48),
+                              proj, mom)
+        for row, s, st in zip(got, seqs, starts):
+            grad = hand_grad(model, s, st, names)
+            want = 0
+            for n, S in zip(names, mats):
+                x = grad[n]
+                if mom is not None:  # LESS's formula
+                    m, v = mom[n]
+                    x = (0.9 * m + 0.1 * x) / torch.sqrt(0.999 * v + 0.001 * x ** 2 + 1e-8)
+                want = want + x.reshape(-1) @ S
+            np.testing.assert_allclose(row, want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    monkeypatch.setattr(M, "SKETCH_TABLE_BYTES", 0)
+    bare = M.projections(model, 48, 3, "countsketch")
+    assert all(s.table is None for s in bare) and bare == proj
+    cfg = SC.ScoreConfig(token_budget=512, grad_dim=48)
+    assert np.array_equal(M.grad_features(model, seqs, starts, P.pad_id_of(tok), cfg, bare, moments),
+                          M.grad_features(model, seqs, starts, P.pad_id_of(tok), cfg, proj, moments))
+
+
+def test_less_run_made_before_grad_projection_resumes_with_kronecker(tiny_model, target_data, tmp_path, capsys):
+    """A less run whose state predates --grad_projection was Kronecker-projected: resumed without the
+    flag it stays so (the same picks as an uninterrupted --grad_projection kronecker run); the
+    default (countsketch) picks otherwise; asking for countsketch on it is refused."""
+    target, pool_t, _ = target_data
+
+    def run(name: str, *extra: str) -> list:
+        acquisition_AL.main(["--file_path", pool_t, "--init_checkpoint_path", tiny_model, "--model_path",
+                             str(tmp_path / name), "--al_data_fraction", "90", "--target_file", target, *FLAGS,
+                             "--sampling_strategy", "less", "--grad_dim", "64", "--gen_max_new_tokens", "4", *extra])
+        return [r["id"] for r in json.load(open(tmp_path / name / "selected.json"))]
+
+    kron = run("kron", "--grad_projection", "kronecker")
+    assert run("sketch") != kron
+    run("old", "--grad_projection", "kronecker", "--stop_after_round", "1")
+    state = json.load(open(tmp_path / "old" / "state.json"))
+    for part in ("flags", "spec"):
+        del state[part]["grad_projection"]
+    json.dump(state, open(tmp_path / "old" / "state.json", "w"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        acquisition_AL.run_cli(lambda: acquisition_AL.main(["--model_path", str(tmp_path / "old"), "--resume",
+                                                            "--grad_projection", "countsketch"]))
+    assert "grad_projection: None -> 'countsketch'" in capsys.readouterr().err
+    acquisition_AL.main(["--model_path", str(tmp_path / "old"), "--resume"])
+    assert [r["id"] for r in json.load(open(tmp_path / "old" / "selected.json"))] == kron
 
 
 def test_factored_projection_equals_the_projection_of_the_formed_gradient():
@@ -215,11 +308,11 @@ def test_factored_projection_equals_the_projection_of_the_formed_gradient():
     A, B = torch.randn(10, 4, generator=g), torch.randn(12, 6, generator=g)
     G = torch.einsum("bto,bti->boi", d, x)
     want = torch.stack([(A.T @ G[b] @ B).reshape(-1) for b in range(3)])
-    torch.testing.assert_close(M.project_grad(x, d, A, B), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    torch.testing.assert_close(M.project_grad(x, d, (A, B)), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
     m, v = torch.randn(10, 12, generator=g), torch.rand(10, 12, generator=g)  # with Adam: G formed, as LESS does
     gamma = (0.9 * m + 0.1 * G) / torch.sqrt(0.999 * v + 0.001 * G ** 2 + 1e-8)
     want = torch.stack([(A.T @ gamma[b] @ B).reshape(-1) for b in range(3)])
-    torch.testing.assert_close(M.project_grad(x, d, A, B, (m, v), (0.9, 0.999)), want, rtol=1e-5,
+    torch.testing.assert_close(M.project_grad(x, d, (A, B), (m, v), (0.9, 0.999)), want, rtol=1e-5,
                                atol=1e-5 * float(want.abs().max()))
 
 
@@ -244,8 +337,9 @@ def test_less_adam_preconditioning_from_a_saved_optimizer_state(setup, tmp_path)
         torch.testing.assert_close(moments[n][0], opt.state[params[n]]["exp_avg"])
         torch.testing.assert_close(moments[n][1], opt.state[params[n]]["exp_avg_sq"])
     seq, start = enc[ids0 := list(records)[9]].prompt[:30] + enc[ids0].answer[:10], 30
-    proj = M.projections(trained, 24, seed=1)
-    got = M.grad_features(trained, [seq], [start], P.pad_id_of(tok), SC.ScoreConfig(), proj, moments, (0.9, 0.999))
+    proj = M.kron_projections(trained, 24, seed=1)
+    got = M.grad_features(trained, [seq], [start], P.pad_id_of(tok), SC.ScoreConfig(grad_dim=24), proj, moments,
+                          (0.9, 0.999))
     g = hand_grad(trained, seq, start, names)
     want = 0
     for n, (A, B) in zip(names, proj):
@@ -273,6 +367,8 @@ def test_less_run_and_its_bad_input(tiny_model, target_data, tmp_path, capsys):
                                             "takes the target's gradients on its answers)"),
             (["--grad_dim", "0"], "--grad_dim: must be >= 1"),
             (["--shortlist", "-1"], "--shortlist: must be >= 0"),
+            (["--grad_projection", "kronecker", "--lora_r", "4"], "--grad_projection kronecker: under --lora_r less "
+             "takes the adapters' gradients, which are CountSketched; leave the flag out"),
             (["--grad_answers", "pool", "--file_path", unlabelled, "--annotate_out", str(tmp_path / "b.jsonl")],
              f"{unlabelled}:1: output: empty or missing (--grad_answers pool takes gradients on the pool's answers; "
              "the default takes the model's own)")):
