@@ -55,6 +55,9 @@ def features(sc: S.Scoring, proj: list, pairs: list, moments: dict | None, t: di
     names = [n for n, _ in M.less_modules(model)]
     new = np.zeros((len(seqs), cfg.grad_dim), dtype=np.float32)
     old = np.zeros_like(new)
+    kron = cfg.grad_projection == "kronecker"
+    label = f"{what}: features " + ("(form G, Adam, " + ("project)" if kron else "sketch)") if moments
+                                    else "(factored)" if kron else "(form G, sketch)")
     grads = M.layer_grads(model, seqs, starts, sc.pad_id, cfg)
     model.eval()
     while True:
@@ -67,10 +70,8 @@ def features(sc: S.Scoring, proj: list, pairs: list, moments: dict | None, t: di
         t0 = time.perf_counter()
         new[idx] = sum(M.project_grad(x, d, pj, None if moments is None else moments[n], sc.betas)
                        for n, pj, (x, d) in zip(names, proj, acts)).numpy()
-        how = "project" if cfg.grad_projection == "kronecker" else "sketch"
-        t[f"{what}: features" + (f" (form G, Adam, {how})" if moments else " (factored)" if how == "project"
-                                 else " (form G, sketch)")] += time.perf_counter() - t0
-        if moments is None and cfg.grad_projection == "kronecker":
+        t[label] += time.perf_counter() - t0
+        if moments is None and kron:
             t0 = time.perf_counter()
             old[idx] = sum(materialised(x, d, pj) for pj, (x, d) in zip(proj, acts)).numpy()
             t[f"floor: {what} features as before (form G, project)"] += time.perf_counter() - t0
