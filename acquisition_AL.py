@@ -60,6 +60,7 @@ from al_utils import (
     add_config_args,
     add_save_opt_args,
     answer_words,
+    before_values,
     check_common_args,
     check_same,
     check_world,
@@ -134,20 +135,18 @@ def defaults() -> argparse.ArgumentParser:
     return parser()
 
 
-# what a run made before a flag existed did, where that is not the flag's default: such a run resumes
-# doing it (state.json's spec lacks the flag; a flag that does not apply is absent too)
-BEFORE_FLAG = {"grad_projection": ("grad_dim", "kronecker")}  # (a flag only its users record, the value)
-
-
 def before_flag(name: str):
-    return BEFORE_FLAG[name][1] if name in BEFORE_FLAG else defaults().get_default(name)
+    """What a run made before flag `name` existed did: its declared `before`, else its default."""
+    return before_values(defaults()).get(name, defaults().get_default(name))
 
 
 def with_before_flags(argv: list[str], cfg: dict) -> dict:
-    """recorded_spec, plus BEFORE_FLAG's values for a run made before those flags that uses them."""
+    """recorded_spec, plus the declared `before` value of each flag the run's strategy reads and its
+    spec lacks (a run made before that flag): such a run resumes doing what it did."""
     spec = recorded_spec(argv, cfg)
     if spec:
-        spec.update({k: v for k, (user, v) in BEFORE_FLAG.items() if k not in spec and user in spec})
+        reads = strategy(spec.get("sampling_strategy", defaults().get_default("sampling_strategy"))).flags
+        spec.update({k: v for k, v in before_values(defaults()).items() if k not in spec and k in reads})
     return spec
 
 

@@ -43,7 +43,7 @@ class ScoreConfig:
         "countsketch", "less: how a gradient becomes --grad_dim features. countsketch: each weight entry added, with a "
         "hashed sign, to a hashed dimension (closest to exact gradients: benchmarks/results/less_projection.md); "
         "kronecker: A^T G B per weight (this project's less before 2026-12-01, as its SmolLM2 experiments ran). "
-        "LoRA adapters: countsketch only", choices=GRAD_PROJECTIONS)
+        "LoRA adapters: countsketch only", choices=GRAD_PROJECTIONS, before="kronecker")
     grad_answers: str = setting("generated", "less: candidates' gradients on the model's own greedy answer (an "
                                 "unlabelled pool has no other), or on the pool's answers (an oracle upper bound)",
                                 choices=GRAD_ANSWERS)

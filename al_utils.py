@@ -234,14 +234,20 @@ def add_save_opt_args(g: Any, default: bool) -> None:
                    help=f"save the model without optimizer state {off}".rstrip())
 
 
+NOT_BEFORE = object()  # setting(before=...) left out: runs made before the setting did its default
+
+
 def setting(default: Any, help: str, flag: str | None = None, choices: tuple | None = None,
-            type: Callable | None = None, metavar: str | None = None, section: str | None = None) -> Any:
+            type: Callable | None = None, metavar: str | None = None, section: str | None = None,
+            before: Any = NOT_BEFORE) -> Any:
     """A config dataclass field declared once: its default, its help, its flag (default: the
-    field's name), its choices, its type where the default does not say it (None) and the --help
-    section it is listed under when not its class's. A field whose default is False is an
-    on-switch (store_true). add_config_args makes the flags, config_from reads them back."""
+    field's name), its choices, its type where the default does not say it (None), the --help
+    section it is listed under when not its class's, and `before`: what runs made before the
+    setting existed did where that is not its default (they resume doing it: before_values). A
+    field whose default is False is an on-switch (store_true). add_config_args makes the flags,
+    config_from reads them back."""
     return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "type": type,
-                                            "metavar": metavar, "section": section})
+                                            "metavar": metavar, "section": section, "before": before})
 
 
 def _declared(cls: type) -> dict[str, Any]:
@@ -257,11 +263,19 @@ def add_config_args(g: Any, cls: type, section: str | None = None) -> None:
         if m["section"] != section:
             continue
         if f.default is False:
-            g.add_argument(f"--{flag}", action="store_true", help=m["help"])
-            continue
-        kind = {} if m["choices"] else {"type": m["type"] or type(f.default)}
-        g.add_argument(f"--{flag}", **kind, default=f.default, choices=m["choices"], metavar=m["metavar"],
-                       help=m["help"])
+            action = g.add_argument(f"--{flag}", action="store_true", help=m["help"])
+        else:
+            kind = {} if m["choices"] else {"type": m["type"] or type(f.default)}
+            action = g.add_argument(f"--{flag}", **kind, default=f.default, choices=m["choices"],
+                                    metavar=m["metavar"], help=m["help"])
+        if m["before"] is not NOT_BEFORE:
+            action.before = m["before"]  # read back by before_values
+
+
+def before_values(p: argparse.ArgumentParser) -> dict[str, Any]:
+    """{dest: value} of the flags declared with setting(before=...): what a run made before the flag
+    existed did (its state.json lacks the flag)."""
+    return {a.dest: a.before for a in p._actions if hasattr(a, "before")}
 
 
 def config_from(cls: type, args: argparse.Namespace, **more: Any) -> Any:
