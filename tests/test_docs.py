@@ -54,3 +54,18 @@ def test_relative_links_resolve(doc):
             continue
         path = os.path.normpath(os.path.join(ROOT, os.path.dirname(doc), target.split("#")[0]))
         assert os.path.exists(path), f"{doc}: link {target} leads nowhere"
+
+
+def test_every_result_file_has_a_provenance_row():
+    """benchmarks/results/README.md's provenance table names every result file (a backticked name or
+    glob in a row's first cell), so each table's command, date and commit can be found."""
+    import fnmatch
+
+    text = open(os.path.join(ROOT, "benchmarks/results/README.md")).read()
+    rows = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
+    names = [n for cell in rows for n in re.findall(r"`([^`]+)`", cell)]
+    assert len(names) >= 20, names  # the table was found
+    files = [f for f in os.listdir(os.path.join(ROOT, "benchmarks/results"))
+             if f.endswith((".md", ".png")) and f != "README.md"]
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, n) for n in names)]
+    assert not missing, f"benchmarks/results/README.md: no provenance row for {missing}"
