@@ -245,7 +245,7 @@ def stop_ids(model, tokenizer) -> list[int]:
 @torch.no_grad()
 def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pad_id: int, stop: Sequence[int],
              batch_size: int, progress: bool = True, desc: str = "generating", sampling: dict | None = None,
-             seed: int = 0, with_logits: bool = False, in_step: bool = False
+             seed: int = 0, with_logits: bool = False, in_step: bool = False, kv_tokens: int | None = None
              ) -> list[tuple[list[int], torch.Tensor | None]]:
     """Batched KV-cache decoding (scoring and evaluation), left-padded, batched in length order,
     returned in input order: per prompt (generated ids up to and including the first stop id, the raw
@@ -257,24 +257,29 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pa
 
     `in_step`: the model is sharded (FSDP2, outside full_params) and gathers each layer as it runs,
     a collective: every rank makes as many generate() calls (a rank short of batches decodes a
-    1-token dummy) and steps until every rank's batch is done (HF's synced_gpus)."""
+    1-token dummy) and steps until every rank's batch is done (HF's synced_gpus).
+
+    `kv_tokens`: a batch also holds at most this many prompt + new tokens (its KV cache), so short
+    prompts decode many rows at a time: a decode step reads every weight whatever the rows, so more
+    rows per step cost little more (benchmarks/results/less_gen_rows.md)."""
     dev = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    lengths = [len(p) + m for p, m in zip(prompts, max_new)] if kv_tokens else [len(p) for p in prompts]
+    batches = make_batches(lengths, kv_tokens or sys.maxsize, batch_size)
     results: list = [None] * len(prompts)
     model.eval()
     kw = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
     stops = set(stop)
-    starts = range(0, len(order), batch_size)
     if in_step:
         kw["synced_gpus"] = True
-        for _ in range(fsdp_utils.max_over_ranks(len(starts)) - len(starts)):
+        for _ in range(fsdp_utils.max_over_ranks(len(batches)) - len(batches)):
             model.generate(input_ids=torch.full((1, 1), pad_id, device=dev), max_new_tokens=1, pad_token_id=pad_id,
                            **kw)
-    for k in progress_bar(starts, desc=desc, enabled=progress, leave=False):
-        idx = order[k: k + batch_size]
+    first = 0  # the batch's first position in length order: its sampling seed, as before batches had sizes
+    for idx in progress_bar(batches, desc=desc, enabled=progress, leave=False):
         ids, mask = pad([prompts[i] for i in idx], pad_id, left=True)
         L = ids.size(1)
-        torch.manual_seed(seed + k)
+        torch.manual_seed(seed + first)
+        first += len(idx)
         out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
                              max_new_tokens=max(max_new[i] for i in idx), pad_token_id=pad_id,
                              eos_token_id=list(stop) or None,

@@ -53,7 +53,10 @@ from al_utils import InputError, add_config_args, config_from
 SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
                      "Request: {instruction}")
 NO_SPELLINGS = ("no", "No", "NO")
-LESS_GEN_ROWS = 16  # less's answers: a batch of max_rows (256) long prompts holds a KV cache of ~1 GB
+# less's answers: up to 64 rows a batch while their KV cache holds <= 8192 tokens (a batch of 256 long
+# prompts would hold ~1 GB); a decode step reads every weight, so more rows cost little more
+# (SmolLM2: 0.74x the time of 16 rows, identical answers; benchmarks/results/less_gen_rows.md)
+LESS_GEN_ROWS, LESS_GEN_KV_TOKENS = 64, 8192
 
 
 @dataclass
@@ -217,7 +220,7 @@ def less_answers(sc: Scoring, ids: Sequence) -> list[list[int]]:
     prompts = [truncate_prompt(sc.enc[i].prompt, cfg.max_length - 1) for i in ids]
     gens = generate(sc.model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id, sc.stop,
                     min(cfg.max_rows, LESS_GEN_ROWS), cfg.progress, "less: answers",
-                    in_step=fsdp_utils.is_sharded(sc.model))
+                    in_step=fsdp_utils.is_sharded(sc.model), kv_tokens=LESS_GEN_KV_TOKENS)
     return [toks or [sc.tokenizer.eos_token_id] for toks, _ in gens]
 
 

@@ -172,6 +172,25 @@ def test_generation_ppl_matches_manual_greedy(setup):
         assert abs(row["score"] - float(np.mean([-lp[t].item() for t, lp in zip(toks, logps)]))) < 1e-4
 
 
+def test_generation_batches_by_kv_tokens_and_answers_do_not_change(setup, monkeypatch):
+    """generate(kv_tokens=K): length-ordered batches of at most K prompt + new tokens (and the row
+    cap), the greedy answers those of one prompt at a time."""
+    model, tok, records, enc = setup
+    prompts = [enc[i].prompt for i in list(records)[:12]]
+    stop = SC.stop_ids(model, tok)
+    one = SC.generate(model, prompts, [6] * 12, 0, stop, 1, progress=False)
+    shapes = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: shapes.append(tuple(kw["input_ids"].shape)) or real(**kw))
+    K = 4 * (sorted(map(len, prompts))[5] + 6)  # a budget that cuts batches before the 5-row cap does
+    budgeted = SC.generate(model, prompts, [6] * 12, 0, stop, 5, progress=False, kv_tokens=K)
+    assert budgeted == one
+    assert all((rows * (L + 6) <= K or rows == 1) and rows <= 5 for rows, L in shapes)
+    assert sum(r for r, _ in shapes) == 12
+    assert [L for _, L in shapes] == sorted(L for _, L in shapes)
+    assert any(rows < 5 for rows, _ in shapes[:-1])  # the budget, not only the row cap, cut a batch
+
+
 def single_token_nos(tok) -> list[int]:
     out = set()
     for text in ("no", " no", "No", " No", "NO", " NO"):

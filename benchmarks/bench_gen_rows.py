@@ -1,0 +1,68 @@
+"""less's greedy answers: fixed 16-row batches (before) against batches cut by a KV-token budget
+(now: <= 64 rows, <= 8192 prompt + new tokens), side by side, interleaved, 2 repetitions.
+
+    python benchmarks/bench_gen_rows.py --model models/SmolLM2-135M --n 160 --max_length 256
+    python benchmarks/bench_gen_rows.py --model models/tiny-llama --n 400 --max_length 384
+
+A decode step reads every weight whatever the batch's rows, so on CPU (memory-bound at small rows)
+more rows per step cost little more. Prints and writes a markdown table (time, ratio, answers
+identical to the 16-row ones) to --out.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import fsdp_utils  # noqa: E402
+from al_datasets import load_records  # noqa: E402
+from al_prompts import encode_records, pad_id_of, truncate_prompt  # noqa: E402
+from al_scoring import generate, stop_ids  # noqa: E402
+from al_strategies import LESS_GEN_KV_TOKENS, LESS_GEN_ROWS  # noqa: E402
+from al_utils import atomic_write_text  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="models/tiny-llama")
+    p.add_argument("--n", type=int, default=400, help="pool prompts (records 300.. of the embedded pool)")
+    p.add_argument("--max_length", type=int, default=384, help="prompts truncated to max_length - 1, as less does")
+    p.add_argument("--new", type=int, default=32, help="greedy tokens (--gen_max_new_tokens)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "less_gen_rows.md"))
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    tok = fsdp_utils.load_tokenizer(a.model)
+    model = fsdp_utils.load_model(a.model, torch.device("cpu"))
+    enc = encode_records(tok, load_records(os.path.join(ROOT, "data", "dolly-1.5k.jsonl"))[300:300 + a.n])
+    prompts = [truncate_prompt(enc[i].prompt, a.max_length - 1) for i in enc]
+    stop, pad_id = stop_ids(model, tok), pad_id_of(tok)
+    variants = {"16 rows (before)": dict(batch_size=16),
+                f"<= {LESS_GEN_ROWS} rows, <= {LESS_GEN_KV_TOKENS} KV tokens (now)":
+                    dict(batch_size=LESS_GEN_ROWS, kv_tokens=LESS_GEN_KV_TOKENS)}
+    secs, out = dict.fromkeys(variants, 0.0), {}
+    for _ in range(2):
+        for name, kw in variants.items():
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out[name] = [g for g, _ in generate(model, prompts, [a.new] * a.n, pad_id, stop, progress=False, **kw)]
+            secs[name] += time.perf_counter() - t0
+    ref = next(iter(variants))
+    lines = [f"# less's greedy answers: rows per generation batch ({os.path.basename(a.model)})", "",
+             f"`python benchmarks/bench_gen_rows.py --model {a.model} --n {a.n} --max_length {a.max_length}`: "
+             f"{a.n} pool prompts truncated at {a.max_length - 1} tokens, {a.new} greedy tokens, fp32 CPU, "
+             f"{a.threads} threads, mean of 2 interleaved repetitions.", "",
+             "| batches | seconds | x before | answers identical to before |", "|---|---:|---:|---:|"]
+    for name in variants:
+        same = sum(x == y for x, y in zip(out[ref], out[name]))
+        lines.append(f"| {name} | {secs[name] / 2:.1f} | {secs[name] / secs[ref]:.2f}x | {same}/{a.n} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    atomic_write_text(a.out, text)
+
+
+if __name__ == "__main__":
+    main()
