@@ -23,7 +23,7 @@ from al_annotation import AnnotationConfig, export_for_annotators
 from al_datasets import take
 from al_lora import LoraSpec
 from al_prompts import Encodings, pad_id_of, truncate_prompt
-from al_scoring import ScoreConfig, answer_nll_parts, generate, stop_ids
+from al_scoring import GEN_KV_TOKENS, ScoreConfig, answer_nll_parts, generate, stop_ids
 from al_selection import SelectConfig, candidates, fill_to_cost
 from al_similarity import Target, less_modules, similarity_guard
 from al_strategies import Scoring, allowed, score_candidates, select, select_by_cost, shortlist, strategy
@@ -360,7 +360,8 @@ def draft_answers(run: Run, rnd: int, ids: list) -> list[str]:
     prompts = [truncate_prompt(run.enc[i].prompt, cfg.max_length - 1) for i in mine]
     with fsdp_utils.full_params(run.model):
         gens = generate(run.model, prompts, [run.cfg.annotation.draft_max_new_tokens] * len(mine), pad_id_of(run.tok),
-                        stop_ids(run.model, run.tok), cfg.max_rows, cfg.progress, "drafts")
+                        stop_ids(run.model, run.tok), cfg.max_rows, cfg.progress, "drafts",
+                        kv_tokens=GEN_KV_TOKENS)
     return fsdp_utils.gather_lists([run.tok.decode(g, skip_special_tokens=True).strip() for g, _ in gens])
 
 

@@ -85,6 +85,9 @@ class ScoreConfig:
 
 # a token budget alone would let thousands of 2-token rows into one batch: cap the rows too
 MAX_BATCH_ROWS = 256
+# a scoring generation batch's KV cache, in prompt + new tokens: 256 rows of long prompts would hold
+# SmolLM2's ~12 GB at 1024 tokens (a 7B's >100 GB), and padding 256 rows to the longest is slow
+GEN_KV_TOKENS = 8192
 
 
 def make_batches(lengths: Sequence[int], token_budget: int, max_rows: int,

@@ -27,7 +27,7 @@ from al_prompts import (
     truncate_pair,
     truncate_prompt,
 )
-from al_scoring import ScoreConfig, generate, mean_nll, sequence_nll, stop_ids
+from al_scoring import GEN_KV_TOKENS, ScoreConfig, generate, mean_nll, sequence_nll, stop_ids
 from al_selection import (
     STRATEGY_NAMES,
     SelectConfig,
@@ -53,10 +53,10 @@ from al_utils import InputError, add_config_args, config_from
 SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
                      "Request: {instruction}")
 NO_SPELLINGS = ("no", "No", "NO")
-# less's answers: up to 64 rows a batch while their KV cache holds <= 8192 tokens (a batch of 256 long
-# prompts would hold ~1 GB); a decode step reads every weight, so more rows cost little more
-# (SmolLM2: 0.74x the time of 16 rows, identical answers; benchmarks/results/less_gen_rows.md)
-LESS_GEN_ROWS, LESS_GEN_KV_TOKENS = 64, 8192
+# less's answers: up to 64 rows a batch (GEN_KV_TOKENS bounds them too); a decode step reads every
+# weight, so more rows cost little more (SmolLM2: 0.74x the time of 16 rows, identical answers;
+# benchmarks/results/less_gen_rows.md)
+LESS_GEN_ROWS = 64
 
 
 @dataclass
@@ -220,7 +220,7 @@ def less_answers(sc: Scoring, ids: Sequence) -> list[list[int]]:
     prompts = [truncate_prompt(sc.enc[i].prompt, cfg.max_length - 1) for i in ids]
     gens = generate(sc.model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id, sc.stop,
                     min(cfg.max_rows, LESS_GEN_ROWS), cfg.progress, "less: answers",
-                    in_step=fsdp_utils.is_sharded(sc.model), kv_tokens=LESS_GEN_KV_TOKENS)
+                    in_step=fsdp_utils.is_sharded(sc.model), kv_tokens=GEN_KV_TOKENS)
     return [toks or [sc.tokenizer.eos_token_id] for toks, _ in gens]
 
 
@@ -303,7 +303,7 @@ def _generation_ppl(sc: Scoring, ids: list) -> list[dict]:
     prompts = [truncate_prompt(sc.enc[i].prompt, sc.cfg.max_length) for i in ids]
     n = sc.cfg.gen_max_new_tokens
     gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.stop, sc.cfg.max_rows,
-                    sc.cfg.progress, "scoring generation_ppl", with_logits=True)
+                    sc.cfg.progress, "scoring generation_ppl", with_logits=True, kv_tokens=GEN_KV_TOKENS)
     rows = []
     for i, (toks, logits) in zip(ids, gens):
         nll = F.cross_entropy(logits, torch.tensor(toks), reduction="none") if toks else torch.zeros(1)
@@ -337,7 +337,7 @@ def _self_ask(sc: Scoring, ids: list) -> list[dict]:
         prompts.append(truncate_prompt(prompt_ids(sc.tokenizer, [question], sc.template)[0], sc.cfg.max_length))
     n = sc.cfg.self_ask_positions
     gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.stop, sc.cfg.max_rows,
-                    sc.cfg.progress, "scoring self_ask", with_logits=True)
+                    sc.cfg.progress, "scoring self_ask", with_logits=True, kv_tokens=GEN_KV_TOKENS)
     return [{"id": i, "score": float(logits.softmax(-1)[:, no_ids].sum()) / n} for i, (_, logits) in zip(ids, gens)]
 
 
