@@ -8,7 +8,7 @@ less's answers were 16 rows (now <= 64); generation_ppl, self_ask and drafts wer
 
 A decode step reads every weight whatever the batch's rows, so on CPU (memory-bound at small rows)
 more rows per step cost little more. Prints and writes a markdown table (time, ratio, answers
-identical to the 16-row ones) to --out.
+identical to those of the batches before) to --out.
 """
 import argparse
 import os
