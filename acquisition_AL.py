@@ -39,7 +39,7 @@ from al_annotation import (
     save_labels,
 )
 from al_datasets import Pool, file_sha256, load_pool, load_records
-from al_loop import RNG_SHUFFLE, Configs, Run, RunSpec, RunState, run_rounds
+from al_loop import RNG_SHUFFLE, Configs, Run, RunSpec, RunState, rebuild_checkpoint, run_rounds
 from al_lora import LoraSpec
 from al_prompts import check_template, encode_records, lazy_encodings, pad_id_of
 from al_similarity import load_target, target_keys
@@ -364,6 +364,8 @@ def resume_rounds(run: Run) -> None:
         run.state.labelled += [row["id"] for row in read_jsonl(run.paths.round_file(r, "selected.jsonl"))]
     if done < 0:
         return
+    if not fsdp_utils.broadcast(os.path.isdir(run.state.model_source)):
+        rebuild_checkpoint(run)
     meta = fsdp_utils.checkpoint_meta(run.state.model_source)
     if meta.get("round") != done and not os.path.isdir(run.paths.round_dir(done + 1)):
         raise InputError(f"--resume: {run.state.model_source}: checkpoint is from round {meta.get('round')}, "

@@ -283,41 +283,64 @@ def score_round(run: Run, rnd: int, name: str, cands: list, n: int) -> tuple[lis
 
 
 def train_round(run: Run, rnd: int) -> dict:
-    """Train on everything labelled: from the base (as the original) or, with --warm_start, from
-    the last round's weights (under LoRA: fresh adapters on either, merged after training).
-    Reuses a round trained before an interruption. Returns its stats."""
-    spec, ckpt, lr = run.spec, run.paths.ckpt, run.cfg.train.lr
+    """Train on everything labelled (train_labelled), or reuse a round trained before an
+    interruption. Returns its stats."""
+    ckpt = run.paths.ckpt
     meta = fsdp_utils.broadcast(fsdp_utils.checkpoint_meta(ckpt) if os.path.isdir(ckpt) else {})
     if meta.get("round") == rnd:
         run.model = run.load(ckpt)
         tstats = meta["train"]
     else:
-        lora = dataclasses.replace(run.cfg.lora, seed=spec.seed + rnd) if run.cfg.lora is not None else None
-        warm = spec.warm_start and rnd > 0
-        base = run.state.model_source if warm else spec.init_checkpoint
-        if lora is not None or not warm or run.model is None:  # else: warm, from the model in memory
-            run.model = run.load(base, lora)
-        torch.manual_seed(spec.seed + rnd)
-        tcfg = dataclasses.replace(run.cfg.train, seed=spec.seed + rnd)
-        run.enc.ensure(run.labelled)
-        try:
-            stats, opt = train(run.model, [run.enc[i] for i in run.labelled], tcfg, pad_id_of(run.tok),
-                               on_step=lambda step: kill_point("training", rnd))
-        except NonFiniteLoss as e:  # keep the last good round; say how to go on
-            run.state.failed(rnd, e.step, e.loss, lr)
-            kept = f"as it was after round {rnd - 1}" if rnd else "with its seed set selected"
-            raise InputError(f"round {rnd}: training loss became {e.loss} at optimizer step {e.step} (--lr {lr}); "
-                             f"the run is kept {kept}: go on with a lower --lr, e.g. "
-                             f"python acquisition_AL.py --model_path {run.paths.run} --resume --lr {lr / 10:g} "
-                             "(recorded in state.json `changes`)") from None
-        tstats = summary(stats)
-        save_trained(run.model, run.tok, ckpt, {"round": rnd, "labelled": len(run.labelled), "train": tstats,
-                                                "prompt_template": spec.prompt_template},
-                     opt if spec.save_opt else None, lora, base)
-        del opt
+        tstats = train_labelled(run, rnd)
         run.state.mark(rnd, "training")
     run.state.trained(ckpt)
     return tstats
+
+
+def train_labelled(run: Run, rnd: int) -> dict:
+    """Round `rnd`'s training on the labelled set: from the base (as the original) or, with
+    --warm_start, from the last round's weights (under LoRA: fresh adapters on either, merged after
+    training), seeded by seed + round; saves the checkpoint. Returns its stats."""
+    spec, ckpt, lr = run.spec, run.paths.ckpt, run.cfg.train.lr
+    lora = dataclasses.replace(run.cfg.lora, seed=spec.seed + rnd) if run.cfg.lora is not None else None
+    warm = spec.warm_start and rnd > 0
+    base = run.state.model_source if warm else spec.init_checkpoint
+    if lora is not None or not warm or run.model is None:  # else: warm, from the model in memory
+        run.model = run.load(base, lora)
+    torch.manual_seed(spec.seed + rnd)
+    tcfg = dataclasses.replace(run.cfg.train, seed=spec.seed + rnd)
+    run.enc.ensure(run.labelled)
+    try:
+        stats, opt = train(run.model, [run.enc[i] for i in run.labelled], tcfg, pad_id_of(run.tok),
+                           on_step=lambda step: kill_point("training", rnd))
+    except NonFiniteLoss as e:  # keep the last good round; say how to go on
+        run.state.failed(rnd, e.step, e.loss, lr)
+        kept = f"as it was after round {rnd - 1}" if rnd else "with its seed set selected"
+        raise InputError(f"round {rnd}: training loss became {e.loss} at optimizer step {e.step} (--lr {lr}); "
+                         f"the run is kept {kept}: go on with a lower --lr, e.g. "
+                         f"python acquisition_AL.py --model_path {run.paths.run} --resume --lr {lr / 10:g} "
+                         "(recorded in state.json `changes`)") from None
+    tstats = summary(stats)
+    save_trained(run.model, run.tok, ckpt, {"round": rnd, "labelled": len(run.labelled), "train": tstats,
+                                            "prompt_template": spec.prompt_template},
+                 opt if spec.save_opt else None, lora, base)
+    return tstats
+
+
+def rebuild_checkpoint(run: Run) -> None:
+    """A run resumed without its last round's weights (its round logs copied to another machine,
+    or the checkpoint deleted for disk): train that round again. Every round trains from the base
+    on the labelled set with a fixed seed, so the weights (and --save_opt's moments) come back as
+    they were, up to the machine's floating-point arithmetic; --warm_start's depend on every round."""
+    done, ckpt = run.state.rounds_done, run.paths.ckpt
+    if run.spec.warm_start:
+        raise InputError(f"--resume: {ckpt}: no checkpoint, and a --warm_start run's weights depend on every "
+                         "round, so they cannot be rebuilt: put the checkpoint back")
+    run.log(f"--resume: {ckpt}: no checkpoint; training round {done} again on its {len(run.labelled)} "
+            "labelled examples to rebuild it")
+    train_labelled(run, done)
+    run.state.trained(ckpt)
+    run.model = None  # the next round scores with what was saved, as after any resume
 
 
 def finish_round(run: Run, rnd: int, picked: list[dict], scores: list[dict], tstats: dict,

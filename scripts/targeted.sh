@@ -20,9 +20,15 @@
 # Last: the round logs (state.json, rounds/*/{metrics.json,selected.jsonl}, ROUGE) are copied into
 # benchmarks/results/runs/<part>/<target>/ and report_AL.py writes the tables from those copies
 # (benchmarks/results/baselines_<part>_<target>_*: the earlier one-split tables, targeted_*, stay).
+# A part outlasts one machine: `bash scripts/targeted.sh smollm2 park` copies the round logs of every
+# run not yet kept (finished or not) into $PARKED/<part>/<target>/ (committed: a few KB a run), and the
+# next invocation, on any machine, restores them and goes on; acquisition_AL.py --resume trains a
+# restored run's last round again for the weights it needs (rounds train from the base, seeded).
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 PART="${1:-smollm2}"
 OUT="${OUT:-runs/targeted}"
+RESULTS="${RESULTS:-benchmarks/results}"  # where the kept round logs and the tables go
+PARKED="${PARKED:-$RESULTS/runs/parked}"
 TGT="--target_file @DATA/target.jsonl"
 LESS="--sampling_strategy less $TGT --save_opt"
 # the cheap baselines and today's less, in every part (bm25 with the rule the pilot chose: mean)
@@ -62,7 +68,7 @@ case "$PART" in
     ARMS+=("less_rr=$LESS --target_aggregation round_robin")
     if [ ! -f "$MODEL/config.json" ]; then bash scripts/get_smollm2.sh "$MODEL"; fi
     ;;
-  *) echo "usage: bash scripts/targeted.sh pilot|smollm2|default" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/targeted.sh pilot|smollm2|default [park]" >&2; exit 2 ;;
 esac
 SEEDS="${SEEDS:-1 2 3 4 5}"
 RANDOM_BUDGET="${RANDOM_BUDGET:-$((2 * MAX_BUDGET))}"
@@ -75,10 +81,19 @@ done_to() {  # is the run at $1 finished at budget $2?
   [ -f "$1/state.json" ] && "$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(not s['round_log'] or s['round_log'][-1]['labelled'] < int(sys.argv[2]))" "$1/state.json" "$2"
 }
 
-loop() {  # loop RUN BUDGET FLAGS... : run or resume one arm to its budget
+needs_weights() {  # does a finished run's checkpoint still have a use (ROUGE, or random's chain)?
+  case "$1" in
+    */random2x_s*) return 1 ;;
+    */random_s*) [ "$RANDOM_BUDGET" -gt "$MAX_BUDGET" ] && [ ! -f "${1/random_s/random2x_s}/state.json" ] && return 0 ;;
+  esac
+  [ "$ROUGE_LIMIT" != 0 ] && [ ! -f "$1/test_generations.metrics.json" ]
+}
+
+loop() {  # loop RUN BUDGET FLAGS... : run or resume one arm to its budget; a run parked without
+  # its weights (PARKED) gets them back from acquisition_AL.py --resume, which trains the last round again
   local run=$1 budget=$2 resume=()
   shift 2
-  if done_to "$run" "$budget"; then return; fi
+  if done_to "$run" "$budget" && { [ -d "${run}_sharded" ] || ! needs_weights "$run"; }; then return; fi
   if [ -f "$run/state.json" ]; then resume=(--resume); fi
   # shellcheck disable=SC2086
   "$PY" acquisition_AL.py --file_path "$pool" --init_checkpoint_path "$MODEL" --test_file "$data/test.jsonl" \
@@ -94,9 +109,37 @@ rouge() {  # greedy answers of a finished run's checkpoint for its test set, wit
     --save_file_name "$run/test_generations.json" 2>> "$dir.log"
 }
 
+copy_logs() {  # copy_logs RUN TO: every round's metrics.json and selected.jsonl (TO exists)
+  local to; to="$(cd "$2" && pwd)"
+  (cd "$1" && find rounds \( -name metrics.json -o -name selected.jsonl \) -exec cp --parents {} "$to/" \;)
+}
+
+park() {  # park TARGET: the round logs of every run not yet kept, into PARKED/<part>/<target>/
+  local dir="$OUT/$PART/$1" to
+  for run in "$dir"/*/; do
+    run="${run%/}" to="$PARKED/$PART/$1/$(basename "$run")"
+    if [ ! -f "$run/state.json" ] || [ -d "$RESULTS/runs/$PART/$1/$(basename "$run")" ]; then continue; fi
+    rm -rf "$to" && mkdir -p "$to"
+    cp "$run/state.json" "$to/"
+    copy_logs "$run" "$to"
+    local next; next=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['rounds_done'] + 1)" "$to/state.json")
+    # the round in flight: its selection (less's costs the most) and the scores its metrics describe
+    local inflight="$run/rounds/$next"
+    if [ -f "$inflight/selected.jsonl" ] && [ -f "$inflight/scores.jsonl" ]; then cp "$inflight/scores.jsonl" "$to/rounds/$next/"; fi
+    if [ -f "$run/test_generations.metrics.json" ]; then cp "$run/test_generations.metrics.json" "$to/"; fi
+    echo "parked $run -> $to" >&2
+  done
+}
+
 one_target() {  # all arms x seeds of one target, then its reports
   local target=$1 dir="$OUT/$PART/$1" runs=()
-  local keep="benchmarks/results/runs/$PART/$target"
+  local keep="$RESULTS/runs/$PART/$target"
+  for parked in "$PARKED/$PART/$target"/*/; do  # runs an earlier machine parked: go on from their round logs
+    parked="${parked%/}"
+    if [ -d "$parked" ] && [ ! -f "$dir/$(basename "$parked")/state.json" ]; then
+      mkdir -p "$dir" && cp -r "$parked" "$dir/" && echo "restored $parked" >&2
+    fi
+  done
   for seed in $SEEDS; do
     local data="$OUT/data/s$seed/$target" pool="$OUT/data/s$seed/$target/pool.jsonl"
     "$PY" scripts/split_target.py --out "$OUT/data/s$seed" --seed "$seed" --category summarization brainstorming \
@@ -125,8 +168,9 @@ one_target() {  # all arms x seeds of one target, then its reports
     local to="$keep/$(basename "$run")"
     mkdir -p "$to"
     cp "$run/state.json" "$to/"
-    (cd "$run" && find rounds \( -name metrics.json -o -name selected.jsonl \) -exec cp --parents {} "$OLDPWD/$to/" \;)
+    copy_logs "$run" "$to"
     local src="$run"; [[ "$run" == */random2x_s* ]] && src="${run/random2x_s/random_s}"
+    rm -rf "${PARKED:?}/$PART/$target/$(basename "$run")" "$PARKED/$PART/$target/$(basename "$src")"  # kept now
     if [ -f "$src/test_generations.metrics.json" ]; then cp "$src/test_generations.metrics.json" "$to/"; fi
   done
   # the tables cover every committed run of the target, not only this invocation's (SEEDS/ARMS_ONLY
@@ -138,11 +182,15 @@ one_target() {  # all arms x seeds of one target, then its reports
     kept+=("$to")
   done
   for x in examples answer_words; do
-    "$PY" report_AL.py "${kept[@]}" --metric test --x "$x" --out "benchmarks/results/baselines_${PART}_${target}_$x" > /dev/null
+    "$PY" report_AL.py "${kept[@]}" --metric test --x "$x" --out "$RESULTS/baselines_${PART}_${target}_$x" > /dev/null
   done
-  "$PY" report_AL.py "${kept[@]}" --metric heldout --out "benchmarks/results/baselines_${PART}_${target}_heldout" > /dev/null
+  "$PY" report_AL.py "${kept[@]}" --metric heldout --out "$RESULTS/baselines_${PART}_${target}_heldout" > /dev/null
 }
 
+if [ "${2:-}" = park ]; then
+  for target in $TARGETS; do park "$target"; done
+  exit 0
+fi
 mkdir -p "$OUT/$PART"
 for target in $TARGETS; do one_target "$target"; done
-echo "elapsed: $(( $(date +%s) - start ))s; reports: benchmarks/results/baselines_${PART}_*; logs: $OUT/$PART/<target>.log"
+echo "elapsed: $(( $(date +%s) - start ))s; reports: $RESULTS/baselines_${PART}_*; logs: $OUT/$PART/<target>.log"

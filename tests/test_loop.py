@@ -144,6 +144,16 @@ def cli(pool, model, path, budget, *extra, env=None):
                             text=True)
 
 
+def test_warm_start_run_without_its_checkpoint_is_refused(pool, tiny_model, tmp_path):
+    """Cold-start rounds can be trained again to rebuild a lost checkpoint; warm-start ones cannot."""
+    import shutil
+
+    run(pool, tiny_model, tmp_path / "ws", 100, "--warm_start", "--stop_after_round", "0")
+    shutil.rmtree(f"{tmp_path / 'ws'}_sharded")
+    with pytest.raises(U.InputError, match="no checkpoint, and a --warm_start run's weights depend on every round"):
+        run(pool, tiny_model, tmp_path / "ws", 100, "--warm_start", "--resume")
+
+
 @pytest.mark.parametrize("point", ["scoring", "selected", "training", "checkpoint_save"])
 def test_sigkill_then_resume_equals_uninterrupted(full_run, pool, tiny_model, tmp_path, point):
     """SIGKILL in round 1 at each point (AL_KILL_AT hook), then --resume: same files as no kill."""

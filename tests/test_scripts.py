@@ -49,3 +49,36 @@ def test_benchmark_imports(path, monkeypatch):
     monkeypatch.syspath_prepend(os.path.dirname(path))  # as `python benchmarks/X.py` would have it
     spec = importlib.util.spec_from_file_location("bench_under_test", path)
     spec.loader.exec_module(importlib.util.module_from_spec(spec))  # not __main__: nothing runs
+
+
+def test_targeted_sh_parked_part_goes_on_on_another_machine(tiny_model, tmp_path):
+    """targeted.sh killed in random2x's first round of training (random finished to 100), `park`;
+    on another machine (a fresh OUT, no weights) the parked logs are restored, random2x's last
+    round is trained again for its weights, its round-2 selection reused, and it goes on to 200:
+    the same round log as one uninterrupted invocation, and nothing is left parked."""
+    import shutil
+
+    def part(out, *args, **extra):
+        env = {**os.environ, "MODEL": tiny_model, "OUT": str(tmp_path / out), "RESULTS": str(tmp_path / "res" / out),
+               "PARKED": str(tmp_path / "parked"), "TARGETS": "summarization", "SEEDS": "101",
+               "ARMS_ONLY": "random", "MAX_BUDGET": "100", "PER_ROUND": "50", "HELDOUT": "20", "THREADS": "2",
+               "ROUGE_LIMIT": "0",
+               "TRAIN_FLAGS": "--lr 1e-3 --epochs 1 --grad_accum 4 --train_max_length 128 --model_max_length 128",
+               **extra}
+        return subprocess.run(["bash", os.path.join(ROOT, "scripts", "targeted.sh"), "default", *args], env=env,
+                              cwd=ROOT, capture_output=True, timeout=300).returncode
+
+    def log(out):
+        state = json.load(open(tmp_path / "res" / out / "runs/default/summarization/random2x_s101/state.json"))
+        return state["rounds_done"], state["round_log"]
+
+    assert part("direct") == 0
+    assert part("a", AL_KILL_AT="training:2") != 0
+    assert part("a", "park") == 0
+    parked = tmp_path / "parked/default/summarization"
+    assert sorted(os.listdir(parked)) == ["random2x_s101", "random_s101"]
+    assert sorted(os.listdir(parked / "random2x_s101/rounds/2")) == ["scores.jsonl", "selected.jsonl"]
+    shutil.rmtree(tmp_path / "a")  # the first machine is gone
+    assert part("b") == 0
+    assert log("b") == log("direct") and log("b")[0] == 3
+    assert os.listdir(parked) == []

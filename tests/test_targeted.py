@@ -15,7 +15,7 @@ import al_similarity as M
 import al_strategies as S
 import al_utils as U
 from conftest import TARGET_FLAGS as FLAGS
-from conftest import keep_tail, prompt_text, write_jsonl
+from conftest import keep_tail, outputs, prompt_text, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -397,3 +397,23 @@ def test_less_shortlist_rescores_rds_top_k(tiny_model, target_data, tmp_path):
         assert r["score"] == pytest.approx(rows["less"][i]["score"], abs=1e-5)
     picked = [r["id"] for r in U.read_jsonl(tmp_path / "short" / "rounds" / "1" / "selected.jsonl")]
     assert set(picked) == set(sorted(rows["short"], key=lambda i: -rows["short"][i]["score"])[:30])
+
+
+def test_less_run_resumed_from_its_round_logs_alone_equals_uninterrupted(tiny_model, target_data, tmp_path, capsys):
+    """The run's logs copied without its weights: --resume trains the last round again (its
+    checkpoint and --save_opt's Adam moments) and every later score and pick is as without the copy."""
+    import shutil
+
+    target, pool_t, _ = target_data
+    base = ["--file_path", pool_t, "--init_checkpoint_path", tiny_model, "--al_data_fraction", "90",
+            "--sampling_strategy", "less", "--target_file", target, "--grad_dim", "64", "--gen_max_new_tokens", "4",
+            "--save_opt", *FLAGS]
+    acquisition_AL.main(base + ["--model_path", str(tmp_path / "full")])
+    acquisition_AL.main(base + ["--model_path", str(tmp_path / "part"), "--stop_after_round", "1"])
+    shutil.copytree(tmp_path / "part" / "rounds", tmp_path / "copy" / "rounds")  # no part_sharded
+    shutil.copy(tmp_path / "part" / "state.json", tmp_path / "copy")
+    capsys.readouterr()
+    acquisition_AL.main(base + ["--model_path", str(tmp_path / "copy"), "--resume"])
+    assert (f"--resume: {tmp_path / 'copy'}_sharded: no checkpoint; training round 1 again on its 60 labelled"
+            in capsys.readouterr().err)
+    assert outputs(tmp_path / "copy") == outputs(tmp_path / "full")
