@@ -30,7 +30,9 @@ OUT="${OUT:-runs/targeted}"
 RESULTS="${RESULTS:-benchmarks/results}"  # where the kept round logs and the tables go
 PARKED="${PARKED:-$RESULTS/runs/parked}"
 TGT="--target_file @DATA/target.jsonl"
-LESS="--sampling_strategy less $TGT --save_opt"
+# less as the experiment began it (seed 1, 869ded2): Kronecker-projected gradients; the loop's default
+# became countsketch later, and a run changing its projection mid-way is refused on --resume
+LESS="--sampling_strategy less $TGT --save_opt --grad_projection kronecker"
 # the cheap baselines and today's less, in every part (bm25 with the rule the pilot chose: mean)
 ARMS=("random=--sampling_strategy random"
       "random_format=--sampling_strategy random_format $TGT"
