@@ -8,6 +8,7 @@ import inspect
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -248,11 +249,13 @@ def stop_ids(model, tokenizer) -> list[int]:
 @torch.no_grad()
 def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pad_id: int, stop: Sequence[int],
              batch_size: int, progress: bool = True, desc: str = "generating", sampling: dict | None = None,
-             seed: int = 0, with_logits: bool = False, in_step: bool = False, kv_tokens: int | None = None
-             ) -> list[tuple[list[int], torch.Tensor | None]]:
+             seed: int = 0, of_logits: Callable[[list[int], torch.Tensor], Any] | None = None, in_step: bool = False,
+             kv_tokens: int | None = None) -> list[tuple[list[int], Any]]:
     """Batched KV-cache decoding (scoring and evaluation), left-padded, batched in length order,
-    returned in input order: per prompt (generated ids up to and including the first stop id, the raw
-    logits [n, V] that produced them when with_logits).
+    returned in input order: per prompt (generated ids up to and including the first stop id,
+    of_logits(those ids, the raw logits [n, V] that produced them) or None). A row keeps only what
+    of_logits makes of its logits, so a batch's [B, n, V] (6 MB a row on a 49k vocabulary) is freed
+    before the next batch (benchmarks/results/gen_logits.md).
 
     Row i stops at a stop id (stop_ids) or after max_new[i] tokens, whatever its batch-mates do, so
     greedy output does not depend on the batch size or the rank count. `sampling` (generate()'s
@@ -286,11 +289,14 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pa
         out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
                              max_new_tokens=max(max_new[i] for i in idx), pad_token_id=pad_id,
                              eos_token_id=list(stop) or None,
-                             output_logits=with_logits, return_dict_in_generate=True, **kw)
+                             output_logits=of_logits is not None, return_dict_in_generate=True, **kw)
         gen = out.sequences[:, L:].cpu()
-        logits = torch.stack(out.logits, 1).float().cpu() if with_logits else None  # [B, T, V]
         for b, i in enumerate(idx):
             row = gen[b, : max_new[i]].tolist()
             n = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
-            results[i] = (row[:n], logits[b, :n] if with_logits else None)
+            # one row's [n, V] at a time: no second copy of the batch's logits beside generate()'s
+            kept = of_logits(row[:n], torch.stack([step[b] for step in out.logits[:n]]).float().cpu()) \
+                if of_logits else None
+            results[i] = (row[:n], kept)
+        del out
     return results

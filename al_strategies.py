@@ -303,12 +303,13 @@ def _generation_ppl(sc: Scoring, ids: list) -> list[dict]:
     prompts = [truncate_prompt(sc.enc[i].prompt, sc.cfg.max_length) for i in ids]
     n = sc.cfg.gen_max_new_tokens
     gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.stop, sc.cfg.max_rows,
-                    sc.cfg.progress, "scoring generation_ppl", with_logits=True, kv_tokens=GEN_KV_TOKENS)
-    rows = []
-    for i, (toks, logits) in zip(ids, gens):
-        nll = F.cross_entropy(logits, torch.tensor(toks), reduction="none") if toks else torch.zeros(1)
-        rows.append({"id": i, "score": float(nll.mean()), "generated_tokens": len(toks)})
-    return rows
+                    sc.cfg.progress, "scoring generation_ppl", of_logits=generated_nll, kv_tokens=GEN_KV_TOKENS)
+    return [{"id": i, "score": nll, "generated_tokens": len(toks)} for i, (toks, nll) in zip(ids, gens)]
+
+
+def generated_nll(toks: list[int], logits: torch.Tensor) -> float:
+    """generation_ppl's score of one row: the mean NLL of its greedy tokens under their logits."""
+    return float(F.cross_entropy(logits, torch.tensor(toks), reduction="none").mean()) if toks else 0.0
 
 
 def no_token_ids(tokenizer) -> list[int]:
@@ -337,8 +338,9 @@ def _self_ask(sc: Scoring, ids: list) -> list[dict]:
         prompts.append(truncate_prompt(prompt_ids(sc.tokenizer, [question], sc.template)[0], sc.cfg.max_length))
     n = sc.cfg.self_ask_positions
     gens = generate(sc.model, prompts, [n] * len(ids), sc.pad_id, sc.stop, sc.cfg.max_rows,
-                    sc.cfg.progress, "scoring self_ask", with_logits=True, kv_tokens=GEN_KV_TOKENS)
-    return [{"id": i, "score": float(logits.softmax(-1)[:, no_ids].sum()) / n} for i, (_, logits) in zip(ids, gens)]
+                    sc.cfg.progress, "scoring self_ask", kv_tokens=GEN_KV_TOKENS,
+                    of_logits=lambda _, logits: float(logits.softmax(-1)[:, no_ids].sum()) / n)
+    return [{"id": i, "score": no_mass} for i, (_, no_mass) in zip(ids, gens)]
 
 
 def cluster_labels(X, num_clusters: int, rng: np.random.Generator) -> np.ndarray:
