@@ -3,6 +3,7 @@
 #   bash scripts/targeted.sh pilot     # default model, seed 101's split: choose the variant (not reported)
 #   bash scripts/targeted.sh smollm2   # SmolLM2-135M: both targets, 5 arms x seeds 1-5, budgets 25..150
 #   bash scripts/targeted.sh default   # default model: both targets, the smollm2 arms, budgets 50..250
+#   bash scripts/targeted.sh smollm2 status   # every run: labelled/budget, kept / parked / here
 # SEEDS="1 2", TARGETS=summarization, ARMS_ONLY="random less" run a part of a part.
 #
 # Every seed draws its own split (scripts/split_target.py --seed SEED; the arms of a seed share it):
@@ -70,7 +71,7 @@ case "$PART" in
     ARMS+=("less_rr=$LESS --target_aggregation round_robin")
     if [ ! -f "$MODEL/config.json" ]; then bash scripts/get_smollm2.sh "$MODEL"; fi
     ;;
-  *) echo "usage: bash scripts/targeted.sh pilot|smollm2|default [park]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/targeted.sh pilot|smollm2|default [park|status]" >&2; exit 2 ;;
 esac
 SEEDS="${SEEDS:-1 2 3 4 5}"
 RANDOM_BUDGET="${RANDOM_BUDGET:-$((2 * MAX_BUDGET))}"
@@ -133,6 +134,24 @@ park() {  # park TARGET: the round logs of every run not yet kept, into PARKED/<
   done
 }
 
+status() {  # status TARGET: every run of the target, where it is (kept, parked, here) and how far
+  "$PY" - "$1" "$RESULTS/runs/$PART/$1" "$PARKED/$PART/$1" "$OUT/$PART/$1" <<'PYEOF'
+import glob, json, os, sys
+target, places = sys.argv[1], dict(zip(("kept", "parked", "here"), sys.argv[2:]))
+runs = {}
+for where, d in places.items():  # the furthest copy of each run wins
+    for f in sorted(glob.glob(os.path.join(d, "*", "state.json"))):
+        s = json.load(open(f))
+        done = s["round_log"][-1]["labelled"] if s["round_log"] else 0
+        rouge = os.path.isfile(os.path.join(os.path.dirname(f), "test_generations.metrics.json"))
+        name = os.path.basename(os.path.dirname(f))
+        if name not in runs or done > runs[name][0]:
+            runs[name] = (done, s.get("budget"), where, rouge)
+for name, (done, budget, where, rouge) in sorted(runs.items(), key=lambda x: (x[0].split("_s")[-1], x[0])):
+    print(f"{target:14s} {name:22s} {done:>4}/{budget} labelled  {where}{'  ROUGE' if rouge else ''}")
+PYEOF
+}
+
 one_target() {  # all arms x seeds of one target, then its reports
   local target=$1 dir="$OUT/$PART/$1" runs=()
   local keep="$RESULTS/runs/$PART/$target"
@@ -189,10 +208,12 @@ one_target() {  # all arms x seeds of one target, then its reports
   "$PY" report_AL.py "${kept[@]}" --metric heldout --out "$RESULTS/baselines_${PART}_${target}_heldout" > /dev/null
 }
 
-if [ "${2:-}" = park ]; then
-  for target in $TARGETS; do park "$target"; done
-  exit 0
-fi
+case "${2:-}" in
+  park) for target in $TARGETS; do park "$target"; done; exit 0 ;;
+  status) for target in $TARGETS; do status "$target"; done; exit 0 ;;
+  "") ;;
+  *) echo "usage: bash scripts/targeted.sh PART [park|status]" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT/$PART"
 for target in $TARGETS; do one_target "$target"; done
 echo "elapsed: $(( $(date +%s) - start ))s; reports: $RESULTS/baselines_${PART}_*; logs: $OUT/$PART/<target>.log"

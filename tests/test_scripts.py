@@ -65,8 +65,9 @@ def test_targeted_sh_parked_part_goes_on_on_another_machine(tiny_model, tmp_path
                "ROUGE_LIMIT": "0",
                "TRAIN_FLAGS": "--lr 1e-3 --epochs 1 --grad_accum 4 --train_max_length 128 --model_max_length 128",
                **extra}
-        return subprocess.run(["bash", os.path.join(ROOT, "scripts", "targeted.sh"), "default", *args], env=env,
-                              cwd=ROOT, capture_output=True, timeout=300).returncode
+        done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "targeted.sh"), "default", *args], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        return done.stdout if args == ("status",) else done.returncode
 
     def log(out):
         state = json.load(open(tmp_path / "res" / out / "runs/default/summarization/random2x_s101/state.json"))
@@ -78,6 +79,9 @@ def test_targeted_sh_parked_part_goes_on_on_another_machine(tiny_model, tmp_path
     parked = tmp_path / "parked/default/summarization"
     assert sorted(os.listdir(parked)) == ["random2x_s101", "random_s101"]
     assert sorted(os.listdir(parked / "random2x_s101/rounds/2")) == ["scores.jsonl", "selected.jsonl"]
+    assert [line.split() for line in part("a", "status").splitlines()] == [
+        ["summarization", "random2x_s101", "100/200", "labelled", "parked"],
+        ["summarization", "random_s101", "100/100", "labelled", "parked"]]
     shutil.rmtree(tmp_path / "a")  # the first machine is gone
     assert part("b") == 0
     assert log("b") == log("direct") and log("b")[0] == 3
