@@ -199,6 +199,15 @@ def test_rank_killed_in_training_then_resumed(two_rank_run, tiny_model, pool, tm
     same_run(tmp_path / "killed", two_rank_run)
 
 
+def test_two_rank_run_resumed_without_its_checkpoint(two_rank_run, tiny_model, pool, tmp_path):
+    """The checkpoint deleted after round 0: --resume under 2 ranks trains round 0 again (sharded,
+    both ranks) to rebuild it and ends with the files of the uninterrupted 2-rank run."""
+    torchrun(*acq(tiny_model, pool, tmp_path / "lost", "--grad_accum", "2", "--stop_after_round", "0"))
+    shutil.rmtree(f"{tmp_path / 'lost'}_sharded")
+    torchrun(*acq(tiny_model, pool, tmp_path / "lost", "--grad_accum", "2", "--resume"))
+    same_run(tmp_path / "lost", two_rank_run)
+
+
 def test_crash_during_checkpoint_save(tiny_model, pool, tmp_path):
     """A kill mid-save leaves a temp folder (half-written) or a parked previous checkpoint;
     the previous checkpoint stays loadable and --resume finishes like an uninterrupted run."""
