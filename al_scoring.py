@@ -298,5 +298,5 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], pa
             kept = of_logits(row[:n], torch.stack([step[b] for step in out.logits[:n]]).float().cpu()) \
                 if of_logits else None
             results[i] = (row[:n], kept)
-        del out
+        del out  # else this batch's logits stay alive through the next batch's generate()
     return results

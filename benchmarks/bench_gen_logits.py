@@ -2,7 +2,7 @@
 reduced to its score inside generate() (now: of_logits), one child process each so peak RSS is
 each variant's own; scores must be identical.
 
-    python benchmarks/bench_gen_logits.py --model models/SmolLM2-135M --n 200
+    python benchmarks/bench_gen_logits.py --model models/SmolLM2-135M --n 400
 
 A row's logits are [new tokens, vocab] floats (32 x 49,152 x 4 B = 6.3 MB on SmolLM2). "before" is
 emulated with today's generate() keeping each row's logits: the code before kept views of each batch's
@@ -47,14 +47,10 @@ def child(a: argparse.Namespace) -> None:
     base = rss_gib()
     kw = dict(progress=False, kv_tokens=GEN_KV_TOKENS)
     t0 = time.perf_counter()
-    if a.child == "before":
-        gens = generate(model, prompts, [a.new] * a.n, pad_id_of(tok), stop_ids(model, tok), 256,
-                        of_logits=lambda _, logits: logits, **kw)
-        scores = [generated_nll(t, logits) for t, logits in gens]
-    else:
-        gens = generate(model, prompts, [a.new] * a.n, pad_id_of(tok), stop_ids(model, tok), 256,
-                        of_logits=generated_nll, **kw)
-        scores = [s for _, s in gens]
+    before = a.child == "before"  # keep each row's logits and score them afterwards
+    gens = generate(model, prompts, [a.new] * a.n, pad_id_of(tok), stop_ids(model, tok), 256,
+                    of_logits=(lambda _, logits: logits) if before else generated_nll, **kw)
+    scores = [generated_nll(t, kept) if before else kept for t, kept in gens]
     secs = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     print(json.dumps({"seconds": secs, "peak_over_model_gib": peak - base, "scores": scores}))
@@ -63,7 +59,7 @@ def child(a: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="models/SmolLM2-135M")
-    p.add_argument("--n", type=int, default=200, help="pool prompts (records 300.. of the embedded pool)")
+    p.add_argument("--n", type=int, default=400, help="pool prompts (records 300.. of the embedded pool)")
     p.add_argument("--max_length", type=int, default=256, help="prompt truncation (--model_max_length)")
     p.add_argument("--new", type=int, default=32, help="greedy tokens (--gen_max_new_tokens)")
     p.add_argument("--threads", type=int, default=2)
