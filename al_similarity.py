@@ -402,19 +402,31 @@ def layer_grads(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad
 
 
 def _module_grads(model, ids: torch.Tensor, tgt: torch.Tensor, mods: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One forward + backward of a batch: (x, d) per module of `mods` (layer_grads)."""
+    """One forward + backward of a batch: (x, d) per module of `mods` (layer_grads).
+
+    The output layer sees only the scored positions (a pre-hook on it gathers them): the logits and
+    the softmax over the vocabulary at every other position were work thrown away, [B, T, V] of it
+    (SmolLM2: 49k a position), and cross-entropy over that layout ([B, V, T]) sums the vocabulary in
+    fp32 with a relative error of ~3e-3 in the deltas, where [K, V] rows give ~2e-4
+    (benchmarks/results/less_logits.md)."""
     dev = next(model.parameters()).device
+    keep = (tgt != -100).to(dev)
     seen: dict = {}  # module -> (its input, its output) in this forward
     hooks = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__(m, (a[0].detach(), o)))
              for m in mods]
     # frozen weights (a merged LoRA model) leave the graph without grad: start it at the embeddings
     hooks.append(model.get_input_embeddings().register_forward_hook(
         lambda m, a, o: None if o.requires_grad else o.requires_grad_()))
+    hooks.append(model.get_output_embeddings().register_forward_pre_hook(lambda m, a: (a[0][keep], *a[1:])))
     try:
         with torch.enable_grad():
             logits = model(input_ids=ids.to(dev)).logits.float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.to(dev), reduction="none")
-            loss = (nll.sum(1) / (tgt != -100).sum(1).clamp(min=1).to(dev)).sum()  # sum of per-row means
+            if logits.shape[:-1] != (int(keep.sum()),):
+                raise RuntimeError(f"{type(model).__name__}: its logits ({tuple(logits.shape)}) do not come from "
+                                   "its output embeddings alone; less needs a causal LM that computes them there")
+            nll = torch.nn.functional.cross_entropy(logits, tgt.to(dev)[keep], reduction="none")
+            sums = torch.zeros(len(ids), dtype=nll.dtype, device=dev).index_add_(0, keep.nonzero()[:, 0], nll)
+            loss = (sums / keep.sum(1).clamp(min=1)).sum()  # sum of per-row means
             deltas = torch.autograd.grad(loss, [seen[m][1] for m in mods])
     finally:
         for h in hooks:
