@@ -424,7 +424,10 @@ def primary(targets: list[str], metric: str, x: str) -> str:
 
 def plot(arms: dict[str, list[Curve]], metric: str, x: str, path: str) -> None:
     """Left: mean curve per strategy with its 95 % band. Right (with random runs): each strategy
-    minus random of the same seed, with the 95 % band of that paired difference."""
+    minus random of the same seed, with the 95 % band of that paired difference. The legend says
+    over how many seeds each curve is (with per-seed splits an arm with fewer seeds sits at its
+    seeds' level), and each panel's y range reaches past the curves by at most their own spread:
+    with few seeds a t band is many times wider than all of them, and would squash them to a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -433,18 +436,25 @@ def plot(arms: dict[str, list[Curve]], metric: str, x: str, path: str) -> None:
     paired = "random" in arms and len(arms) > 1
     fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(13 if paired else 7, 4.8), squeeze=False)
     color = {s: f"C{i}" for i, s in enumerate(arms)}
+
+    def curve(ax, x, m, lo, hi, name: str, seeds: int, **kw) -> list:
+        ax.plot(x, m, marker="o", label=f"{name} ({seeds} seed{'s' if seeds > 1 else ''})", color=color[name], **kw)
+        ax.fill_between(x, lo, hi, color=color[name], alpha=0.15)
+        return [list(m), list(lo), list(hi)]
+
     ax = axes[0][0]
+    drawn = []
     for name, cs in arms.items():
         n = min(len(c.y) for c in cs)
         mx = np.mean([c.x[:n] for c in cs], 0)
         m, lo, hi = np.array([t_interval([c.y[r] for c in cs]) for r in range(n)]).T
-        ax.plot(mx, m, marker="o", label=name, color=color[name], linestyle="--" if name == "random" else "-")
-        ax.fill_between(mx, lo, hi, color=color[name], alpha=0.15)
+        drawn.append(curve(ax, mx, m, lo, hi, name, len(cs), linestyle="--" if name == "random" else "-"))
     ax.set_ylabel(f"{METRICS[metric]} (lower is better)")
-    panels = [ax]
+    panels = [(ax, drawn)]
     if paired:
         ax = axes[0][1]
         ax.axhline(0, color="gray", linestyle="--", linewidth=1)
+        drawn = [[[0.0]] * 3]
         for name, cs in arms.items():
             if name == "random" or not pairs(cs, arms["random"]):
                 continue
@@ -452,11 +462,15 @@ def plot(arms: dict[str, list[Curve]], metric: str, x: str, path: str) -> None:
             mx = np.mean([a.x[: d.shape[1]] for a, _ in pairs(cs, arms["random"])], 0)
             ok = ~np.isnan(d).any(0)
             m, lo, hi = np.array([t_interval(d[:, r]) for r in np.flatnonzero(ok)]).T
-            ax.plot(mx[ok], m, marker="o", label=name, color=color[name])
-            ax.fill_between(mx[ok], lo, hi, color=color[name], alpha=0.15)
+            drawn.append(curve(ax, mx[ok], m, lo, hi, name, len(d)))
         ax.set_ylabel("minus random, same seed (below 0: better)")
-        panels.append(ax)
-    for ax in panels:
+        panels.append((ax, drawn))
+    for ax, drawn in panels:
+        m, lo, hi = ([v for c in drawn for v in c[k] if np.isfinite(v)] for k in range(3))
+        if m:
+            spread = max(m) - min(m) or 0.05 * max(abs(max(m)), 1e-3)
+            margin = 0.05 * spread  # markers at the edge stay whole
+            ax.set_ylim(max(min(lo + m), min(m) - spread) - margin, min(max(hi + m), max(m) + spread) + margin)
         ax.set_xlabel(XS[x][1])
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
