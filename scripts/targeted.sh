@@ -25,6 +25,7 @@
 # run not yet kept (finished or not) into $PARKED/<part>/<target>/ (committed: a few KB a run), and the
 # next invocation, on any machine, restores them and goes on; acquisition_AL.py --resume trains a
 # restored run's last round again for the weights it needs (rounds train from the base, seeded).
+# A random run kept before random went on to twice the budget is restored the same way, and chained.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 PART="${1:-smollm2}"
 OUT="${OUT:-runs/targeted}"
@@ -161,6 +162,14 @@ one_target() {  # all arms x seeds of one target, then its reports
       mkdir -p "$dir" && cp -r "$parked" "$dir/" && echo "restored $parked" >&2
     fi
   done
+  if [ "$RANDOM_BUDGET" -gt "$MAX_BUDGET" ]; then  # a random run kept before random went on to twice the budget: on from its logs
+    for kept in "$keep"/random_s*/; do
+      kept="${kept%/}"
+      if [ -d "$kept" ] && [ ! -d "${kept/random_s/random2x_s}" ] && [ ! -f "$dir/$(basename "$kept")/state.json" ]; then
+        mkdir -p "$dir" && cp -r "$kept" "$dir/" && echo "restored $kept" >&2
+      fi
+    done
+  fi
   for seed in $SEEDS; do
     local data="$OUT/data/s$seed/$target" pool="$OUT/data/s$seed/$target/pool.jsonl"
     "$PY" scripts/split_target.py --out "$OUT/data/s$seed" --seed "$seed" --category summarization brainstorming \

@@ -55,7 +55,9 @@ def test_targeted_sh_parked_part_goes_on_on_another_machine(tiny_model, tmp_path
     """targeted.sh killed in random2x's first round of training (random finished to 100), `park`;
     on another machine (a fresh OUT, no weights) the parked logs are restored, random2x's last
     round is trained again for its weights, its round-2 selection reused, and it goes on to 200:
-    the same round log as one uninterrupted invocation, and nothing is left parked."""
+    the same round log as one uninterrupted invocation, and nothing is left parked. A random run
+    kept before random went on to twice the budget is restored from the kept logs the same way and
+    chained to the direct run's end."""
     import shutil
 
     def part(out, *args, **extra):
@@ -86,3 +88,11 @@ def test_targeted_sh_parked_part_goes_on_on_another_machine(tiny_model, tmp_path
     assert part("b") == 0
     assert log("b") == log("direct") and log("b")[0] == 3
     assert os.listdir(parked) == []
+    # random kept at 100 before random went on to twice the budget; on a later machine the kept run
+    # is restored, its weights rebuilt, and the chain to 200 ends where the direct run did
+    assert part("old", RANDOM_BUDGET="100") == 0
+    assert not (tmp_path / "res/old/runs/default/summarization/random2x_s101").exists()
+    assert part("later", RESULTS=str(tmp_path / "res/old")) == 0
+    assert "random_s101_sharded: no checkpoint; training round 1 again" in \
+        open(tmp_path / "later/default/summarization.log").read()  # restored, not run again from scratch
+    assert log("old") == log("direct")
