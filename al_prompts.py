@@ -71,6 +71,19 @@ def check_template(tokenizer, template: str, where: str) -> None:
                          "the tokenizer's own; use --prompt_template alpaca)")
 
 
+def batch_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's ids, special tokens added: through the Rust tokenizer itself where there is one
+    and it is set to neither truncate nor pad (a tokenizer.json may ask for either; the transformers
+    call turns that off per call, so those go through it). The call's per-text conversion was about
+    a quarter of tokenising a pool (benchmarks/results/tokenise.md); the ids are the same."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not texts:
+        return []
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return tokenizer(texts, return_attention_mask=False).input_ids
+    return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=True)]
+
+
 def _chat_ids(tokenizer, conversations: list[list[dict]], generation_prompt: bool) -> list[list[int]]:
     return [list(x) for x in tokenizer.apply_chat_template(conversations, add_generation_prompt=generation_prompt,
                                                            tokenize=True)["input_ids"]]
@@ -83,7 +96,7 @@ def prompt_ids(tokenizer, records: Sequence[dict], template: str = "alpaca") -> 
         return []
     if template == "chat":
         return _chat_ids(tokenizer, [chat_context(r) for r in records], True)
-    return tokenizer([format_prompt(r["instruction"], r["input"]) for r in records]).input_ids
+    return batch_ids(tokenizer, [format_prompt(r["instruction"], r["input"]) for r in records])
 
 
 def response_marker_ids(tokenizer, template: str = "alpaca") -> list[int]:
@@ -227,7 +240,7 @@ def lazy_encodings(tokenizer, pool: Mapping, template: str = "alpaca", progress:
 
 
 def _instruction_lens(tokenizer, records: Sequence[dict]) -> list[int]:
-    return [len(x) for x in tokenizer([r["instruction"] for r in records], return_attention_mask=False).input_ids]
+    return [len(x) for x in batch_ids(tokenizer, [r["instruction"] for r in records])]
 
 
 def _answers(records: Sequence[dict], p_ids: list, fulls: list, answer_of: Callable) -> list[list[int]]:
@@ -242,9 +255,9 @@ def _encode_alpaca(tokenizer, records: Sequence[dict]) -> tuple[list, list, list
     the tail of the joint tokenisation, so prompt + answer is exactly what the tokenizer makes of
     the whole text."""
     prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
-    p_ids = tokenizer(prompts, return_attention_mask=False).input_ids
+    p_ids = batch_ids(tokenizer, prompts)
     texts = [p + ANSWER_SEP + r["output"] for p, r in zip(prompts, records) if r["output"]]
-    fulls = tokenizer(texts, return_attention_mask=False).input_ids if texts else []  # (no empty batches)
+    fulls = batch_ids(tokenizer, texts)
 
     def answer_of(r: dict, p: list, full: list) -> list[int]:
         if full[: len(p)] == p:

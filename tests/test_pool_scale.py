@@ -27,6 +27,21 @@ def test_compact_encodings_equal_per_record_tokenisation(loaded, pool, monkeypat
     assert enc.buf.dtype.name == "int32"
 
 
+def test_batch_ids_equal_the_tokenizer_call_also_when_its_file_asks_to_truncate_or_pad(loaded, pool):
+    """The Rust tokenizer called directly gives the transformers call's ids; a tokenizer.json that
+    asks for truncation or padding (the call turns both off) goes through the call, not truncated."""
+    _, tok = loaded
+    texts = [P.format_prompt(r["instruction"], r["input"]) + P.ANSWER_SEP + r["output"] for r in D.load_records(pool)]
+    want = tok(texts, return_attention_mask=False).input_ids
+    assert P.batch_ids(tok, texts) == want and P.batch_ids(tok, []) == []
+    for ask in (lambda b: b.enable_truncation(8), lambda b: b.enable_padding(length=600)):
+        ask(tok._tokenizer)
+        assert P.batch_ids(tok, texts) == want
+        tok._tokenizer.no_truncation()
+        tok._tokenizer.no_padding()
+    assert max(map(len, want)) > 8
+
+
 def test_scale_benchmark_smallest_size(tiny_model, tmp_path):
     out = tmp_path / "scale.md"
     subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_pool_scale.py"), "--sizes", "1500",
