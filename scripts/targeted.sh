@@ -122,7 +122,9 @@ park() {  # park TARGET: the round logs of every run not yet kept, into PARKED/<
   local dir="$OUT/$PART/$1" to
   for run in "$dir"/*/; do
     run="${run%/}" to="$PARKED/$PART/$1/$(basename "$run")"
-    if [ ! -f "$run/state.json" ] || [ -d "$RESULTS/runs/$PART/$1/$(basename "$run")" ]; then continue; fi
+    local kept="$RESULTS/runs/$PART/$1/$(basename "$run")"
+    # kept, or a random run whose chained twice-the-budget run is kept in its place
+    if [ ! -f "$run/state.json" ] || [ -d "$kept" ] || [ -d "${kept/random_s/random2x_s}" ]; then continue; fi
     rm -rf "$to" && mkdir -p "$to"
     cp "$run/state.json" "$to/"
     copy_logs "$run" "$to"
