@@ -26,12 +26,12 @@ from scipy.stats import spearmanr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench_pool_scale import rss_gib  # noqa: E402
 from bench_targeted import targeted_pass  # noqa: E402
 
 import al_similarity as M  # noqa: E402
 import al_strategies as S  # noqa: E402
 from al_prompts import truncate_pair  # noqa: E402
-from al_scoring import pad  # noqa: E402
 from al_utils import atomic_write_text  # noqa: E402
 
 AFTER = M._module_grads
@@ -52,11 +52,6 @@ def before(model, ids: torch.Tensor, tgt: torch.Tensor, mods: list) -> list:
         for h in hooks:
             h.remove()
     return [(seen[m][0].float(), d.float()) for m, d in zip(mods, deltas)]
-
-
-def rss_gib() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2**20
 
 
 def timed(base: float, fn, *args) -> tuple:
@@ -80,13 +75,13 @@ def timed(base: float, fn, *args) -> tuple:
 def float64_error(sc: S.Scoring, seqs: list, starts: list) -> tuple[float, float]:
     """Largest relative error of either variant's deltas on the first gradient batch against the
     loss computed in float64 row by row (the model cast to float64 for the reference only)."""
-    idx = M.grad_batches(sc.cfg, [len(s) for s in seqs])[0]
-    ids, _ = pad([seqs[i] for i in idx], sc.pad_id)
-    tgt = torch.full_like(ids, -100)
-    for b, i in enumerate(idx):
-        tgt[b, starts[i] - 1: len(seqs[i]) - 1] = ids[b, starts[i]: len(seqs[i])]
     mods = [m for _, m in M.less_modules(sc.model)]
-    got = [[d for _, d in fn(sc.model, ids, tgt, mods)] for fn in (before, AFTER)]
+    got = []
+    for fn in (before, AFTER):  # layer_grads' first batch, its forward + backward by each variant
+        M._module_grads = fn
+        idx, acts = next(M.layer_grads(sc.model, seqs, starts, sc.pad_id, sc.cfg, mods))
+        got.append([d for _, d in acts])
+    M._module_grads = AFTER
     sc.model.double()
     seen: dict = {}
     hooks = [m.register_forward_hook(lambda m, a, o: seen.setdefault(m, []).append(o)) for m in mods]
