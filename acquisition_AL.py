@@ -47,6 +47,7 @@ from al_strategies import (
     add_score_args,
     add_selection_args,
     check_flag_use,
+    reads_answers,
     score_config,
     selection_config,
     strategy,
@@ -179,7 +180,7 @@ def check_numbers(args: argparse.Namespace) -> Configs:
 
 def pool_and_budget(args: argparse.Namespace, annotate: bool, prior: dict | None) -> tuple[Pool, int]:
     """The pool's records and the budget in examples."""
-    needs_answers = strategy(args.sampling_strategy).answers or args.grad_answers == "pool"
+    needs_answers = reads_answers(args.sampling_strategy, args.grad_answers)
     if annotate and args.grad_answers == "pool":
         why = "--grad_answers pool takes gradients on the pool's answers; the default takes the model's own"
     elif annotate and needs_answers:
@@ -334,7 +335,7 @@ def open_run(args: argparse.Namespace) -> Run:
         state.pop("failed")
     # prompts (+ the pool's answers, if any: oracle labels, held-out), tokenised when a round needs them
     enc = lazy_encodings(tok, records, args.prompt_template, cfg.score.progress)
-    enc.ensure(perm[: args.heldout_size])
+    enc.ensure(perm[: args.heldout_size], answers=True)
     state["excluded_as_target"] = len(perm) - args.heldout_size - len(order)
     spec = RunSpec(seed=args.seed, per_round=args.num_acquisition_samples, init_checkpoint=args.init_checkpoint_path,
                    model_config=args.model_config_path, prompt_template=args.prompt_template,

@@ -26,7 +26,16 @@ from al_prompts import Encodings, pad_id_of, truncate_prompt
 from al_scoring import GEN_KV_TOKENS, ScoreConfig, answer_nll_parts, generate, stop_ids
 from al_selection import SelectConfig, candidates, fill_to_cost
 from al_similarity import Target, less_modules, similarity_guard
-from al_strategies import Scoring, allowed, score_candidates, select, select_by_cost, shortlist, strategy
+from al_strategies import (
+    Scoring,
+    allowed,
+    reads_answers,
+    score_candidates,
+    select,
+    select_by_cost,
+    shortlist,
+    strategy,
+)
 from al_training import NonFiniteLoss, TrainConfig, save_trained, summary, train
 from al_utils import (
     InputError,
@@ -218,7 +227,9 @@ def select_round(run: Run, rnd: int) -> tuple[list[dict], list[dict]]:
             n = math.ceil(want / np.mean(run.words_of(cands)))
         if len(cands) < n:
             run.log(f"warning: round {rnd}: only {len(cands)} candidates for {n} slots")
-        run.enc.ensure(cands + run.labelled)  # only what this round scores (and compares with)
+        # only what this round scores (and compares with); a pool's answers only where they are read
+        run.enc.ensure(cands, answers=reads_answers(sel.strategy, run.cfg.score.grad_answers))
+        run.enc.ensure(run.labelled, answers=True)
         scores, keep_of = score_round(run, rnd, sel.strategy, cands, n)
         kill_point("scoring", rnd)
         rng_of = lambda: round_rng(run.spec.seed, rnd, RNG_SELECT)  # noqa: E731
@@ -309,7 +320,7 @@ def train_labelled(run: Run, rnd: int) -> dict:
         run.model = run.load(base, lora)
     torch.manual_seed(spec.seed + rnd)
     tcfg = dataclasses.replace(run.cfg.train, seed=spec.seed + rnd)
-    run.enc.ensure(run.labelled)
+    run.enc.ensure(run.labelled, answers=True)
     try:
         stats, opt = train(run.model, [run.enc[i] for i in run.labelled], tcfg, pad_id_of(run.tok),
                            on_step=lambda step: kill_point("training", rnd))

@@ -116,13 +116,26 @@ def response_marker_ids(tokenizer, template: str = "alpaca") -> list[int]:
 # tokenisation
 
 
-@dataclass
+@dataclass(eq=False)
 class Encoded:
     prompt: list[int]  # BOS + templated prompt
-    answer: list[int]  # answer tokens + EOS (empty when the record has no answer)
+    # answer tokens + EOS (empty when the record has no answer), or, in a lazy pool whose answer is
+    # not tokenised yet, the call that tokenises it: read through .answer
+    answer_or_later: list[int] | Callable[[], list[int]]
     input_block: int = 0  # 1 when the prompt has the alpaca input block: rows alike share a prefix
     instruction_len: int = 0  # tokens of the instruction alone, BOS included (as the original counted)
     spans: tuple = ()  # (start, end) of earlier assistant turns inside the prompt: trained on too (multi-turn)
+
+    @property
+    def answer(self) -> list[int]:
+        if callable(self.answer_or_later):
+            self.answer_or_later = self.answer_or_later()
+        return self.answer_or_later
+
+    def __eq__(self, other: object) -> bool:  # the same tokens, whether the answer was read yet or not
+        return isinstance(other, Encoded) and (self.prompt, self.answer, self.input_block, self.instruction_len,
+                                               self.spans) == (other.prompt, other.answer, other.input_block,
+                                                               other.instruction_len, other.spans)
 
     def prompt_loss(self) -> list[int] | None:
         """1 on the prompt tokens training learns (earlier assistant turns), else 0; None: none."""
@@ -150,7 +163,12 @@ class Encodings(Mapping):
     """id -> Encoded for a whole pool, held in flat arrays: one int32 buffer of every record's
     prompt ids then answer ids, offsets and lengths per record. A Python list per record cost about
     54 KB of memory each (a million-record pool did not fit); this costs 4 bytes per token. Encoded
-    objects are built on access; a later id replaces an earlier one (annotators' answers)."""
+    objects are built on access; a later id replaces an earlier one (annotators' answers).
+
+    A lazy pool tokenises prompts only unless asked for answers (ensure(answers=True): the labelled
+    set, the held-out set, a strategy that reads answers): a simulated pool's answers are most of
+    its text, and a prompt-only strategy never reads them (benchmarks/results/tokenise.md). An
+    answer nobody ensured is tokenised when first read (Encoded.answer), one record at a time."""
 
     def __init__(self, source: tuple | None = None) -> None:
         self.source = source  # lazy: (tokenizer, id -> record, template, progress) encodes ids on demand
@@ -161,16 +179,19 @@ class Encodings(Mapping):
         self.input_block = np.zeros(0, np.int8)
         self.ins_len = np.zeros(0, np.int32)
         self.spans: dict[int, tuple] = {}  # row -> Encoded.spans, for the (few) multi-turn records
+        self.later = np.zeros(0, np.int8)  # 1: the record has an answer not tokenised yet (answer ids empty)
         self._pending: list = []  # appended chunks not yet joined into the arrays
         self._count = 0  # records appended (rows index them)
 
     def extend(self, ids: Sequence, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
-               input_blocks: Sequence[int], ins_lens: Sequence[int], spans: Sequence[tuple] = ()) -> None:
+               input_blocks: Sequence[int], ins_lens: Sequence[int], spans: Sequence[tuple] = (),
+               later: Sequence[int] | None = None) -> None:
         """Append records; the arrays are joined once, on the next read (no copy per chunk)."""
         lens = np.array([len(p) + len(a) for p, a in zip(prompts, answers)], np.int64)
         self._pending.append((np.fromiter((t for p, a in zip(prompts, answers) for t in (*p, *a)), np.int32,
                                           int(lens.sum())), lens, np.array([len(p) for p in prompts], np.int32),
-                              np.array(input_blocks, np.int8), np.array(ins_lens, np.int32)))
+                              np.array(input_blocks, np.int8), np.array(ins_lens, np.int32),
+                              np.zeros(len(lens), np.int8) if later is None else np.array(later, np.int8)))
         self.rows.update((i, self._count + k) for k, i in enumerate(ids))
         self.spans.update((self._count + k, sp) for k, sp in enumerate(spans) if sp)
         self._count += len(lens)
@@ -178,12 +199,13 @@ class Encodings(Mapping):
     def _join(self) -> None:
         if not self._pending:
             return
-        bufs, lens, plens, tmpl, ins = zip(*self._pending)
+        bufs, lens, plens, tmpl, ins, later = zip(*self._pending)
         self.buf = np.concatenate([self.buf, *bufs])
         self.start = np.concatenate([self.start, self.start[-1] + np.cumsum(np.concatenate(lens))])
         self.plen = np.concatenate([self.plen, *plens])
         self.input_block = np.concatenate([self.input_block, *tmpl])
         self.ins_len = np.concatenate([self.ins_len, *ins])
+        self.later = np.concatenate([self.later, *later])
         self._pending = []
 
     def update(self, other: Encodings) -> None:  # type: ignore[override]
@@ -192,23 +214,28 @@ class Encodings(Mapping):
         self.extend(ids, [e.prompt for e in es], [e.answer for e in es], [e.input_block for e in es],
                     [e.instruction_len for e in es], [e.spans for e in es])
 
-    def ensure(self, ids: Iterable) -> None:
-        """Lazy encodings: tokenise (in chunks) the ids not encoded yet. A round calls this with its
-        candidates, so a pool scored a sample at a time is never encoded whole."""
+    def ensure(self, ids: Iterable, answers: bool = False) -> None:
+        """Lazy encodings: tokenise (in chunks) the ids not encoded yet, with their answers or not. A
+        round calls this with its candidates, so a pool scored a sample at a time is never encoded
+        whole. A record encoded without its answer is encoded again whole (a new row)."""
         if self.source is None:
             return
         tokenizer, pool, template, progress = self.source
-        missing = [i for i in dict.fromkeys(ids) if i not in self.rows]
-        self._encode(tokenizer, missing, lambda part: take(pool, part), template, progress)
+        self._join()
+        missing = [i for i in dict.fromkeys(ids) if i not in self.rows or (answers and self.later[self.rows[i]])]
+        self._encode(tokenizer, missing, lambda part: take(pool, part), template, progress, answers)
 
     def _encode(self, tokenizer, items: Sequence, records_of: Callable[[Sequence], Sequence[dict]], template: str,
-                progress: bool) -> None:
+                progress: bool, answers: bool = True) -> None:
         """Tokenise `items` ENCODE_CHUNK at a time: records, or ids whose records records_of takes."""
         chunks = range(0, len(items), ENCODE_CHUNK)
         for lo in progress_bar(chunks, desc="tokenising", unit="chunk", enabled=progress and len(chunks) >= 2):
             part = records_of(items[lo: lo + ENCODE_CHUNK])
+            later = None if answers else [int(bool(r["output"])) for r in part]
+            if not answers:
+                part = [{**r, "output": ""} for r in part]
             self.extend([r["id"] for r in part], *(_encode_chat if template == "chat" else _encode_alpaca)(
-                tokenizer, part))
+                tokenizer, part), later=later)
 
     def __getitem__(self, i: Any) -> Encoded:
         if i not in self.rows:  # lazy, and asked for one nobody ensured: encode it alone
@@ -216,8 +243,15 @@ class Encodings(Mapping):
         self._join()
         r = self.rows[i]
         a, b, p = int(self.start[r]), int(self.start[r + 1]), int(self.plen[r])
-        return Encoded(self.buf[a: a + p].tolist(), self.buf[a + p: b].tolist(), int(self.input_block[r]),
-                       int(self.ins_len[r]), self.spans.get(r, ()))
+        answer = self._answer_later(i) if self.later[r] else self.buf[a + p: b].tolist()
+        return Encoded(self.buf[a: a + p].tolist(), answer, int(self.input_block[r]), int(self.ins_len[r]),
+                       self.spans.get(r, ()))
+
+    def _answer_later(self, i: Any) -> Callable[[], list[int]]:
+        def answer() -> list[int]:
+            self.ensure([i], answers=True)
+            return self[i].answer
+        return answer
 
     def __iter__(self) -> Iterator:
         return iter(self.rows)

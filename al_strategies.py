@@ -404,6 +404,11 @@ def strategy(name: str) -> Strategy:
     return STRATEGIES[name]
 
 
+def reads_answers(name: str, grad_answers: str) -> bool:
+    """Whether the strategy reads its candidates' answers (the pool's): a lazy pool then tokenises them."""
+    return strategy(name).answers or grad_answers == "pool"
+
+
 def score_candidates(name: str, cand_ids: Sequence, sc: Scoring, part: slice = slice(None),
                      gather: Callable[[list], list] = lambda rows: rows) -> list[dict]:
     """Score the candidates; rows come back in candidate order.

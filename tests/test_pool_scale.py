@@ -27,6 +27,31 @@ def test_compact_encodings_equal_per_record_tokenisation(loaded, pool, monkeypat
     assert enc.buf.dtype.name == "int32"
 
 
+def test_lazy_pool_tokenises_answers_only_where_asked(loaded, pool):
+    """A lazy pool's prompt-only ensure leaves answers untokenised (their ids not in the buffer); an
+    answer read anyway is tokenised then, alone; ensure(answers=True) encodes the rest whole. Every
+    Encoded equals the eager one."""
+    _, tok = loaded
+    records = D.load_records(pool)[:40]
+    ids = [r["id"] for r in records]
+    eager = P.encode_records(tok, records)
+    lazy = P.lazy_encodings(tok, D.load_pool(pool))
+    lazy.ensure(ids)
+    lazy._join()
+    assert len(lazy.buf) == sum(len(eager[i].prompt) for i in ids)  # prompts only
+    assert list(lazy.later) == [int(bool(r["output"])) for r in records] and lazy.later.any()
+    first = next(i for i, r in zip(ids, records) if r["output"])
+    e = lazy[first]
+    assert callable(e.answer_or_later) and e.prompt == eager[first].prompt
+    assert e.answer == eager[first].answer and e.answer  # read: tokenised then, for this record alone
+    lazy._join()
+    assert lazy.later.sum() == sum(bool(r["output"]) for r in records)  # a new row for it; the others wait
+    assert not lazy.later[lazy.rows[first]]
+    lazy.ensure(ids[:20], answers=True)
+    assert [lazy[i].answer_or_later for i in ids[:20]] == [eager[i].answer for i in ids[:20]]
+    assert [lazy[i] for i in ids] == [eager[i] for i in ids] and list(lazy) == ids
+
+
 def test_batch_ids_equal_the_tokenizer_call_also_when_its_file_asks_to_truncate_or_pad(loaded, pool):
     """The Rust tokenizer called directly gives the transformers call's ids; a tokenizer.json that
     asks for truncation or padding (the call turns both off) goes through the call, not truncated."""
