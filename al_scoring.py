@@ -91,6 +91,21 @@ MAX_BATCH_ROWS = 256
 GEN_KV_TOKENS = 8192
 
 
+def model_kv_tokens(model, most: int = GEN_KV_TOKENS) -> int:
+    """A generation batch's KV budget (tokens) that holds at most the model's own size in KV cache,
+    and at most `most`: a small model's batches otherwise hold several times its weights in
+    activations (the default model's less answers peaked at 2x forward_ppl's memory; SmolLM2 stays at
+    `most`: benchmarks/results/less_gen_memory.md). `most` where the config does not say its shape."""
+    c = model.config.get_text_config()
+    layers, heads = getattr(c, "num_hidden_layers", None), getattr(c, "num_attention_heads", None)
+    if not layers or not heads:
+        return most
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    per_token = 2 * layers * (getattr(c, "num_key_value_heads", None) or heads) * head_dim  # K and V, elements
+    weights = sum(p.numel() for p in model.parameters())
+    return max(1, min(most, weights // per_token))
+
+
 def make_batches(lengths: Sequence[int], token_budget: int, max_rows: int,
                  groups: Sequence[int] | None = None) -> list[list[int]]:
     """Group row indices sorted by (group, length) so each padded batch holds <= token_budget

@@ -27,7 +27,7 @@ from al_prompts import (
     truncate_pair,
     truncate_prompt,
 )
-from al_scoring import GEN_KV_TOKENS, ScoreConfig, generate, mean_nll, sequence_nll, stop_ids
+from al_scoring import GEN_KV_TOKENS, ScoreConfig, generate, mean_nll, model_kv_tokens, sequence_nll, stop_ids
 from al_selection import (
     STRATEGY_NAMES,
     SelectConfig,
@@ -53,7 +53,7 @@ from al_utils import InputError, add_config_args, config_from
 SELF_ASK_TEMPLATE = ("Can you answer the following request correctly? Answer yes or no.\n\n"
                      "Request: {instruction}")
 NO_SPELLINGS = ("no", "No", "NO")
-# less's answers: up to 64 rows a batch (GEN_KV_TOKENS bounds them too); a decode step reads every
+# less's answers: up to 64 rows a batch (model_kv_tokens bounds them too); a decode step reads every
 # weight, so more rows cost little more (SmolLM2: 0.74x the time of 16 rows, identical answers;
 # benchmarks/results/less_gen_rows.md)
 LESS_GEN_ROWS = 64
@@ -220,7 +220,7 @@ def less_answers(sc: Scoring, ids: Sequence) -> list[list[int]]:
     prompts = [truncate_prompt(sc.enc[i].prompt, cfg.max_length - 1) for i in ids]
     gens = generate(sc.model, prompts, [cfg.gen_max_new_tokens] * len(ids), sc.pad_id, sc.stop,
                     min(cfg.max_rows, LESS_GEN_ROWS), cfg.progress, "less: answers",
-                    in_step=fsdp_utils.is_sharded(sc.model), kv_tokens=GEN_KV_TOKENS)
+                    in_step=fsdp_utils.is_sharded(sc.model), kv_tokens=model_kv_tokens(sc.model))
     return [toks or [sc.tokenizer.eos_token_id] for toks, _ in gens]
 
 

@@ -191,6 +191,23 @@ def test_generation_batches_by_kv_tokens_and_answers_do_not_change(setup, monkey
     assert any(rows < 5 for rows, _ in shapes[:-1])  # the budget, not only the row cap, cut a batch
 
 
+def test_model_kv_tokens_hold_at_most_the_models_size_in_kv_cache():
+    """less's generation budget: weights // (2 * layers * KV heads * head dim), capped; a config
+    without the shape falls back to the cap. Counted by hand for a GQA Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    # embeddings + head 2 * 3200; a layer: q, o 1024 each, k, v 512 each, MLP 3 * 2048, 2 norms 32 each
+    weights = 2 * 100 * 32 + 2 * (2 * 1024 + 2 * 512 + 3 * 2048 + 64) + 32
+    assert weights == sum(p.numel() for p in model.parameters()) == 24992
+    assert SC.model_kv_tokens(model) == 24992 // (2 * 2 * 2 * 8) == 390
+    assert SC.model_kv_tokens(model, most=100) == 100
+    shapeless = SimpleNamespace(config=SimpleNamespace(get_text_config=SimpleNamespace), parameters=model.parameters)
+    assert SC.model_kv_tokens(shapeless, most=100) == 100
+
+
 def single_token_nos(tok) -> list[int]:
     out = set()
     for text in ("no", " no", "No", " No", "NO", " NO"):
