@@ -230,9 +230,9 @@ class Encodings(Mapping):
         """Tokenise `items` ENCODE_CHUNK at a time: records, or ids whose records records_of takes."""
         chunks = range(0, len(items), ENCODE_CHUNK)
         for lo in progress_bar(chunks, desc="tokenising", unit="chunk", enabled=progress and len(chunks) >= 2):
-            part = records_of(items[lo: lo + ENCODE_CHUNK])
-            later = None if answers else [int(bool(r["output"])) for r in part]
-            if not answers:
+            part, later = records_of(items[lo: lo + ENCODE_CHUNK]), None
+            if not answers:  # the answers to tokenise later; the encoders see records without them
+                later = [int(bool(r["output"])) for r in part]
                 part = [{**r, "output": ""} for r in part]
             self.extend([r["id"] for r in part], *(_encode_chat if template == "chat" else _encode_alpaca)(
                 tokenizer, part), later=later)
