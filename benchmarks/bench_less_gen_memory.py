@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench_less_logits import timed  # noqa: E402
 from bench_pool_scale import rss_gib  # noqa: E402
-from bench_targeted import targeted_pass  # noqa: E402
+from bench_targeted import add_pass_args, targeted_pass  # noqa: E402
 
 import al_similarity as M  # noqa: E402
 import al_strategies as S  # noqa: E402
@@ -70,24 +70,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="models/tiny-llama",
                    help="comma-separated (SmolLM2-135M: its own size, 11,676 tokens, is over the cap, so unchanged)")
-    p.add_argument("--model", help=argparse.SUPPRESS)  # set per child process
-    p.add_argument("--n", type=int, default=400, help="candidates (a real round scores ~400)")
-    p.add_argument("--max_length", type=int, default=256, help="the SmolLM2 experiments' context")
-    p.add_argument("--gen_max_new_tokens", type=int, default=32)
-    p.add_argument("--grad_dim", type=int, default=8192)
-    p.add_argument("--grad_projection", default="countsketch", choices=("countsketch", "kronecker"))
+    add_pass_args(p, n=400, max_length=256)  # --model: set per child process from --models
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--repeats", type=int, default=2, help="runs of each budget, interleaved")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/less_gen_memory.md")
     a = p.parse_args()
-    if a.model:
+    if a.child:
         print(child(a))
         return
     rows = []
     for model in a.models.split(","):  # a process each: one model's allocations do not raise the other's peak
-        argv = [sys.executable, __file__, "--model", model] + [x for k, v in vars(a).items()
-                                                               if k not in ("model", "models", "out")
-                                                               for x in (f"--{k}", str(v))]
+        argv = [sys.executable, __file__, "--child", "--model", model] + [
+            x for k, v in vars(a).items() if k not in ("model", "models", "out", "child") for x in (f"--{k}", str(v))]
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
         rows.append(out.strip().splitlines()[-5:])
     lines = [f"# less's greedy answers: KV budget of the model's own size ({a.n} candidates, 30 targets)", "",

@@ -27,7 +27,7 @@ from scipy.stats import spearmanr
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench_pool_scale import rss_gib  # noqa: E402
-from bench_targeted import targeted_pass  # noqa: E402
+from bench_targeted import add_pass_args, targeted_pass  # noqa: E402
 
 import al_similarity as M  # noqa: E402
 import al_strategies as S  # noqa: E402
@@ -105,15 +105,9 @@ def float64_error(sc: S.Scoring, seqs: list, starts: list) -> tuple[float, float
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="models/tiny-llama")
-    p.add_argument("--n", type=int, default=400, help="candidates (a real round scores ~400)")
-    p.add_argument("--max_length", type=int, default=256, help="the SmolLM2 experiments' context")
-    p.add_argument("--gen_max_new_tokens", type=int, default=32)
-    p.add_argument("--grad_dim", type=int, default=8192)
-    p.add_argument("--grad_projection", default="countsketch", choices=("countsketch", "kronecker"))
+    add_pass_args(p, n=400, max_length=256)
     p.add_argument("--top", type=int, default=25, help="the round's batch, for the top-n overlap")
     p.add_argument("--repeats", type=int, default=2, help="runs of each variant, interleaved (best one counts)")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/less_logits.md")
     a = p.parse_args()
     sc, ids = targeted_pass(a)

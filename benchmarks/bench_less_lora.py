@@ -19,7 +19,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench_targeted import targeted_pass  # noqa: E402
+from bench_targeted import add_pass_args, targeted_pass  # noqa: E402
 
 import al_similarity as M  # noqa: E402
 import al_strategies as S  # noqa: E402
@@ -30,13 +30,8 @@ from al_utils import atomic_write_text  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="models/tiny-llama")
-    p.add_argument("--n", type=int, default=400)
-    p.add_argument("--max_length", type=int, default=384)
-    p.add_argument("--gen_max_new_tokens", type=int, default=32)
-    p.add_argument("--grad_dim", type=int, default=8192)
+    add_pass_args(p, n=400, max_length=384, projection=False)  # full weights: Kronecker, below
     p.add_argument("--lora_r", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/less_lora.md")
     a = p.parse_args()
     sc, ids = targeted_pass(a)

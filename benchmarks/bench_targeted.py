@@ -32,6 +32,21 @@ from al_scoring import ScoreConfig  # noqa: E402
 from al_utils import atomic_write_text  # noqa: E402
 
 
+def add_pass_args(p: argparse.ArgumentParser, n: int, max_length: int, projection: bool = True) -> None:
+    """The flags targeted_pass reads, declared once for every benchmark built on it; without
+    `projection` the benchmark picks its projections itself (the flag would do nothing)."""
+    p.add_argument("--model", default="models/tiny-llama")
+    p.add_argument("--n", type=int, default=n, help="pool prompts, the candidates (a real round scores ~400)")
+    p.add_argument("--max_length", type=int, default=max_length, help="context (the SmolLM2 experiments': 256)")
+    p.add_argument("--gen_max_new_tokens", type=int, default=32)
+    p.add_argument("--grad_dim", type=int, default=8192)
+    if projection:
+        p.add_argument("--grad_projection", default="countsketch", choices=("countsketch", "kronecker"))
+    else:
+        p.set_defaults(grad_projection="kronecker")
+    p.add_argument("--threads", type=int, default=2)
+
+
 def targeted_pass(a: argparse.Namespace) -> tuple[S.Scoring, list]:
     """The scoring of a targeted round: the first --n pool records as candidates, 30 summarization
     records from the rest as the target, the --model loaded (also bench_less_phases.py's setup)."""
@@ -80,13 +95,7 @@ def child(a: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="models/tiny-llama")
-    p.add_argument("--n", type=int, default=200, help="pool prompts scored")
-    p.add_argument("--max_length", type=int, default=384)
-    p.add_argument("--gen_max_new_tokens", type=int, default=32)
-    p.add_argument("--grad_dim", type=int, default=8192)
-    p.add_argument("--grad_projection", default="countsketch", choices=("countsketch", "kronecker"))
-    p.add_argument("--threads", type=int, default=2)
+    add_pass_args(p, n=200, max_length=384)
     p.add_argument("--out", default="benchmarks/results/targeted.md")
     p.add_argument("--strategy", default=None, help=argparse.SUPPRESS)  # the child's
     a = p.parse_args()
