@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 
 import fsdp_utils
 from al_datasets import load_records, read_rows
@@ -387,7 +388,7 @@ def layer_grads(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad
     On a model sharded with FSDP2 each rank passes its own rows and FSDP gathers one layer at a
     time, forward and backward (no full copy of the model on any rank); its gathers are collectives,
     so the ranks agree on the number of batches and a rank with fewer passes a 2-token dummy batch
-    for each missing one."""
+    for each missing one (yielded with no row indices)."""
     mods = [m for _, m in less_modules(model)] if mods is None else list(mods)
     batches = grad_batches(cfg, [len(s) for s in seqs])
     spare = fsdp_utils.max_over_ranks(len(batches)) - len(batches) if fsdp_utils.is_sharded(model) else 0
@@ -397,8 +398,8 @@ def layer_grads(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad
         for b, i in enumerate(idx):
             tgt[b, starts[i] - 1: len(seqs[i]) - 1] = ids[b, starts[i]: len(seqs[i])]
         yield idx, _module_grads(model, ids, tgt, mods)
-    for _ in range(spare):
-        _module_grads(model, torch.full((1, 2), pad_id), torch.tensor([[pad_id, -100]]), mods)
+    for _ in range(spare):  # no rows of this rank's: yielded for what the caller does in step (gathered)
+        yield [], _module_grads(model, torch.full((1, 2), pad_id), torch.tensor([[pad_id, -100]]), mods)
 
 
 def _module_grads(model, ids: torch.Tensor, tgt: torch.Tensor, mods: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -441,9 +442,18 @@ def _features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_i
     was_training = model.training
     model.eval()
     for idx, acts in layer_grads(model, seqs, starts, pad_id, cfg, mods):
-        out[idx] = sum(block(j, x, d) for j, (x, d) in enumerate(acts)).numpy()
+        feats = sum(block(j, x, d) for j, (x, d) in enumerate(acts))  # a dummy batch's too: block may gather
+        if idx:
+            out[idx] = feats.numpy()
     model.train(was_training)
     return out
+
+
+def gathered(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Whole fp32 CPU tensors: a sharded model's saved moments (DTensors, fsdp_utils.adam_moments)
+    are gathered for the batch that uses them and freed after it. A collective: every rank calls it
+    for every batch, its dummy ones too (layer_grads)."""
+    return tuple(t.full_tensor().float().cpu() if isinstance(t, DTensor) else t for t in tensors)
 
 
 def grad_features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int, cfg: ScoreConfig,
@@ -455,7 +465,7 @@ def grad_features(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], p
     named = less_modules(model)
 
     def block(j: int, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return project_grad(x, d, proj[j], None if moments is None else moments[named[j][0]], betas)
+        return project_grad(x, d, proj[j], None if moments is None else gathered(moments[named[j][0]]), betas)
 
     return _features(model, seqs, starts, pad_id, cfg, [m for _, m in named], cfg.grad_dim, block)
 

@@ -414,8 +414,12 @@ def adamw(params: list, lr: float = 1e-3, weight_decay: float = 0.0,
 
 
 def adam_moments(model: torch.nn.Module, path: str, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """name -> (exp_avg, exp_avg_sq) as full CPU tensors, from the optimizer state saved in `path`
-    (an AdamW over the model's parameters, as train() builds it). Every rank must call it."""
+    """name -> (exp_avg, exp_avg_sq) from the optimizer state saved in `path` (an AdamW over the
+    model's parameters, as train() builds it). Every rank must call it. In one process: CPU tensors.
+    Sharded (FSDP2): each rank keeps its shards, DTensors as the optimizer held them, and less
+    gathers one weight's at a time (al_similarity.gathered). A whole copy of every LESS weight's
+    moments on every rank grew with the model, not with the shard: 8.6 GiB a rank for a 7B Llama,
+    more than its share of the weights on 8 ranks (benchmarks/results/less_ranks.md)."""
     from torch.distributed.tensor import DTensor
 
     opt = adamw(list(model.parameters()))
@@ -423,9 +427,8 @@ def adam_moments(model: torch.nn.Module, path: str, names: list[str]) -> dict[st
     params = dict(model.named_parameters())
     out = {}
     for name in names:
-        st = opt.state[params[name]]
-        m, v = (st[k].full_tensor() if isinstance(st[k], DTensor) else st[k] for k in ("exp_avg", "exp_avg_sq"))
-        out[name] = (m.detach().float().cpu(), v.detach().float().cpu())
+        m, v = (opt.state[params[name]][k].detach() for k in ("exp_avg", "exp_avg_sq"))
+        out[name] = (m, v) if isinstance(m, DTensor) else (m.float().cpu(), v.float().cpu())
     return out
 
 

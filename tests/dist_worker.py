@@ -3,8 +3,8 @@
     torchrun --nproc_per_node=2 tests/dist_worker.py MODE MODEL POOL OUT
 MODE train: one optimizer step on a fixed global batch of 8 (grad_accum x ranks = 4 micro-batches
 of 2), then save a sharded checkpoint to OUT/ckpt and the step loss to OUT/train.json.
-MODE score: forward_ppl, rds and less (and less --shortlist 20) of the first 59 pool records, sliced
-over ranks and gathered, to OUT/score.json.
+MODE score: forward_ppl, rds and less (and less with the checkpoint's Adam moments, and less
+--shortlist 20) of the first 59 pool records, sliced over ranks and gathered, to OUT/score.json.
 """
 import contextlib
 import json
@@ -12,6 +12,7 @@ import os
 import sys
 
 import numpy as np
+from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import al_datasets as D  # noqa: E402
@@ -19,7 +20,7 @@ import al_prompts as P  # noqa: E402
 import al_scoring as SC  # noqa: E402
 import al_strategies as S  # noqa: E402
 import fsdp_utils  # noqa: E402
-from al_similarity import Target  # noqa: E402
+from al_similarity import Target, less_modules  # noqa: E402
 from al_training import TrainConfig, train  # noqa: E402
 
 
@@ -51,6 +52,12 @@ def run(mode: str, model_path: str, pool: str, out: str) -> None:
             with fsdp_utils.full_params(model) if name != "less" else contextlib.nullcontext():
                 out_rows[name] = S.score_candidates(name, ids[:59], sc, fsdp_utils.my_slice(59),
                                                     fsdp_utils.gather_lists)
+        # less --save_opt: the checkpoint's Adam moments, which 2 ranks keep sharded and gather a weight at a time
+        sc.moments = fsdp_utils.adam_moments(model, model_path, [k for k, _ in less_modules(model)])
+        out_rows["moments_sharded"] = all(isinstance(m, DTensor) for pair in sc.moments.values() for m in pair)
+        out_rows["less_adam"] = S.score_candidates("less", ids[:59], sc, fsdp_utils.my_slice(59),
+                                                   fsdp_utils.gather_lists)
+        sc.moments = None
         with fsdp_utils.full_params(model):  # less --shortlist 20: rds's top 20, then less on those
             short, _ = S.shortlist(ids[:59], sc, 20)
         out_rows["shortlist"] = S.score_candidates("less", short, sc, fsdp_utils.my_slice(20), fsdp_utils.gather_lists)
