@@ -418,7 +418,7 @@ def adam_moments(model: torch.nn.Module, path: str, names: list[str]) -> dict[st
     model's parameters, as train() builds it). Every rank must call it. In one process: CPU tensors.
     Sharded (FSDP2): each rank keeps its shards, DTensors as the optimizer held them, and less
     gathers one weight's at a time (al_similarity.gathered). A whole copy of every LESS weight's
-    moments on every rank grew with the model, not with the shard: 8.6 GiB a rank for a 7B Llama,
+    moments on every rank grew with the model, not with the shard: 8.0 GiB a rank for a 7B Llama,
     more than its share of the weights on 8 ranks (benchmarks/results/less_ranks.md)."""
     from torch.distributed.tensor import DTensor
 

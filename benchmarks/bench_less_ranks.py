@@ -3,13 +3,17 @@ CPU, gloo), 1 process against 2 ranks, side by side in one run.
 
     python benchmarks/bench_less_ranks.py [--workdir /tmp/al-bench-1b]
 
-one:       1 process, the plain model: greedy answers, then the candidates' and the target's
-           projected gradients (al_similarity.grad_features)
-two:       2 ranks, as the loop runs less now: the model stays sharded; answers (generate in_step)
-           and gradients (layer_grads) run with the ranks in step, FSDP gathering a layer at a time
-two-copy:  2 ranks, as the loop ran less before: every rank gathers the whole model
-           (fsdp_utils.full_params) for its answers, and takes its gradients on a plain full copy
-Each rank scores its half of the candidates; every rank takes all of the target's gradients.
+one:        1 process, the plain model: greedy answers, then the candidates' and the target's
+            projected gradients (al_similarity.grad_features)
+two:        2 ranks, as the loop runs less now: the model stays sharded; answers (generate in_step)
+            and gradients (layer_grads) run with the ranks in step, FSDP gathering a layer at a time;
+            the Adam moments stay sharded too, gathered a weight at a time (al_similarity.gathered)
+two-whole:  as two, but every rank holds whole moments (fsdp_utils.adam_moments before 2026-12-01)
+two-copy:   2 ranks, as the loop ran less before: every rank gathers the whole model
+            (fsdp_utils.full_params) for its answers, and takes its gradients on a plain full copy
+The candidates' gradients are Adam-preconditioned (less --save_opt, the loop's less) by moments
+made from the weights (the same values in every mode; --no_adam: none). Each rank scores its half
+of the candidates; every rank takes all of the target's gradients.
 Memory = peak RSS minus the RSS after imports and process-group start; worst rank shown. The
 model is bench_sharded_load.py's (built once in --workdir). Also: the per-layer figures and the
 memory projected from them for 7 B and 70 B Llamas. Writes benchmarks/results/less_ranks.md.
@@ -29,7 +33,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fsdp_utils  # noqa: E402
 from al_scoring import ScoreConfig, generate  # noqa: E402
-from al_similarity import grad_features, kron_projections  # noqa: E402
+from al_similarity import gathered, grad_features, kron_projections, less_modules  # noqa: E402
 from al_utils import atomic_write_text  # noqa: E402
 from bench_sharded_load import GB, add_model_args, build, end_worker, peak, rss  # noqa: E402
 
@@ -56,6 +60,13 @@ def worker(mode: str, a) -> None:
     base = rss()
     model = fsdp_utils.load_model(os.path.join(a.workdir, "sharded"), device)
     out = {"rank": fsdp_utils.rank(), "loaded": peak() - base}
+    moments = None
+    if a.adam:  # the saved moments' stand-ins, from the weights: the same values in every mode
+        params = dict(model.named_parameters())
+        moments = {n: (params[n].detach() * 1e-3, params[n].detach().square() * 1e-4) for n, _ in less_modules(model)}
+        if mode != "two":  # whole on every rank (a plain model, or as before)
+            moments = {n: gathered(mv) for n, mv in moments.items()}
+    out["moments"] = peak() - base
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     prompts = [torch.randint(3, vocab, (a.prompt,), generator=g).tolist() for _ in range(a.candidates)]
@@ -70,7 +81,7 @@ def worker(mode: str, a) -> None:
         grad_model = plain_copy(model) if mode == "two-copy" else model
     out["answers"] = peak() - base
     seqs = [p + g_ for p, (g_, _) in zip(mine, gens)]
-    X = grad_features(grad_model, seqs, [len(p) for p in mine], 0, cfg, proj)
+    X = grad_features(grad_model, seqs, [len(p) for p in mine], 0, cfg, proj, moments)
     T = grad_features(grad_model, target, [a.prompt] * len(target), 0, cfg, proj)
     out.update(gradients=peak() - base, seconds=time.time() - t0, checksum=float(abs(X).sum() + abs(T).sum()))
     end_worker(out, os.path.join(a.workdir, f"less-{mode}.json"))
@@ -89,8 +100,9 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=48, help="prompt tokens per candidate")
     p.add_argument("--new", type=int, default=8, help="answer tokens generated per candidate")
     p.add_argument("--token_budget", type=int, default=2048)
-    p.add_argument("--modes", default="one,two,two-copy", help="two-copy holds ~2.5 full models per rank: "
-                   "leave it out where 2 ranks x 2.5 models do not fit in memory")
+    p.add_argument("--modes", default="one,two,two-whole", help="also two-copy (~2.5 full models per rank: "
+                   "where 2 ranks x 2.5 models fit in memory)")
+    p.add_argument("--no_adam", dest="adam", action="store_false", help="no Adam moments (less without --save_opt)")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "less_ranks.md"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -100,6 +112,7 @@ def main() -> None:
     full = n_params * 4 / GB
     flags = ["--workdir", a.workdir, "--candidates", str(a.candidates), "--targets", str(a.targets), "--prompt",
              str(a.prompt), "--new", str(a.new), "--token_budget", str(a.token_budget)]
+    flags += [] if a.adam else ["--no_adam"]
     res = {}
     for mode in a.modes.split(","):
         print(f"less, {mode} ...", file=sys.stderr)
@@ -112,7 +125,7 @@ def main() -> None:
                        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
         with open(os.path.join(a.workdir, f"less-{mode}.json")) as f:
             res[mode] = json.load(f)
-    worst = {m: {k: max(r[k] for r in rs) for k in ("loaded", "answers", "gradients", "seconds")}
+    worst = {m: {k: max(r[k] for r in rs) for k in ("loaded", "moments", "answers", "gradients", "seconds")}
              for m, rs in res.items()}
     one = worst["one"]["gradients"]  # --modes must hold one
     lines = [
@@ -120,40 +133,49 @@ def main() -> None:
         "",
         f"Llama with {n_params / 1e9:.2f} B parameters, fp32, random weights: full model = {full:.2f} GiB. "
         f"{a.candidates} candidates of {a.prompt} prompt tokens + {a.new} generated answer tokens (split over "
-        f"the ranks), {a.targets} target examples (every rank), projected to 8192 dimensions. Memory = peak RSS "
+        f"the ranks), {a.targets} target examples (every rank), projected to 8192 dimensions"
+        f"{', the candidates Adam-preconditioned' if a.adam else ', no Adam moments'}. Memory = peak RSS "
         "over the RSS after imports and process-group start, worst rank, every process with glibc's "
         "MALLOC_MMAP_THRESHOLD_=65536 (freed blocks go back to the system); `python benchmarks/bench_less_ranks.py`.",
         "",
-        "| mode | loaded GiB | after answers GiB | after gradients (peak) GiB | x 1-process peak | x full model | "
-        "seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | loaded GiB | with moments GiB | after answers GiB | after gradients (peak) GiB | x 1-process peak | "
+        "x full model | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m, w in worst.items():
-        lines.append(f"| {m} | {w['loaded']:.2f} | {w['answers']:.2f} | {w['gradients']:.2f} | "
+        lines.append(f"| {m} | {w['loaded']:.2f} | {w['moments']:.2f} | {w['answers']:.2f} | {w['gradients']:.2f} | "
                      f"{w['gradients'] / one:.2f} | {w['gradients'] / full:.2f} | {w['seconds']:.0f} |")
     same = {m: [round(r["checksum"], 2) for r in rs] for m, rs in res.items()}
     lines += ["", f"Feature checksums per rank (sum of |features|): {json.dumps(same)} (two and two-copy compute "
-              "the same features).", ""]
+              "the same features, and so do one and two-whole).", ""]
     # projection: per rank ~ its shard + one gathered layer (+ the root's embeddings and head, gathered
     # for the whole forward) + activations, which depend on tokens per batch, not on the rank count
     lay1 = layer_bytes(a.hidden, a.intermediate)
     root1 = 2 * a.vocab * a.hidden * 4
+    qv1 = a.hidden * a.hidden * 2  # q and v of one layer (this model: no grouped KV heads)
     lines += [
         "## Projected weights per rank (fp32; activations on top, set by the token budget)",
         "",
         "Formula: per rank = P x 4 B / W (its shard) + one decoder layer gathered (L = 4 (2h^2 + 2h^2 kv + 3hi)) + "
         "embeddings and LM head gathered (2 V h x 4 B); before: + the full model gathered (P x 4 B) + a plain "
-        f"copy (P x 4 B). This model: one layer = {lay1 / GB:.2f} GiB, embeddings + head = {root1 / GB:.2f} GiB.",
+        "copy (P x 4 B). less --save_opt adds the Adam moments of the LESS weights (q and v: Q = layers x h^2 "
+        "(1 + kv) parameters, two moments): now 2 Q x 4 B / W + one weight's whole while it is used (2 h^2 x 4 B); "
+        f"before 2 Q x 4 B on every rank. This model: one layer = {lay1 / GB:.2f} GiB, embeddings + head = "
+        f"{root1 / GB:.2f} GiB, moments = {2 * qv1 * a.layers * 4 / GB:.2f} GiB whole.",
         "",
-        "| model | P | W | now: per rank GiB | before: per rank GiB | 1 process GiB |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | P | W | now: per rank GiB | before: per rank GiB | of which moments now / before | "
+        "1 process GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, P, h, i, V, kv in (("7B (Llama 2)", 6.74e9, 4096, 11008, 32000, 1.0),
-                                 ("70B (Llama 2)", 69.0e9, 8192, 28672, 32000, 0.125)):
+    for name, P, n_layers, h, i, V, kv in (("7B (Llama 2)", 6.74e9, 32, 4096, 11008, 32000, 1.0),
+                                           ("70B (Llama 2)", 69.0e9, 80, 8192, 28672, 32000, 0.125)):
+        whole = 2 * n_layers * h * h * (1 + kv) * 4  # the moments of every q and v
         for W in (2, 8):
-            now = P * 4 / W + layer_bytes(h, i, kv) + 2 * V * h * 4
-            before = P * 4 / W + 2 * P * 4
-            lines.append(f"| {name} | {P / 1e9:.1f} B | {W} | {now / GB:.1f} | {before / GB:.1f} | {P * 4 / GB:.1f} |")
+            m_now = whole / W + 2 * h * h * 4
+            now = P * 4 / W + layer_bytes(h, i, kv) + 2 * V * h * 4 + m_now
+            before = P * 4 / W + 2 * P * 4 + whole
+            lines.append(f"| {name} | {P / 1e9:.1f} B | {W} | {now / GB:.1f} | {before / GB:.1f} | "
+                         f"{m_now / GB:.1f} / {whole / GB:.1f} | {(P * 4 + whole) / GB:.1f} |")
     lines.append("")
     text = "\n".join(lines)
     atomic_write_text(a.out, text)
