@@ -205,7 +205,7 @@ def _less(sc: Scoring, ids: list) -> list[dict]:
         hash_sketches([a.size for a in sc.adapters], sc.cfg.grad_dim, seed)
     answers = less_answers(sc, ids)
     X = less_features(sc, proj, [(sc.enc[i].prompt, a) for i, a in zip(ids, answers)], sc.moments)
-    T = less_features(sc, proj, [(e.prompt, e.answer) for e in sc.target.enc], None)
+    T = target_features(sc, proj)
     rows = similarity_rows(sc, ids, X, T)
     for r, a in zip(rows, answers):
         r["answer_tokens"] = len(a)
@@ -222,6 +222,17 @@ def less_answers(sc: Scoring, ids: Sequence) -> list[list[int]]:
                     min(cfg.max_rows, LESS_GEN_ROWS), cfg.progress, "less: answers",
                     in_step=fsdp_utils.is_sharded(sc.model), kv_tokens=model_kv_tokens(sc.model))
     return [toks or [sc.tokenizer.eos_token_id] for toks, _ in gens]
+
+
+def target_features(sc: Scoring, proj: list) -> np.ndarray:
+    """The target's unit gradient features (plain: LESS takes plain gradients for its validation
+    set). Every rank needs all of them; on a sharded model each rank takes its share and the shares
+    are gathered, where every rank taking them all cost W ranks one process's time."""
+    pairs = [(e.prompt, e.answer) for e in sc.target.enc]
+    if not fsdp_utils.is_sharded(sc.model):
+        return less_features(sc, proj, pairs, None)
+    mine = less_features(sc, proj, pairs[fsdp_utils.my_slice(len(pairs))], None)
+    return np.concatenate(fsdp_utils.gather_lists([mine]))
 
 
 def less_features(sc: Scoring, proj: list, pairs: Sequence[tuple[list[int], list[int]]],

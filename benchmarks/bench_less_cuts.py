@@ -57,7 +57,7 @@ def less_scores(sc: S.Scoring, ids: list, seed: int, gen: int, layers: slice,
         proj = M.projections(sc.model, sc.cfg.grad_dim, seed, projection or sc.cfg.grad_projection)
         answers = S.less_answers(sc, ids)
         X = S.less_features(sc, proj, [(sc.enc[i].prompt, a) for i, a in zip(ids, answers)], sc.moments)
-        T = S.less_features(sc, proj, [(e.prompt, e.answer) for e in sc.target.enc], None)
+        T = S.target_features(sc, proj)
         return (X @ T.T).mean(1), time.perf_counter() - t0
     finally:
         M.less_modules = every

@@ -7,13 +7,15 @@ one:        1 process, the plain model: greedy answers, then the candidates' and
             projected gradients (al_similarity.grad_features)
 two:        2 ranks, as the loop runs less now: the model stays sharded; answers (generate in_step)
             and gradients (layer_grads) run with the ranks in step, FSDP gathering a layer at a time;
-            the Adam moments stay sharded too, gathered a weight at a time (al_similarity.gathered)
-two-whole:  as two, but every rank holds whole moments (fsdp_utils.adam_moments before 2026-12-01)
+            the Adam moments stay sharded too, gathered a weight at a time (al_similarity.gathered);
+            each rank takes its share of the target's gradients (al_strategies.target_features)
+two-whole:  as two before 2026-12-01: every rank holds whole moments and takes all of the target's
+            gradients
 two-copy:   2 ranks, as the loop ran less before: every rank gathers the whole model
             (fsdp_utils.full_params) for its answers, and takes its gradients on a plain full copy
 The candidates' gradients are Adam-preconditioned (less --save_opt, the loop's less) by moments
 made from the weights (the same values in every mode; --no_adam: none). Each rank scores its half
-of the candidates; every rank takes all of the target's gradients.
+of the candidates.
 Memory = peak RSS minus the RSS after imports and process-group start; worst rank shown. The
 model is bench_sharded_load.py's (built once in --workdir). Also: the per-layer figures and the
 memory projected from them for 7 B and 70 B Llamas. Writes benchmarks/results/less_ranks.md.
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,8 +85,12 @@ def worker(mode: str, a) -> None:
     out["answers"] = peak() - base
     seqs = [p + g_ for p, (g_, _) in zip(mine, gens)]
     X = grad_features(grad_model, seqs, [len(p) for p in mine], 0, cfg, proj, moments)
-    T = grad_features(grad_model, target, [a.prompt] * len(target), 0, cfg, proj)
-    out.update(gradients=peak() - base, seconds=time.time() - t0, checksum=float(abs(X).sum() + abs(T).sum()))
+    t1 = time.time()
+    part = fsdp_utils.my_slice(len(target)) if mode == "two" else slice(None)  # al_strategies.target_features
+    T = grad_features(grad_model, target[part], [a.prompt] * len(target[part]), 0, cfg, proj)
+    T = np.concatenate(fsdp_utils.gather_lists([T])) if mode == "two" else T
+    out.update(gradients=peak() - base, seconds=time.time() - t0, target_seconds=time.time() - t1,
+               checksum=float(abs(X).sum()), target_checksum=float(abs(T).sum()))
     end_worker(out, os.path.join(a.workdir, f"less-{mode}.json"))
 
 
@@ -125,7 +132,8 @@ def main() -> None:
                        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
         with open(os.path.join(a.workdir, f"less-{mode}.json")) as f:
             res[mode] = json.load(f)
-    worst = {m: {k: max(r[k] for r in rs) for k in ("loaded", "moments", "answers", "gradients", "seconds")}
+    worst = {m: {k: max(r[k] for r in rs) for k in ("loaded", "moments", "answers", "gradients", "seconds",
+                                                                   "target_seconds")}
              for m, rs in res.items()}
     one = worst["one"]["gradients"]  # --modes must hold one
     lines = [
@@ -139,15 +147,18 @@ def main() -> None:
         "MALLOC_MMAP_THRESHOLD_=65536 (freed blocks go back to the system); `python benchmarks/bench_less_ranks.py`.",
         "",
         "| mode | loaded GiB | with moments GiB | after answers GiB | after gradients (peak) GiB | x 1-process peak | "
-        "x full model | seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "x full model | seconds | of which the target's |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m, w in worst.items():
         lines.append(f"| {m} | {w['loaded']:.2f} | {w['moments']:.2f} | {w['answers']:.2f} | {w['gradients']:.2f} | "
-                     f"{w['gradients'] / one:.2f} | {w['gradients'] / full:.2f} | {w['seconds']:.0f} |")
+                     f"{w['gradients'] / one:.2f} | {w['gradients'] / full:.2f} | {w['seconds']:.0f} | "
+                     f"{w['target_seconds']:.0f} |")
     same = {m: [round(r["checksum"], 2) for r in rs] for m, rs in res.items()}
-    lines += ["", f"Feature checksums per rank (sum of |features|): {json.dumps(same)} (two and two-copy compute "
-              "the same features, and so do one and two-whole).", ""]
+    tsame = {m: [round(r["target_checksum"], 2) for r in rs] for m, rs in res.items()}
+    lines += ["", f"Feature checksums (sum of |features|), the candidates' per rank: {json.dumps(same)}; the target's, "
+              f"as every rank holds them: {json.dumps(tsame)} (the 2-rank modes compute the same features; the "
+              "candidates' per-rank sums add up to the 1-process one, the target's equal it).", ""]
     # projection: per rank ~ its shard + one gathered layer (+ the root's embeddings and head, gathered
     # for the whole forward) + activations, which depend on tokens per batch, not on the rank count
     lay1 = layer_bytes(a.hidden, a.intermediate)
