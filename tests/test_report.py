@@ -210,7 +210,7 @@ COMMITTED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 
 @pytest.mark.parametrize("part, target", [("pilot", "summarization"), ("pilot", "alpaca_eval"),
-                                          ("smollm2", "summarization")])
+                                          ("smollm2", "summarization"), ("smollm2", "alpaca_eval")])
 def test_a_committed_table_is_regenerated_from_its_committed_round_logs(part, target):
     d = os.path.join(COMMITTED, "runs", part, target)
     # as scripts/targeted.sh: random's chained run (to twice the budget) stands for its seed
