@@ -331,7 +331,8 @@ def comparisons(arms: dict[str, list[Curve]]) -> list[dict]:
 
 def comparisons_table(rows: list[dict], what: str = "") -> str:
     """AUC differences with raw and Holm-adjusted p-values over all the rows (one family)."""
-    lines = [f"| {what}strategy | minus | AUC diff [95 % t] | seeds | p | p (Holm) |", "|---|---|---:|---:|---:|---:|"]
+    lines = [f"| {what}strategy | minus | AUC diff [95 % t] | seeds | p | p (Holm) |",
+             "|---|---|" + "---|" * what.count("|") + "---:|" * 4]
     for r, adj in zip(rows, holm([r["p"] for r in rows])):
         mark = " **" if adj < 0.05 else ""
         p = f"{r['p']:.4f} | {adj:.4f}{mark}" if r["seeds"] > 1 else "n/a | n/a"  # no test on one seed

@@ -201,6 +201,8 @@ def test_the_family_of_comparisons_and_targets_together(tmp_path):
     md = open(out + ".md").read()
     body = [line for line in md.splitlines() if line.startswith("| summ |") or line.startswith("| alpaca |")]
     assert len(body) == 6  # 3 comparisons per target, one family
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert {line.count("|") for line in table} == {8}  # header, separator and rows: 7 cells each
     ps = [c["p"] for d in (a, b) for c in report_AL.comparisons(report_AL.by_arm(report_AL.read_runs(
         [os.path.join(d, r) for r in sorted(os.listdir(d))], "test", "examples")))]
     assert [line.split(" | ")[-1].strip(" |*") for line in body] == [f"{p:.4f}" for p in report_AL.holm(ps)]
