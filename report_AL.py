@@ -259,8 +259,10 @@ def columns(arms: dict[str, list[Curve]], x: str) -> list[str]:
     return out
 
 
-def header(cols: list[str], *last: str) -> list[str]:
-    return ["| strategy | " + " | ".join(cols + list(last)) + " |", "|---|" + "---:|" * (len(cols) + len(last))]
+def header(cols: list[str], *last: str, text: tuple[str, ...] = ("strategy",)) -> list[str]:
+    """A markdown table's header and separator: the text columns left-aligned, the rest right."""
+    cells = [*text, *cols, *last]
+    return ["| " + " | ".join(cells) + " |", "|" + "---|" * len(text) + "---:|" * (len(cells) - len(text))]
 
 
 def shared_rounds(arms: dict[str, list[Curve]]) -> int:
@@ -329,14 +331,14 @@ def comparisons(arms: dict[str, list[Curve]]) -> list[dict]:
     return out
 
 
-def comparisons_table(rows: list[dict], what: str = "") -> str:
+def comparisons_table(rows: list[dict], by_target: bool = False) -> str:
     """AUC differences with raw and Holm-adjusted p-values over all the rows (one family)."""
-    lines = [f"| {what}strategy | minus | AUC diff [95 % t] | seeds | p | p (Holm) |",
-             "|---|---|" + "---|" * what.count("|") + "---:|" * 4]
+    lines = header(["AUC diff [95 % t]", "seeds", "p", "p (Holm)"],
+                   text=("target", "strategy", "minus") if by_target else ("strategy", "minus"))
     for r, adj in zip(rows, holm([r["p"] for r in rows])):
         mark = " **" if adj < 0.05 else ""
         p = f"{r['p']:.4f} | {adj:.4f}{mark}" if r["seeds"] > 1 else "n/a | n/a"  # no test on one seed
-        lines.append(f"| {r.get('target', '') + ' | ' if what else ''}{r['arm']} | {r['ref']} | "
+        lines.append(f"| {r['target'] + ' | ' if by_target else ''}{r['arm']} | {r['ref']} | "
                      f"{fmt_ci(*r['ci'], sign=True)} | {r['seeds']} | {p} |")
     return "\n".join(lines)
 
@@ -344,7 +346,7 @@ def comparisons_table(rows: list[dict], what: str = "") -> str:
 def rouge_table(arms: dict[str, list[Curve]]) -> str:
     """ROUGE-L at each run's last budget (random: the arms' last budget, its chained run's first
     part), mean [t] and paired difference to random."""
-    lines = ["| strategy | ROUGE-L F1 | minus random (paired) | seeds |", "|---|---:|---:|---:|"]
+    lines = header(["ROUGE-L F1", "minus random (paired)", "seeds"])
     rand = {c.seed: c.rouge for c in arms.get("random", []) if c.rouge is not None}
     for name, cs in arms.items():
         v = [c.rouge for c in cs if c.rouge is not None]
@@ -416,7 +418,7 @@ def primary(targets: list[str], metric: str, x: str) -> str:
                  for c in comparisons(by_arm(read_runs(runs, metric, x)))]
     return "\n".join([f"# Primary endpoint: AUC difference of {METRICS[metric]} by {XS[x][1]}", "",
                       "Paired t-test over seeds; Holm over every row (one family); ** = adjusted p < 0.05.", "",
-                      comparisons_table(rows, "target | "), ""])
+                      comparisons_table(rows, by_target=True), ""])
 
 
 # ----------------------------------------------------------------------------------------------
