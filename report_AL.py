@@ -5,7 +5,9 @@ the curve, against labelled examples or against annotation cost (answer tokens o
     python report_AL.py runs/compare/*/ --out reports/compare
     python report_AL.py runs/targeted/default/summarization/*/ --metric test --x answer_words --out reports/t
 
-Each argument is a run directory (the largest budget of a chain: its state.json holds every round).
+Each argument is a run directory (the largest budget of a chain: its state.json holds every round),
+or a folder of one target's run directories (random_s<seed> is left out where its chained
+random2x_s<seed> exists: scripts/targeted.sh's layout).
 Writes <out>.png (curves; difference to random with 95 % bands), <out>.md (tables) and, with --hist,
 <out>_hist_<run>.png (score histograms per round with the bucket edges, like --plot_ppl_hist).
 
@@ -64,6 +66,7 @@ class Curve:
     y: np.ndarray
     minutes: float | None  # wall time of its rounds (metrics.json), when recorded
     rouge: float | None = None  # ROUGE-L F1 of greedy test answers at its last budget, when recorded
+    run: str = ""  # its directory
 
 
 def label(flags: dict) -> str:
@@ -101,8 +104,19 @@ def read_runs(runs: list[str], metric: str, x: str) -> list[Curve]:
             xs.append(r[xfield])
             ys.append(r[field])
         out.append(Curve(label(state["flags"]), state["flags"]["sampling_strategy"], state["flags"]["seed"],
-                         np.array(xs, float), np.array(ys, float), run_minutes(run, len(xs)), run_rouge(run)))
+                         np.array(xs, float), np.array(ys, float), run_minutes(run, len(xs)), run_rouge(run), run))
     return out
+
+
+def kept_runs(target_dir: str) -> list[str]:
+    """One target folder's run directories, one per arm and seed: random_s<seed> is left out where
+    random2x_s<seed> exists, since that chained run (scripts/targeted.sh) holds the same rounds and more."""
+    runs = sorted(os.path.join(target_dir, r) for r in os.listdir(target_dir)
+                  if os.path.isfile(run_paths(os.path.join(target_dir, r)).state))
+    if not runs:
+        raise InputError(f"{target_dir}: (folder): no run directories (state.json) in it")
+    return [r for r in runs
+            if not (os.path.basename(r).startswith("random_s") and os.path.isdir(r.replace("random_s", "random2x_s")))]
 
 
 def run_rouge(run: str) -> float | None:
@@ -128,6 +142,10 @@ def by_arm(curves: list[Curve]) -> dict[str, list[Curve]]:
     """arm -> its runs by seed, random first then the others by name."""
     arms: dict[str, list[Curve]] = defaultdict(list)
     for c in curves:
+        twin = next((o for o in arms[c.name] if o.seed == c.seed), None)
+        if twin is not None:  # pairing by seed would take one of them silently
+            raise InputError(f"{c.run}: seed: {c.name} seed {c.seed} is also {twin.run} "
+                             "(pass one run per arm and seed: the largest budget of a chain)")
         arms[c.name].append(c)
     return {k: sorted(arms[k], key=lambda c: c.seed) for k in sorted(arms, key=lambda s: (s != "random", s))}
 
@@ -411,11 +429,8 @@ def primary(targets: list[str], metric: str, x: str) -> str:
     """The primary endpoint over several targets: every target's comparisons, one Holm family."""
     rows = []
     for d in targets:
-        runs = sorted(os.path.join(d, r) for r in os.listdir(d) if os.path.isfile(run_paths(os.path.join(d, r)).state))
-        if not runs:
-            raise InputError(f"{d}: (folder): no run directories (state.json) in it")
         rows += [{**c, "target": os.path.basename(os.path.normpath(d))}
-                 for c in comparisons(by_arm(read_runs(runs, metric, x)))]
+                 for c in comparisons(by_arm(read_runs(kept_runs(d), metric, x)))]
     return "\n".join([f"# Primary endpoint: AUC difference of {METRICS[metric]} by {XS[x][1]}", "",
                       "Paired t-test over seeds; Holm over every row (one family); ** = adjusted p < 0.05.", "",
                       comparisons_table(rows, by_target=True), ""])
@@ -510,8 +525,9 @@ def plot_hist(run: str, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run directories (largest budget of each chain); with --targets, "
-                                          "folders each holding one target's run directories")
+    p.add_argument("runs", nargs="+", help="run directories (largest budget of each chain), or folders each "
+                   "holding one target's run directories (one per arm and seed is read: a chained random2x_s<seed> "
+                   "stands for its random_s<seed>); with --targets, such folders, one per target")
     p.add_argument("--out", default="reports/al", help="output path stem (.png, .md)")
     p.add_argument("--metric", default="heldout", choices=METRICS,
                    help="heldout: loss on the pool's held-out slice; test: on the runs' --test_file")
@@ -527,7 +543,7 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_text(args.out + ".md", text)
         print(text)
         return
-    runs = [run_paths(r).run for r in args.runs]
+    runs = [r for a in args.runs for r in ([run_paths(a).run] if os.path.isfile(run_paths(a).state) else kept_runs(a))]
     arms = by_arm(read_runs(runs, args.metric, args.x))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plot(arms, args.metric, args.x, args.out + ".png")

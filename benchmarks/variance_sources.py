@@ -33,20 +33,13 @@ import time
 import numpy as np
 from scipy import optimize, stats
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from al_utils import InputError, atomic_write_text, run_paths  # noqa: E402
-from report_AL import auc_diffs, by_arm, comparisons, read_runs, shared_rounds  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from al_utils import InputError, atomic_write_text, run_paths  # noqa: E402
+from report_AL import auc_diffs, by_arm, comparisons, kept_runs, read_runs, shared_rounds  # noqa: E402
+
 FAMILY = 16  # the pre-declared primary endpoint's comparisons (README: two targets x 8)
 ALPHA, POWER = 0.05 / FAMILY, 0.8
-
-
-def kept_runs(target_dir: str) -> list[str]:
-    """The target's run directories; random_s<seed> is left out where random2x_s<seed> exists."""
-    runs = sorted(d.rstrip("/") for d in glob.glob(os.path.join(target_dir, "*/")))
-    return [r for r in runs
-            if not (os.path.basename(r).startswith("random_s") and os.path.isdir(r.replace("random_s", "random2x_s")))]
 
 
 def example_parts(run: str, rounds: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,12 +61,11 @@ def example_parts(run: str, rounds: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(nll), np.array(tokens, float)
 
 
-def seed_auc_boot(arm: str, ref: str, m: int, boot: int, rng) -> tuple[float, float]:
-    """(AUC difference over rounds 1 .. m-1, its sd over test examples resampled with replacement):
-    both runs scored the same test examples, so one draw of examples serves both."""
-    (a, ta), (b, tb) = example_parts(arm, m), example_parts(ref, m)
-    if not np.array_equal(ta, tb):
-        raise InputError(f"{arm}: test set differs from {ref}'s (not the same seed's split)")
+def seed_auc_boot(arm: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray], m: int, boot: int,
+                  rng) -> tuple[float, float]:
+    """(AUC difference over rounds 1 .. m-1, its sd over test examples resampled with replacement) of
+    two runs' example_parts: both scored the same test examples, so one draw of examples serves both."""
+    (a, ta), (b, _) = arm, ref
     per_example = (a[1:m] - b[1:m]).mean(0)  # the AUC difference is sum(per_example) / sum(tokens)
     idx = rng.integers(0, len(ta), (boot, len(ta)))
     draws = per_example[idx].sum(1) / ta[idx].sum(1)
@@ -100,19 +92,22 @@ def seeds_needed(delta: float, sd: float, cap: int = 1000) -> str:
 
 
 def target_rows(target_dir: str, boot: int, rng) -> list[str]:
-    runs = kept_runs(target_dir)
-    curves = read_runs(runs, "test", "examples")
-    where = {(c.name, c.seed): r for c, r in zip(curves, runs)}
-    arms = by_arm(curves)
+    arms = by_arm(read_runs(kept_runs(target_dir), "test", "examples"))
     m, name = shared_rounds(arms), os.path.basename(target_dir.rstrip("/"))
+    parts = {(c.name, c.seed): example_parts(c.run, m) for cs in arms.values() for c in cs}  # each run read once
+    for (n, s), (_, tokens) in parts.items():
+        if ("random", s) in parts and not np.array_equal(tokens, parts["random", s][1]):
+            raise InputError(f"{arms[n][0].run}: test_example_tokens: differ from random seed {s}'s "
+                             "(not the same seed's split)")
     rows = []
     for c in comparisons(arms):
-        seeds = sorted(s for (n, s) in where if n == c["arm"] and (c["ref"], s) in where)
-        per_seed = [seed_auc_boot(where[c["arm"], s], where[c["ref"], s], m, boot, rng) for s in seeds]
+        # seeds in report_AL's order (the arm's runs by seed), so the check below also checks the pairing
+        seeds = [a.seed for a in arms[c["arm"]] if (c["ref"], a.seed) in parts]
+        per_seed = [seed_auc_boot(parts[c["arm"], s], parts[c["ref"], s], m, boot, rng) for s in seeds]
         d, within = np.array([v for v, _ in per_seed]), np.array([w for _, w in per_seed])
         # the per-example sums must give what report_AL.py reads from test_loss
         ref = auc_diffs(arms[c["arm"]], arms[c["ref"]], m)
-        if not np.allclose(np.sort(d), np.sort(ref), atol=1e-9):
+        if d.shape != ref.shape or not np.allclose(d, ref, atol=1e-9):
             raise InputError(f"{target_dir}: {c['arm']} - {c['ref']}: per-example AUC differences {d} are not "
                              f"report_AL's {ref}")
         cells = ", ".join(f"{v:+.4f} ± {w:.4f}" for v, w in per_seed)

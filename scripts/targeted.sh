@@ -206,17 +206,11 @@ one_target() {  # all arms x seeds of one target, then its reports
     if [ -f "$src/test_generations.metrics.json" ]; then cp "$src/test_generations.metrics.json" "$to/"; fi
   done
   # the tables cover every committed run of the target, not only this invocation's (SEEDS/ARMS_ONLY
-  # run parts); random's chained run stands for its seed where it exists
-  local kept=()
-  for to in "$keep"/*/; do
-    to="${to%/}"
-    if [[ "$to" == */random_s* ]] && [ -d "${to/random_s/random2x_s}" ]; then continue; fi
-    kept+=("$to")
-  done
+  # run parts); given the folder, report_AL.py lets random's chained run stand for its seed
   for x in examples answer_words; do
-    "$PY" report_AL.py "${kept[@]}" --metric test --x "$x" --out "$RESULTS/baselines_${PART}_${target}_$x" > /dev/null
+    "$PY" report_AL.py "$keep" --metric test --x "$x" --out "$RESULTS/baselines_${PART}_${target}_$x" > /dev/null
   done
-  "$PY" report_AL.py "${kept[@]}" --metric heldout --out "$RESULTS/baselines_${PART}_${target}_heldout" > /dev/null
+  "$PY" report_AL.py "$keep" --metric heldout --out "$RESULTS/baselines_${PART}_${target}_heldout" > /dev/null
 }
 
 case "${2:-}" in

@@ -175,6 +175,24 @@ def test_holm_and_the_t_test_by_hand():
     assert report_AL.t_test([0.5]) == 1.0
 
 
+def test_one_run_per_arm_and_seed_where_random_is_chained_on(tmp_path):
+    less = fake_run(tmp_path, "less_s1", "less", 1, [3.0, 2.7], metric="test")
+    short = fake_run(tmp_path, "random_s1", "random", 1, [3.0, 2.8], metric="test")
+    chained = fake_run(tmp_path, "random2x_s1", "random", 1, [3.0, 2.8, 2.6], metric="test")
+    (tmp_path / "not_a_run").mkdir()
+    assert report_AL.kept_runs(str(tmp_path)) == [less, chained]
+    # both random runs of seed 1 passed: pairing by seed would take one of them silently
+    with pytest.raises(InputError, match=f"{short}: seed: random seed 1 is also {chained}"):
+        report_AL.by_arm(report_AL.read_runs([less, chained, short], "test", "examples"))
+    with pytest.raises(InputError, match="no run directories"):
+        report_AL.kept_runs(str(tmp_path / "not_a_run"))
+    # the folder given to the script reads as its kept runs
+    (tmp_path / "out").mkdir()
+    for name, args in (("folder", [str(tmp_path)]), ("runs", [less, chained])):
+        report_AL.main([*args, "--metric", "test", "--out", str(tmp_path / "out" / name)])
+    assert open(tmp_path / "out" / "folder.md").read() == open(tmp_path / "out" / "runs.md").read()
+
+
 def test_the_family_of_comparisons_and_targets_together(tmp_path):
     def target(name, shift):
         d = tmp_path / name
@@ -218,10 +236,7 @@ KEPT = sorted((part, target) for part in os.listdir(os.path.join(COMMITTED, "run
 
 @pytest.mark.parametrize("part, target", KEPT)
 def test_a_committed_table_is_regenerated_from_its_committed_round_logs(part, target):
-    d = os.path.join(COMMITTED, "runs", part, target)
-    # as scripts/targeted.sh: random's chained run (to twice the budget) stands for its seed
-    runs = [os.path.join(d, r) for r in sorted(os.listdir(d))
-            if not (r.startswith("random_s") and os.path.isdir(os.path.join(d, r.replace("random_s", "random2x_s"))))]
+    runs = report_AL.kept_runs(os.path.join(COMMITTED, "runs", part, target))
     for metric, x in (("test", "examples"), ("test", "answer_words"), ("heldout", "examples")):
         name = f"baselines_{part}_{target}_{x if metric == 'test' else 'heldout'}.md"
         want = open(os.path.join(COMMITTED, name)).read()

@@ -44,18 +44,24 @@ def test_seed_auc_difference_by_hand_and_the_test_set_bootstrap(tmp_path):
     fake_run(tmp_path, "bm25_s2", "bm25", 2, [RANDOM[0], [15.0, 38.0, 55.0], [17.0, 35.0, 50.0]])
     fake_run(tmp_path, "random_s3", "random", 3, RANDOM)  # chained on in random2x_s3: left out
     fake_run(tmp_path, "random2x_s3", "random", 3, RANDOM)
-    assert [os.path.basename(r) for r in vs.kept_runs(str(tmp_path))] == \
-        ["bm25_s1", "bm25_s2", "random2x_s3", "random_s1", "random_s2"]
+    parts = {r: vs.example_parts(str(tmp_path / r), 3) for r in ("bm25_s1", "bm25_s2", "random_s1", "random_s2")}
     rng = np.random.default_rng(0)
-    d1, sd1 = vs.seed_auc_boot(str(tmp_path / "bm25_s1"), str(tmp_path / "random_s1"), 3, 500, rng)
+    d1, sd1 = vs.seed_auc_boot(parts["bm25_s1"], parts["random_s1"], 3, 500, rng)
     assert d1 == pytest.approx(((-1 - 2 - 3) / 60 + (-2 - 4 - 6) / 60) / 2)  # rounds 1, 2 past the seed set
     assert sd1 == pytest.approx(0, abs=1e-12)
-    d2, sd2 = vs.seed_auc_boot(str(tmp_path / "bm25_s2"), str(tmp_path / "random_s2"), 3, 2000, rng)
+    d2, sd2 = vs.seed_auc_boot(parts["bm25_s2"], parts["random_s2"], 3, 2000, rng)
     assert d2 == pytest.approx((-3 / 60 + 0) / 2)
     # resamples hold the first example k ~ Binomial(3, 1/3) times: -1.5 k / tokens drawn, a spread > 0
     assert 0.005 < sd2 < 0.05
     row = vs.target_rows(str(tmp_path), 200, rng)
     assert len(row) == 1 and row[0].startswith(f"| {tmp_path.name} | bm25 | random | 2 | {(d1 + d2) / 2:+.4f} |")
+
+
+def test_an_arm_scored_on_another_test_set_is_named(tmp_path):
+    fake_run(tmp_path, "random_s1", "random", 1, RANDOM)
+    bm25 = fake_run(tmp_path, "bm25_s1", "bm25", 1, RANDOM, tokens=[10, 20, 31])
+    with pytest.raises(InputError, match=f"{bm25}: test_example_tokens: differ from random seed 1's"):
+        vs.target_rows(str(tmp_path), 10, np.random.default_rng(0))
 
 
 def test_a_test_loss_that_disagrees_with_its_examples_is_named(tmp_path):
