@@ -243,6 +243,13 @@ def test_a_committed_table_is_regenerated_from_its_committed_round_logs(part, ta
         assert report_AL.report(report_AL.by_arm(report_AL.read_runs(runs, metric, x)), metric, x) == want
 
 
+def test_the_committed_primary_table_is_regenerated_from_its_committed_round_logs():
+    targets = sorted(os.path.join(COMMITTED, "runs", "smollm2", t) for t in os.listdir(os.path.join(COMMITTED, "runs",
+                                                                                                    "smollm2")))
+    want = open(os.path.join(COMMITTED, "targeted_smollm2_primary.md")).read()
+    assert report_AL.primary(targets, "test", "examples") == want
+
+
 def test_report_needs_no_torch():
     """report_AL.py reads the selection rules from al_selection, which imports no torch."""
     import subprocess
