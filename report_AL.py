@@ -111,12 +111,11 @@ def read_runs(runs: list[str], metric: str, x: str) -> list[Curve]:
 def kept_runs(target_dir: str) -> list[str]:
     """One target folder's run directories, one per arm and seed: random_s<seed> is left out where
     random2x_s<seed> exists, since that chained run (scripts/targeted.sh) holds the same rounds and more."""
-    runs = sorted(os.path.join(target_dir, r) for r in os.listdir(target_dir)
-                  if os.path.isfile(run_paths(os.path.join(target_dir, r)).state))
-    if not runs:
+    names = sorted(r for r in os.listdir(target_dir) if os.path.isfile(run_paths(os.path.join(target_dir, r)).state))
+    if not names:
         raise InputError(f"{target_dir}: (folder): no run directories (state.json) in it")
-    return [r for r in runs
-            if not (os.path.basename(r).startswith("random_s") and os.path.isdir(r.replace("random_s", "random2x_s")))]
+    return [os.path.join(target_dir, r) for r in names
+            if not (r.startswith("random_s") and "random2x_s" + r.removeprefix("random_s") in names)]
 
 
 def run_rouge(run: str) -> float | None:
