@@ -94,10 +94,11 @@ def seeds_needed(delta: float, sd: float, cap: int = 1000) -> str:
 def target_rows(target_dir: str, boot: int, rng) -> list[str]:
     arms = by_arm(read_runs(kept_runs(target_dir), "test", "examples"))
     m, name = shared_rounds(arms), os.path.basename(target_dir.rstrip("/"))
-    parts = {(c.name, c.seed): example_parts(c.run, m) for cs in arms.values() for c in cs}  # each run read once
+    runs = {(c.name, c.seed): c.run for cs in arms.values() for c in cs}
+    parts = {k: example_parts(run, m) for k, run in runs.items()}  # each run read once
     for (n, s), (_, tokens) in parts.items():
         if ("random", s) in parts and not np.array_equal(tokens, parts["random", s][1]):
-            raise InputError(f"{arms[n][0].run}: test_example_tokens: differ from random seed {s}'s "
+            raise InputError(f"{runs[n, s]}: test_example_tokens: differ from random seed {s}'s "
                              "(not the same seed's split)")
     rows = []
     for c in comparisons(arms):

@@ -244,8 +244,8 @@ def test_a_committed_table_is_regenerated_from_its_committed_round_logs(part, ta
 
 
 def test_the_committed_primary_table_is_regenerated_from_its_committed_round_logs():
-    targets = sorted(os.path.join(COMMITTED, "runs", "smollm2", t) for t in os.listdir(os.path.join(COMMITTED, "runs",
-                                                                                                    "smollm2")))
+    part = os.path.join(COMMITTED, "runs", "smollm2")
+    targets = sorted(os.path.join(part, t) for t in os.listdir(part))
     want = open(os.path.join(COMMITTED, "targeted_smollm2_primary.md")).read()
     assert report_AL.primary(targets, "test", "examples") == want
 

@@ -58,9 +58,11 @@ def test_seed_auc_difference_by_hand_and_the_test_set_bootstrap(tmp_path):
 
 
 def test_an_arm_scored_on_another_test_set_is_named(tmp_path):
-    fake_run(tmp_path, "random_s1", "random", 1, RANDOM)
-    bm25 = fake_run(tmp_path, "bm25_s1", "bm25", 1, RANDOM, tokens=[10, 20, 31])
-    with pytest.raises(InputError, match=f"{bm25}: test_example_tokens: differ from random seed 1's"):
+    for s in (1, 2):
+        fake_run(tmp_path, f"random_s{s}", "random", s, RANDOM)
+    fake_run(tmp_path, "bm25_s1", "bm25", 1, RANDOM)
+    bm25 = fake_run(tmp_path, "bm25_s2", "bm25", 2, RANDOM, tokens=[10, 20, 31])  # the arm's second seed is named
+    with pytest.raises(InputError, match=f"{bm25}: test_example_tokens: differ from random seed 2's"):
         vs.target_rows(str(tmp_path), 10, np.random.default_rng(0))
 
 
