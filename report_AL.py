@@ -542,7 +542,10 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_text(args.out + ".md", text)
         print(text)
         return
-    runs = [r for a in args.runs for r in ([run_paths(a).run] if os.path.isfile(run_paths(a).state) else kept_runs(a))]
+    # a folder holding runs (no state.json of its own) reads as its kept runs; anything else as a run,
+    # so a missing path gets read_runs' one-line error
+    is_folder = [os.path.isdir(a) and not os.path.isfile(run_paths(a).state) for a in args.runs]
+    runs = [r for a, f in zip(args.runs, is_folder) for r in (kept_runs(a) if f else [run_paths(a).run])]
     arms = by_arm(read_runs(runs, args.metric, args.x))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plot(arms, args.metric, args.x, args.out + ".png")

@@ -191,6 +191,8 @@ def test_one_run_per_arm_and_seed_where_random_is_chained_on(tmp_path):
     for name, args in (("folder", [str(tmp_path)]), ("runs", [less, chained])):
         report_AL.main([*args, "--metric", "test", "--out", str(tmp_path / "out" / name)])
     assert open(tmp_path / "out" / "folder.md").read() == open(tmp_path / "out" / "runs.md").read()
+    with pytest.raises(InputError, match="random_s9/state.json: file: no run state here"):
+        report_AL.main([str(tmp_path / "random_s9"), "--metric", "test", "--out", str(tmp_path / "out" / "x")])
 
 
 def test_the_family_of_comparisons_and_targets_together(tmp_path):
